@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := demo_cohort
+CORES ?= 2
+
+# No model hub or data set is downloaded at run time: everything comes from local files or PyPI packages.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PATHMM_CACHE ?= $(CURDIR)/.cache/pathmm
+
+.PHONY: install demo demo-cohort test test-fast bench clean-results
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+$(DEMO)/samplesheet.csv: $(STAMP)
+	$(VENV)/bin/pathmm demo-cohort --out $(DEMO)
+
+demo-cohort: $(DEMO)/samplesheet.csv
+
+demo: $(STAMP) $(DEMO)/samplesheet.csv
+	$(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
+	@echo "Done: see results/ (pathmm audit results checks every store)"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) bench/preprocess.py
+
+clean-results:
+	rm -rf results .snakemake

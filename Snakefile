@@ -1,0 +1,25 @@
+# pathmm-pipeline: the DAG. This file only loads and validates the configuration and includes the rules;
+# every rule calls one `pathmm` subcommand backed by a tested library function in pathmm_pipeline/.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/cohort.smk"
+include: "workflow/rules/segmentation.smk"
+include: "workflow/rules/tiling.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.cohort_manifest.output,
+        rules.qc_summary.output,
+        expand(rules.segment_tissue.output, slide=SLIDE_IDS),

@@ -1,0 +1,95 @@
+"""Atomic writes: build an output under a temporary sibling path, then rename it into place.
+
+A job killed half-way leaves only a ``.tmp-*`` sibling, never an output that looks complete, and an
+earlier good output is replaced only once the new one is whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+TMP_MARK = ".tmp-"
+
+
+def scratch_root() -> Path | None:
+    """The node-local scratch folder from ``PATHMM_SCRATCH``, if set (temporary writes go there)."""
+    value = os.environ.get("PATHMM_SCRATCH")
+    return Path(value) if value else None
+
+
+def _tmp_sibling(final: Path) -> Path:
+    return final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` onto ``final``; an existing ``final`` is only removed once ``tmp`` is in place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if tmp.parent != final.parent:  # built on scratch: copy next to the target first, then rename
+        near = _tmp_sibling(final)
+        if tmp.is_dir():
+            shutil.copytree(tmp, near)
+            shutil.rmtree(tmp)
+        else:
+            shutil.copy2(tmp, near)
+            tmp.unlink()
+        tmp = near
+    if final.is_dir() and not final.is_symlink():
+        old = final.with_name(f"{final.name}{TMP_MARK}old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str], use_scratch: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write ``final`` into (file or directory); rename on success.
+
+    On any exception the temporary path is removed and ``final`` is left exactly as it was.
+    """
+    final = Path(final)
+    scratch = scratch_root() if use_scratch else None
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        tmp = scratch / f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+    else:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _tmp_sibling(final)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"{tmp}: the writer produced nothing for {final}")
+        _move_into_place(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_bytes_atomic(final: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``final`` atomically and return the final path."""
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+    return Path(final)
+
+
+def write_text_atomic(final: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``final`` atomically and return the final path."""
+    return write_bytes_atomic(final, text.encode("utf-8"))
+
+
+def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Left-over temporary siblings under ``folder`` (from killed jobs); safe to delete."""
+    return sorted(p for p in Path(folder).rglob(f"*{TMP_MARK}*") if TMP_MARK in p.name)

@@ -1,0 +1,129 @@
+"""``pathmm audit``: re-check the recorded inputs of every store under a path and show where it came from."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import TMP_MARK, stale_temporaries
+from .errors import ProvenanceError
+from .provenance import SIDECAR_SUFFIX, Finding, read_provenance, verify_provenance
+
+
+@dataclass
+class StoreAudit:
+    """The audit of one store: its stage, parameters, code, inputs and what no longer matches."""
+
+    path: str
+    stage: str | None
+    created_utc: str | None
+    code: dict[str, Any]
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    findings: list[Finding] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.findings
+
+    def as_json(self) -> dict[str, Any]:
+        return {"path": self.path, "stage": self.stage, "created_utc": self.created_utc, "ok": self.ok,
+                "code": self.code, "params": self.params, "inputs": self.inputs, "error": self.error,
+                "findings": [f.__dict__ for f in self.findings]}
+
+
+def find_stores(root: str | os.PathLike[str]) -> list[Path]:
+    """Every provenance-carrying output under ``root`` (Zarr stores, Parquet tables, sidecar'd files)."""
+    root = Path(root)
+    if _is_output(root):
+        return [root]
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for name in list(dirnames):
+            if TMP_MARK in name:
+                dirnames.remove(name)
+            elif name.endswith(".zarr"):
+                found.append(here / name)
+                dirnames.remove(name)  # do not descend into a store
+        for name in filenames:
+            if TMP_MARK in name:
+                continue
+            if name.endswith(".parquet"):
+                found.append(here / name)
+            elif name.endswith(SIDECAR_SUFFIX):
+                found.append(here / name[: -len(SIDECAR_SUFFIX)])
+    return sorted(set(found))
+
+
+def _is_output(path: Path) -> bool:
+    return (path.is_dir() and (path / "zarr.json").is_file()) or path.suffix == ".parquet" or \
+        Path(f"{path}{SIDECAR_SUFFIX}").exists()
+
+
+def audit_store(path: Path) -> StoreAudit:
+    """Read and verify one store's provenance."""
+    try:
+        record = read_provenance(path)
+    except ProvenanceError as exc:
+        return StoreAudit(str(path), None, None, {}, {}, {}, error=str(exc))
+    findings = verify_provenance(path)
+    return StoreAudit(str(path), record.get("stage"), record.get("created_utc"), record.get("code", {}),
+                      record.get("params", {}), {role: e["path"] for role, e in record.get("inputs", {}).items()},
+                      findings)
+
+
+def audit(root: str | os.PathLike[str]) -> tuple[list[StoreAudit], list[Path]]:
+    """Audit every store under ``root``; also return left-over temporaries of killed jobs."""
+    root = Path(root)
+    if not root.exists():
+        raise ProvenanceError(f"{root}: nothing to audit, path does not exist")
+    stale = stale_temporaries(root) if root.is_dir() else []
+    return [audit_store(p) for p in find_stores(root)], stale
+
+
+def lineage(path: str | os.PathLike[str], depth: int = 0, seen: set[str] | None = None) -> list[str]:
+    """Indented lines of the chain from ``path`` back to its raw inputs (slide, expression, report)."""
+    seen = seen if seen is not None else set()
+    path = Path(path)
+    try:
+        record = read_provenance(path)
+        label = f"{record.get('stage')}: {path}"
+    except ProvenanceError:
+        record, label = None, f"raw: {path}"
+    lines = ["  " * depth + label]
+    if record is None or str(path) in seen:
+        return lines
+    seen.add(str(path))
+    for role, entry in record.get("inputs", {}).items():
+        lines += lineage(entry["path"], depth + 1, seen)
+    return lines
+
+
+def format_table(results: list[StoreAudit], stale: list[Path]) -> str:
+    """A human-readable audit table."""
+    rows = [("status", "stage", "created (UTC)", "code", "store")]
+    for r in results:
+        commit = (r.code.get("git_commit") or "")[:10] or (r.code.get("source_sha256") or "")[:10]
+        rows.append(("OK" if r.ok else "FAIL", r.stage or "?", r.created_utc or "?",
+                     f"{r.code.get('pathmm', '?')}@{commit}", r.path))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    problems = [str(f) for r in results for f in r.findings] + [f"{r.path}: {r.error}" for r in results if r.error]
+    if problems:
+        lines += ["", "Changed or missing:"] + [f"  - {p}" for p in problems]
+    if stale:
+        lines += ["", "Left-over temporaries of interrupted jobs (safe to delete):"] + [f"  - {p}" for p in stale]
+    n_ok = sum(r.ok for r in results)
+    lines += ["", f"{n_ok} of {len(results)} store(s) verified"]
+    return "\n".join(lines)
+
+
+def audit_json(results: list[StoreAudit], stale: list[Path]) -> str:
+    """The audit as JSON."""
+    return json.dumps({"stores": [r.as_json() for r in results], "stale_temporaries": [str(p) for p in stale],
+                       "ok": all(r.ok for r in results)}, indent=2)

@@ -1,0 +1,191 @@
+"""The ``pathmm`` command: one subcommand per pipeline stage, plus validation, audit and the demo cohort.
+
+The Snakemake rules call these subcommands; each is a thin wrapper over a library function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .errors import PathmmError
+
+log = logging.getLogger("pathmm")
+
+
+def _settings(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--settings must be JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--settings must be a JSON object")
+    return value
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text in ("", "None", "none", "nan") else float(text)
+
+
+def _slide_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("slide", type=Path, help="whole-slide image")
+    parser.add_argument("--slide-id", default=None, help="identifier recorded in the outputs (default: file stem)")
+    parser.add_argument("--backend", default="openslide", choices=["openslide", "tiffslide"])
+    parser.add_argument("--no-fallback", action="store_true", help="do not try the other backend")
+    parser.add_argument("--mpp", type=_optional_float, default=None, help="override the slide's mpp")
+    parser.add_argument("--settings", type=_settings, default={}, help="stage settings as a JSON object")
+
+
+def cmd_demo_cohort(args: argparse.Namespace) -> int:
+    from .demo import build_demo_cohort
+
+    sheet = build_demo_cohort(args.out, n_patients=args.patients, seed=args.seed, source_slide=args.source_slide)
+    print(sheet)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .samplesheet import load_samplesheet
+
+    config = load_config(args.config)
+    sheet = args.samplesheet or config["samplesheet"]
+    frame = load_samplesheet(sheet, config["cancer_types"], config["labels"])
+    print(f"{args.config}: valid; {sheet}: {len(frame)} slide(s) of {frame.patient_id.nunique()} patient(s)")
+    return 0
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from .samplesheet import write_manifest
+
+    settings = args.settings
+    write_manifest(args.samplesheet, args.out, settings["cancer_types"], settings.get("labels", []))
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .segmentation import SegmentationSettings, segment_slide
+
+    segment_slide(args.slide, args.store, args.geojson, args.thumbnail,
+                  SegmentationSettings.from_dict(args.settings), slide_id=args.slide_id, backend=args.backend,
+                  fallback=not args.no_fallback, mpp_override=args.mpp)
+    return 0
+
+
+def cmd_tile(args: argparse.Namespace) -> int:
+    from .tiling import TilingSettings, tile_slide
+
+    tile_slide(args.slide, args.segmentation, args.store, TilingSettings.from_dict(args.settings),
+               slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
+    return 0
+
+
+def cmd_qc_summary(args: argparse.Namespace) -> int:
+    from .qc import write_qc_summary
+
+    write_qc_summary(args.tiles, args.segmentation, args.out)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit, audit_json, format_table, lineage
+
+    results, stale = audit(args.path)
+    if args.json:
+        print(audit_json(results, stale))
+    else:
+        print(format_table(results, stale))
+        if args.lineage:
+            for r in results:
+                print("\n".join(lineage(r.path)))
+    return 0 if results and all(r.ok for r in results) else 1
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .slides import slide_info
+
+    info = slide_info(args.slide, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
+    print(json.dumps(asdict(info), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pathmm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pathmm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-cohort", help="build the offline demo cohort from real TCGA data and real H&E")
+    p.add_argument("--out", type=Path, default=Path("demo_cohort"))
+    p.add_argument("--patients", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--source-slide", type=Path, default=None, help="a local copy of CMU-1-Small-Region.svs")
+    p.set_defaults(func=cmd_demo_cohort)
+
+    p = sub.add_parser("validate", help="validate config.yaml and its sample sheet")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"))
+    p.add_argument("--samplesheet", type=Path, default=None)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("manifest", help="validate a sample sheet and write it as a Parquet manifest")
+    p.add_argument("samplesheet", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--settings", type=_settings, required=True, help='{"cancer_types": [...], "labels": [...]}')
+    p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser("segment", help="segment tissue of one slide")
+    _slide_args(p)
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--geojson", type=Path, required=True)
+    p.add_argument("--thumbnail", type=Path, required=True)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("tile", help="tile one slide at the target mpp")
+    _slide_args(p)
+    p.add_argument("--segmentation", type=Path, required=True)
+    p.add_argument("--store", type=Path, required=True)
+    p.set_defaults(func=cmd_tile)
+
+    p = sub.add_parser("qc-summary", help="one row per slide: statuses, tissue area, tile counts")
+    p.add_argument("--tiles", type=Path, nargs="+", required=True)
+    p.add_argument("--segmentation", type=Path, nargs="+", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_qc_summary)
+
+    p = sub.add_parser("audit", help="verify the provenance of a store or of every store under a folder")
+    p.add_argument("path", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--lineage", action="store_true", help="print each store's chain back to its raw inputs")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("info", help="describe a slide: levels, mpp and where it came from")
+    p.add_argument("slide", type=Path)
+    p.add_argument("--backend", default="openslide", choices=["openslide", "tiffslide"])
+    p.add_argument("--no-fallback", action="store_true")
+    p.add_argument("--mpp", type=_optional_float, default=None)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pathmm`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except PathmmError as exc:
+        print(f"pathmm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Exceptions with messages that name the file, the problem and what to do."""
+
+from __future__ import annotations
+
+
+class PathmmError(Exception):
+    """Base class: every error the pipeline raises on purpose derives from it."""
+
+
+class InputError(PathmmError):
+    """An input file is missing, unreadable or malformed."""
+
+    def __init__(self, path: object, problem: str, hint: str = "") -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.hint = hint
+        message = f"{self.path}: {problem}"
+        if hint:
+            message += f" -- {hint}"
+        super().__init__(message)
+
+
+class SlideReadError(InputError):
+    """A slide cannot be opened or read by any configured backend."""
+
+
+class MissingMppError(InputError):
+    """A slide has no microns-per-pixel metadata and no override in the sample sheet."""
+
+
+class ConfigError(PathmmError):
+    """The pipeline configuration does not match its schema."""
+
+
+class SampleSheetError(InputError):
+    """The sample sheet has bad rows or columns; lists every problem found."""
+
+    def __init__(self, path: object, problems: list[str]) -> None:
+        self.problems = list(problems)
+        listing = "\n  - ".join(self.problems)
+        super().__init__(path, f"{len(self.problems)} problem(s) in the sample sheet:\n  - {listing}",
+                         "fix these rows and run again; no job was started")
+
+
+class ProvenanceError(PathmmError):
+    """A store has no provenance, or its provenance does not verify."""

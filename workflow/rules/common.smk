@@ -1,0 +1,37 @@
+# Shared definitions: the validated sample sheet and the output layout. No side effects at parse time.
+import json
+
+from pathmm_pipeline.errors import PathmmError
+from pathmm_pipeline.samplesheet import load_samplesheet, slide_entries
+
+RESULTS = config["results"]
+
+try:
+    SAMPLES = load_samplesheet(config["samplesheet"], config["cancer_types"], config["labels"])
+except PathmmError as exc:
+    raise WorkflowError(f"the sample sheet is invalid, no job was started:\n{exc}") from None
+
+SLIDES = slide_entries(SAMPLES)
+SLIDE_IDS = sorted(SLIDES)
+
+wildcard_constraints:
+    slide="[A-Za-z0-9._-]+",
+
+
+def settings_json(section):
+    """A config section as canonical JSON: passed through params so that a change re-runs the rule."""
+    return json.dumps(config[section], sort_keys=True)
+
+
+def slide_path(wildcards):
+    return SLIDES[wildcards.slide].path
+
+
+def slide_mpp(wildcards):
+    mpp = SLIDES[wildcards.slide].mpp
+    return "" if mpp is None else repr(mpp)
+
+
+def slide_backend_args():
+    args = f"--backend {config['slide']['backend']}"
+    return args if config["slide"]["fallback"] else args + " --no-fallback"

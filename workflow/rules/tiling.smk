@@ -1,0 +1,24 @@
+rule tile_slide:
+    input:
+        slide=slide_path,
+        segmentation=f"{RESULTS}/segmentation/{{slide}}.zarr",
+    output:
+        store=directory(f"{RESULTS}/tiles/{{slide}}.zarr"),
+    params:
+        settings=settings_json("tiling"),
+        backend=slide_backend_args(),
+        mpp=slide_mpp,
+    log:
+        f"{RESULTS}/logs/tile_slide/{{slide}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tile_slide/{{slide}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["tile_mem_mb"],
+        runtime=20,
+    shell:
+        "pathmm tile {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"
+        " --settings {params.settings:q} --segmentation {input.segmentation:q} --store {output.store:q}"
+        " > {log:q} 2>&1"
