@@ -86,8 +86,19 @@ class SlideReader:
         """
         x, y = (int(location[0]), int(location[1]))
         w, h = (int(size[0]), int(size[1]))
+        level = int(level)
+        ds = self.info.level_downsamples[level]
+        lw, lh = self.info.level_dimensions[level]
+        # the part of the request inside the level, in level pixels (backends pad the rest differently)
+        lx, ly = int(np.floor(x / ds)), int(np.floor(y / ds))
+        cx0, cy0 = max(0, -lx), max(0, -ly)
+        cx1, cy1 = min(w, lw - lx), min(h, lh - ly)
+        out = np.full((h, w, 3), 255, np.uint8)
+        if cx1 <= cx0 or cy1 <= cy0:
+            return out
+        start = (x + int(round(cx0 * ds)), y + int(round(cy0 * ds)))
         try:
-            region = self._handle.read_region((x, y), int(level), (w, h))
+            region = self._handle.read_region(start, level, (cx1 - cx0, cy1 - cy0))
         except Exception as exc:  # decoder errors differ per backend
             raise SlideReadError(self.path, f"cannot read region {(x, y, w, h)} at level {level}: {exc}",
                                  "the file may be truncated or corrupt; re-copy it from the scanner") from exc
@@ -97,7 +108,8 @@ class SlideReader:
             alpha = arr[..., 3:4].astype(np.uint16)
             # OpenSlide gives premultiplied RGBA: composite onto white.
             arr = (rgb + (255 - alpha)).clip(0, 255).astype(np.uint8)
-        return np.ascontiguousarray(arr[..., :3])
+        out[cy0:cy1, cx0:cx1] = arr[..., :3]
+        return out
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """The coarsest level whose downsample does not exceed ``downsample`` (1e-3 relative slack)."""
@@ -199,8 +211,7 @@ def open_slide(path: str | os.PathLike[str], backend: str = "openslide", fallbac
             log.warning("%s: %s could not open it, read with %s instead", path, backend, name)
         try:
             reader = SlideReader(handle, path, name, mpp_override)
-            # probe one pixel of the smallest level, so a truncated file fails here, not mid-stage
-            reader.read_region((0, 0), reader.info.level_count - 1, (1, 1))
+            _probe(reader)
         except MissingMppError:
             handle.close()
             raise
@@ -211,6 +222,14 @@ def open_slide(path: str | os.PathLike[str], backend: str = "openslide", fallbac
         return reader
     raise SlideReadError(path, "no slide backend can open it (" + "; ".join(failures) + ")",
                          "check that it is a whole-slide image and not truncated or corrupt")
+
+
+def _probe(reader: SlideReader) -> None:
+    """Decode the last pixel of the first and last levels, so a truncated file fails at open, not mid-stage."""
+    for level in (0, reader.info.level_count - 1):
+        ds = reader.info.level_downsamples[level]
+        w, h = reader.info.level_dimensions[level]
+        reader.read_region((int((w - 1) * ds), int((h - 1) * ds)), level, (1, 1))
 
 
 def slide_info(path: str | os.PathLike[str], **kwargs: Any) -> SlideInfo:
