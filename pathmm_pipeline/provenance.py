@@ -83,7 +83,8 @@ def describe_input(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.exists():
         raise ProvenanceError(f"{path}: input does not exist, cannot record its provenance")
     return {
-        "path": str(path),
+        "path": str(path.resolve()),
+        "given_path": str(path),
         "kind": "dir" if path.is_dir() else "file",
         "size": path_size(path),
         "sha256": hash_path(path),
@@ -157,7 +158,8 @@ def build_provenance(
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": {role: describe_input(p) for role, p in inputs.items()},
         "params": params,
-        "outputs": {name: {"path": str(p), "sha256": hash_file(p)} for name, p in (outputs or {}).items()},
+        "outputs": {name: {"path": str(Path(p).resolve()), "given_path": str(p), "sha256": hash_file(p)}
+                    for name, p in (outputs or {}).items()},
         "code": code_identity(),
         "packages": package_versions(),
         "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
@@ -220,6 +222,8 @@ def verify_provenance(path: str | os.PathLike[str], check_outputs: bool = True) 
     for kind, entries in groups:
         for role, entry in entries.items():
             target = Path(entry["path"])
+            if not target.exists() and Path(entry.get("given_path", target)).exists():
+                target = Path(entry["given_path"])  # the tree was moved: fall back to the path as given
             if not target.exists():
                 findings.append(Finding(str(path), kind, role, str(target), "missing"))
             elif hash_path(target) != entry["sha256"]:

@@ -86,7 +86,7 @@ def test_outputs_geojson_thumbnail_and_provenance(slide_factory, tmp_path):
     assert thumb is not None and max(thumb.shape[:2]) <= 1024
     record = read_provenance(out / "s.zarr")
     assert record["stage"] == "segmentation"
-    assert record["inputs"]["slide"]["path"] == str(slide.path)
+    assert record["inputs"]["slide"]["path"] == str(slide.path.resolve())
     assert record["params"]["settings"]["mpp"] == 8.0
     assert set(record["outputs"]) == {"geojson", "thumbnail"}
     assert verify_provenance(out / "s.zarr") == []

@@ -1,0 +1,156 @@
+"""Config and sample sheet validation: every bad input named by row and column, before any job runs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from pathmm_pipeline.cli import main
+from pathmm_pipeline.config import load_config, validate_config
+from pathmm_pipeline.errors import ConfigError, SampleSheetError
+from pathmm_pipeline.provenance import read_provenance
+from pathmm_pipeline.samplesheet import load_samplesheet, slide_entries, write_manifest
+
+from conftest import REPO
+
+COLUMNS = ["patient_id", "slide_id", "slide_path", "mpp", "cancer_type", "survival_time", "survival_event",
+           "subtype", "report_path"]
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "reports").mkdir()
+    rows = []
+    for i, (patient, cancer) in enumerate([("P1", "BLCA"), ("P1", "BLCA"), ("P2", "STAD")]):
+        (tmp_path / "slides" / f"s{i}.svs").write_bytes(b"x")
+        (tmp_path / "reports" / f"{patient}.txt").write_text("report")
+        rows.append({"patient_id": patient, "slide_id": f"s{i}", "slide_path": f"slides/s{i}.svs", "mpp": "",
+                     "cancer_type": cancer, "survival_time": "12.5" if patient == "P1" else "3",
+                     "survival_event": "1", "subtype": "", "report_path": f"reports/{patient}.txt"})
+    return tmp_path, rows
+
+
+def write(tmp_path, rows, name="sheet.csv", columns=None):
+    path = tmp_path / name
+    pd.DataFrame(rows, columns=columns or list(rows[0])).to_csv(path, index=False)
+    return path
+
+
+def test_valid_sheet_resolves_paths(cohort):
+    root, rows = cohort
+    frame = load_samplesheet(write(root, rows), ["BLCA", "STAD"])
+    assert list(frame.slide_id) == ["s0", "s1", "s2"]
+    assert frame.slide_path[0] == str(root / "slides" / "s0.svs")
+    entries = slide_entries(frame)
+    assert entries["s2"].cancer_type == "STAD" and entries["s2"].mpp is None
+
+
+def test_parquet_sheet_is_accepted(cohort):
+    root, rows = cohort
+    path = root / "sheet.parquet"
+    frame = pd.DataFrame(rows)
+    frame["survival_time"] = frame.survival_time.astype(float)
+    frame["survival_event"] = frame.survival_event.astype(int)
+    frame["mpp"] = [None, 0.25, None]
+    frame.to_parquet(path)
+    loaded = load_samplesheet(path, ["BLCA", "STAD"])
+    assert slide_entries(loaded)["s1"].mpp == 0.25
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda rows: rows[1].update(slide_id="s0"), "duplicate slide_id 's0' in row 1 (line 2), row 2 (line 3)"),
+    (lambda rows: rows[2].update(slide_path="slides/gone.svs"), "row 3 (line 4): slide_path 'slides/gone.svs' does not exist"),
+    (lambda rows: [r.update(survival_time="-4") for r in rows[:2]], "row 1 (line 2): column 'survival_time' must be >= 0, got -4.0"),
+    (lambda rows: rows[2].update(cancer_type="LUAD"), "row 3 (line 4): unknown cancer_type 'LUAD'"),
+    (lambda rows: rows[0].update(survival_event="2"), "row 1 (line 2): column 'survival_event' must be one of 0, 1 or empty, got 2"),
+    (lambda rows: rows[0].update(mpp="abc"), "row 1 (line 2): column 'mpp' must be a number, got 'abc'"),
+    (lambda rows: rows[1].update(cancer_type="STAD"), "patient 'P1': slides disagree on 'cancer_type'"),
+    (lambda rows: rows[0].update(slide_id="bad id/1"), "may only use letters, digits"),
+    (lambda rows: rows[2].update(survival_event=""), "survival_time and survival_event must both be given"),
+])
+def test_each_bad_row_is_named(cohort, mutate, expected):
+    root, rows = cohort
+    mutate(rows)
+    with pytest.raises(SampleSheetError) as err:
+        load_samplesheet(write(root, rows), ["BLCA", "STAD"])
+    assert expected in str(err.value)
+    assert "sheet.csv" in str(err.value)
+
+
+def test_wrong_and_missing_columns(cohort):
+    root, rows = cohort
+    for r in rows:
+        r["survival_tme"] = r.pop("survival_time")
+        del r["cancer_type"]
+    with pytest.raises(SampleSheetError) as err:
+        load_samplesheet(write(root, rows), ["BLCA"])
+    message = str(err.value)
+    assert "unknown column 'survival_tme' (did you mean 'survival_time'?)" in message
+    assert "missing required column 'cancer_type'" in message
+
+
+def test_extra_label_columns_must_be_declared(cohort):
+    root, rows = cohort
+    for r in rows:
+        r["msi_status"] = "MSS"
+    with pytest.raises(SampleSheetError, match="unknown column 'msi_status'"):
+        load_samplesheet(write(root, rows), ["BLCA", "STAD"])
+    assert "msi_status" in load_samplesheet(write(root, rows), ["BLCA", "STAD"], extra_labels=["msi_status"])
+
+
+def test_all_problems_reported_together(cohort):
+    root, rows = cohort
+    rows[1]["slide_id"] = "s0"
+    rows[2]["cancer_type"] = "LUAD"
+    with pytest.raises(SampleSheetError) as err:
+        load_samplesheet(write(root, rows), ["BLCA", "STAD"])
+    assert len(err.value.problems) == 2
+
+
+def test_manifest_carries_provenance(cohort, tmp_path):
+    root, rows = cohort
+    sheet = write(root, rows)
+    out = write_manifest(sheet, tmp_path / "out" / "manifest.parquet", ["BLCA", "STAD"])
+    assert len(pd.read_parquet(out)) == 3
+    record = read_provenance(out)
+    assert record["stage"] == "manifest" and record["inputs"]["samplesheet"]["path"] == str(sheet.resolve())
+
+
+def test_repository_config_is_valid_and_defaults_fill_in(tmp_path):
+    config = load_config(REPO / "config.yaml")
+    assert config["tiling"]["mpp"] == 0.5 and config["slide"]["backend"] == "openslide"
+    minimal = validate_config({"samplesheet": "s.csv", "cancer_types": ["BLCA"]})
+    assert minimal["segmentation"]["mpp"] == 8.0 and minimal["tiling"]["tile_px"] == 256
+    assert minimal["results"] == "results"
+
+
+@pytest.mark.parametrize("patch, expected", [
+    ({"tiling": {"mpp": -1}}, "tiling.mpp"),
+    ({"tiling": {"tile_sz": 3}}, "'tile_sz' was unexpected"),
+    ({"slide": {"backend": "bioformats"}}, "slide.backend"),
+    ({"segmentation": {"threshold": "triangle"}}, "segmentation.threshold"),
+])
+def test_bad_config_names_the_key(tmp_path, patch, expected):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    for section, values in patch.items():
+        config[section].update(values)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert expected in str(err.value) and str(path) in str(err.value)
+
+
+def test_validate_command(cohort, tmp_path, capsys):
+    root, rows = cohort
+    sheet = write(root, rows)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"samplesheet": str(sheet), "cancer_types": ["BLCA", "STAD"]}))
+    assert main(["validate", "--config", str(config)]) == 0
+    assert "3 slide(s) of 2 patient(s)" in capsys.readouterr().out
+    rows[0]["survival_time"] = "-1"
+    write(root, rows)
+    assert main(["validate", "--config", str(config)]) == 2
+    assert "must be >= 0" in capsys.readouterr().err

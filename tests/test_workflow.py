@@ -1,0 +1,130 @@
+"""The Snakemake DAG on real slides: outputs, provenance, re-runs driven by params, bad sample sheets."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pathmm_pipeline.audit import audit
+from pathmm_pipeline.segmentation import load_mask
+from pathmm_pipeline.tiling import load_tiles
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path) -> dict[str, int]:
+    """Rule -> job count from Snakemake's own dry-run job table."""
+    proc = snakemake(workdir, "--dry-run", "--rerun-triggers", "mtime", "params", "input", "code")
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1]
+    jobs = {}
+    for line in table.splitlines()[3:]:
+        match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s+(\d+)\s*", line)
+        if match and match.group(1) != "total":
+            jobs[match.group(1)] = int(match.group(2))
+        elif line.strip().startswith("total"):
+            break
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def workdir(slide_factory, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dag")
+    a = slide_factory("s", seed=0)
+    b = slide_factory("blank", blank=True)
+    rows = [{"patient_id": "P1", "slide_id": "P1-A", "slide_path": str(a.path), "cancer_type": "BLCA",
+             "survival_time": 10.0, "survival_event": 1},
+            {"patient_id": "P2", "slide_id": "P2-A", "slide_path": str(b.path), "cancer_type": "STAD",
+             "survival_time": 22.0, "survival_event": 0}]
+    pd.DataFrame(rows).to_csv(root / "samplesheet.csv", index=False)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config.update(samplesheet=str(root / "samplesheet.csv"), results="results")
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    snakemake(root)
+    return root
+
+
+def test_dag_writes_every_output_with_provenance(workdir):
+    results = workdir / "results"
+    for slide in ("P1-A", "P2-A"):
+        for path in (f"segmentation/{slide}.zarr", f"segmentation/{slide}.geojson",
+                     f"segmentation/{slide}.qc.png", f"tiles/{slide}.zarr", f"logs/segment_tissue/{slide}.log",
+                     f"benchmarks/tile_slide/{slide}.tsv"):
+            assert (results / path).exists(), path
+    assert load_tiles(results / "tiles/P1-A.zarr").status == "ok"
+    assert load_mask(results / "segmentation/P2-A.zarr").status == "no_tissue"
+    assert load_tiles(results / "tiles/P2-A.zarr").status == "skipped"
+    qc = pd.read_parquet(results / "qc/slides.parquet").set_index("slide_id")
+    assert qc.loc["P1-A", "n_tiles"] > 20 and qc.loc["P2-A", "n_tiles"] == 0
+    assert "no tissue" in qc.loc["P2-A", "reason"]
+    stores, stale = audit(results)
+    assert len(stores) == 6 and all(s.ok for s in stores) and stale == []
+
+
+def test_nothing_to_do_after_a_full_run(workdir):
+    assert planned_jobs(workdir) == {}
+
+
+def test_tiling_parameter_reruns_tiling_and_downstream_only(workdir):
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["tiling"]["min_tissue_fraction"] = 0.75
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        assert planned_jobs(workdir) == {"tile_slide": 2, "qc_summary": 1, "all": 1}
+    finally:
+        config["tiling"]["min_tissue_fraction"] = 0.5
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_mpp_override_reruns_only_that_slide(workdir):
+    sheet = pd.read_csv(workdir / "samplesheet.csv")
+    original = sheet.copy()
+    sheet["mpp"] = [0.5, None]
+    sheet.to_csv(workdir / "samplesheet.csv", index=False)
+    try:
+        jobs = planned_jobs(workdir)
+        assert jobs == {"segment_tissue": 1, "tile_slide": 1, "qc_summary": 1, "cohort_manifest": 1, "all": 1}
+    finally:
+        original.to_csv(workdir / "samplesheet.csv", index=False)
+
+
+def test_bad_sample_sheet_fails_before_any_job(workdir):
+    sheet = pd.read_csv(workdir / "samplesheet.csv")
+    bad = sheet.copy()
+    bad.loc[1, "survival_time"] = -3
+    bad.loc[1, "slide_id"] = "P1-A"
+    bad.to_csv(workdir / "bad.csv", index=False)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["samplesheet"] = str(workdir / "bad.csv")
+    config["results"] = "results_bad"
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                           str(workdir), "--configfile", str(workdir / "bad.yaml"), "--cores", "1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "duplicate slide_id 'P1-A'" in text and "must be >= 0" in text and "bad.csv" in text
+    assert not (workdir / "results_bad").exists()
