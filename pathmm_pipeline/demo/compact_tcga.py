@@ -3,13 +3,13 @@
 Run once by a maintainer (``python -m pathmm_pipeline.demo.compact_tcga SOURCE_DIR``); users only read the
 outputs through :mod:`pathmm_pipeline.demo.tcga`. Per cohort: one clinical row per case (slide metadata and
 clinical fields merged), the expression matrix (patients x genes, float32, zstd Parquet) and the published
-5-fold split CSVs copied byte for byte. Pathway memberships are stored as zstd Parquet.
+5-fold split CSVs copied byte for byte. The pathway tables are the published CSVs, gzipped.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import gzip
 import logging
 from pathlib import Path
 
@@ -32,11 +32,12 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "tcga"
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path, float_split: bool = False) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    # no pandas schema metadata and no statistics: with 1,577 gene columns they would dominate the file
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
     split = [f.name for f in table.schema if pa.types.is_floating(f.type)] if float_split else False
     with atomic_path(path, use_scratch=False) as tmp:
         pq.write_table(table, tmp, compression="zstd", compression_level=19, use_byte_stream_split=split,
-                       use_dictionary=not float_split)
+                       use_dictionary=not float_split, write_statistics=False)
 
 
 def clinical_table(cohort_dir: Path) -> pd.DataFrame:
@@ -75,14 +76,8 @@ def compact_tcga(source: Path, out: Path = DEFAULT_OUT) -> list[Path]:
             written.append(write_bytes_atomic(path, split.read_bytes()))
     for name in PATHWAY_FILES:
         raw = (source / "pathways" / f"{name}.csv").read_bytes()
-        if name.endswith("_comps"):
-            frame = pd.read_csv(io.BytesIO(raw), index_col=0).astype(np.uint8)
-            frame = frame.rename_axis("gene").reset_index()
-        else:
-            frame = pd.read_csv(io.BytesIO(raw), dtype=str)
-        path = out / "pathways" / f"{name}.parquet"
-        _write_parquet(frame, path)
-        written.append(path)
+        path = out / "pathways" / f"{name}.csv.gz"
+        written.append(write_bytes_atomic(path, gzip.compress(raw, compresslevel=9, mtime=0)))
     total = sum(p.stat().st_size for p in written)
     log.info("wrote %d files, %.2f MB, into %s", len(written), total / 1e6, out)
     return written
