@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/cohort.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/tiling.smk"
+include: "workflow/rules/features.smk"
 
 
 rule all:
@@ -23,3 +24,4 @@ rule all:
         rules.cohort_manifest.output,
         rules.qc_summary.output,
         expand(rules.segment_tissue.output, slide=SLIDE_IDS),
+        expand(rules.extract_features.output, slide=SLIDE_IDS, encoder=ENCODERS),

@@ -26,7 +26,7 @@ def _tmp_sibling(final: Path) -> Path:
     return final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
 
 
-def _move_into_place(tmp: Path, final: Path) -> None:
+def move_into_place(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` onto ``final``; an existing ``final`` is only removed once ``tmp`` is in place."""
     final.parent.mkdir(parents=True, exist_ok=True)
     if tmp.parent != final.parent:  # built on scratch: copy next to the target first, then rename
@@ -72,7 +72,7 @@ def atomic_path(final: str | os.PathLike[str], use_scratch: bool = True) -> Iter
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"{tmp}: the writer produced nothing for {final}")
-        _move_into_place(tmp, final)
+        move_into_place(tmp, final)
     except BaseException:
         _remove(tmp)
         raise

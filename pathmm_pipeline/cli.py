@@ -85,6 +85,25 @@ def cmd_tile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .features import ExtractionSettings, extract_features
+
+    extract_features(args.slide, args.tiles, args.store, ExtractionSettings.from_dict(args.settings),
+                     slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback,
+                     mpp_override=args.mpp)
+    return 0
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    from .encoders import get_encoder_spec, list_encoders
+
+    for name in list_encoders():
+        spec = get_encoder_spec(name)
+        print(f"{name:20s} {spec.embed_dim:5d}-d  {spec.input_size}px  {spec.precision:8s}  {spec.architecture}"
+              f"  [weights: {spec.default_weights or 'random init'}]")
+    return 0
+
+
 def cmd_qc_summary(args: argparse.Namespace) -> int:
     from .qc import write_qc_summary
 
@@ -152,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmentation", type=Path, required=True)
     p.add_argument("--store", type=Path, required=True)
     p.set_defaults(func=cmd_tile)
+
+    p = sub.add_parser("extract", help="extract patch features of one slide with one encoder")
+    _slide_args(p)
+    p.add_argument("--tiles", type=Path, required=True, help="the slide's tile store")
+    p.add_argument("--store", type=Path, required=True, help="feature store to write")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("encoders", help="list the registered patch encoders")
+    p.set_defaults(func=cmd_encoders)
 
     p = sub.add_parser("qc-summary", help="one row per slide: statuses, tissue area, tile counts")
     p.add_argument("--tiles", type=Path, nargs="+", required=True)

@@ -14,8 +14,11 @@ except PathmmError as exc:
 SLIDES = slide_entries(SAMPLES)
 SLIDE_IDS = sorted(SLIDES)
 
+ENCODERS = config["features"]["encoders"]
+
 wildcard_constraints:
     slide="[A-Za-z0-9._-]+",
+    encoder="[A-Za-z0-9_]+",
 
 
 def settings_json(section):
@@ -35,3 +38,23 @@ def slide_mpp(wildcards):
 def slide_backend_args():
     args = f"--backend {config['slide']['backend']}"
     return args if config["slide"]["fallback"] else args + " --no-fallback"
+
+
+def encoder_weights(encoder):
+    """The weights configured for an encoder: config's encoder_weights, else the registry default."""
+    return config["encoder_weights"].get(encoder, "default")
+
+
+def encoder_weights_files(encoder):
+    """Local weights file(s) of an encoder, so that new weights re-run extraction (none for hub ids)."""
+    from pathmm_pipeline.features import weights_input
+
+    return weights_input(encoder, encoder_weights(encoder))
+
+
+def extraction_settings_json(encoder):
+    """Everything that shapes a feature store, as canonical JSON for params."""
+    keys = ("batch_size", "num_workers", "dtype", "device", "channels_last", "compile", "threads", "seed")
+    settings = {k: config["features"][k] for k in keys}
+    settings.update(encoder=encoder, weights=encoder_weights(encoder))
+    return json.dumps(settings, sort_keys=True)
