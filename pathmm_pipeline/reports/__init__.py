@@ -1,0 +1,18 @@
+"""The reports stage: pathology report cleaning, de-identification and text embedding.
+
+* :mod:`.clean` -- Unicode/whitespace normalisation, header/footer/signature/disclaimer removal, OCR repair and
+  section splitting (:func:`clean_report`).
+* :mod:`.deid` -- rule-based de-identification with typed tags (:func:`deidentify`).
+* :mod:`.encoders` -- a registry of local text encoders (``minilm``, ``hf_local``) with chunked embedding.
+* :mod:`.stage` -- the pipeline stage functions :func:`clean_reports` (Parquet) and :func:`embed_reports` (Zarr).
+
+Importing this package is cheap: torch and transformers are only imported when an encoder is built.
+"""
+
+from __future__ import annotations
+
+from .clean import SECTION_KEYS, CleanReport, clean_report, split_sections
+from .deid import PHI_TYPES, DeidResult, PHISpan, deidentify
+
+__all__ = ["SECTION_KEYS", "CleanReport", "clean_report", "split_sections", "PHI_TYPES", "DeidResult", "PHISpan",
+           "deidentify"]

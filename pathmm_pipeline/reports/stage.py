@@ -1,0 +1,280 @@
+"""The reports stage: report files -> cleaned, de-identified Parquet table -> Zarr store of text embeddings.
+
+:func:`clean_reports` reads one plain-text report per patient, de-identifies it, cleans it and writes a Parquet
+table with one row per patient (columns: ``patient_id``, ``text``, one ``section_<key>`` column per canonical
+section, ``n_phi_<TYPE>`` per identifier type and ``n_phi_total``, ``n_chars``, ``deidentified``) carrying its
+provenance under :data:`pathmm_pipeline.provenance.PARQUET_KEY` in the Parquet metadata.
+
+Order of operations per report: Unicode/whitespace normalisation and line-break hyphenation repair, then
+de-identification of the WHOLE report (headers included, so identifier counts cover every identifier in the
+file), then cleaning (header/footer/signature/disclaimer removal, section split, stray-space repair), then a
+second de-identification pass over the cleaned sections (catches anything the repairs made whole again).
+
+:func:`embed_reports` embeds the ``text`` column with a registered text encoder and writes a Zarr store:
+
+* ``patient_ids`` (P,) string, ``embeddings`` (P, D) float32, ``n_tokens`` (P,) int32 content tokens;
+* with ``keep_tokens``: per window ("chunk") of every report, ``input_ids`` (C, L) int32 padded with the
+  tokenizer's pad id, ``attention_mask`` (C, L) int8, ``hidden_states`` (C, L, D) (float16 by default), and the
+  index ``chunk_patient`` (C,) (row in ``patient_ids``), ``chunk_start`` (C,) (first content token of the
+  window in the report), ``chunk_length`` (C,) (tokens with specials) and ``patient_chunk_offsets`` (P+1,)
+  (patient p's chunks are rows ``offsets[p]:offsets[p+1]``).
+
+The provenance records the encoder, its settings and the sha256 of its weight file(s), which are also recorded
+(and so re-verified) as inputs.
+
+Bad inputs -- a missing report, an empty one, a binary / non-UTF-8 file posing as a report, a report with no text
+left after cleaning -- raise :class:`ReportInputError` naming the file and the patient (every bad report is
+listed), before anything is written; outputs are written atomically, so a failure leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import InputError
+from ..provenance import PARQUET_KEY, build_provenance, hash_file
+from ..stores import ArraySpec, write_store
+from .clean import SECTION_KEYS, clean_report, join_sections, normalize, repair_hyphenation
+from .deid import PHI_TYPES, deidentify
+from .encoders import TextEncoder, get_text_encoder
+
+STAGE_CLEAN = "reports_clean"
+STAGE_EMBED = "reports_embed"
+SECTION_COLUMNS = tuple(f"section_{key}" for key in SECTION_KEYS)
+PHI_COLUMNS = tuple(f"n_phi_{kind}" for kind in PHI_TYPES)
+MAX_CONTROL_FRACTION = 0.05
+
+
+class ReportInputError(InputError):
+    """One or more report files are missing, empty or not text; names each file and its patient."""
+
+    def __init__(self, problems: list[tuple[str, str, str]]) -> None:
+        self.problems = list(problems)  # (patient_id, path, problem)
+        patient, path, problem = self.problems[0]
+        self.patient_id = patient
+        listing = "; ".join(f"patient '{p}': {f}: {what}" for p, f, what in self.problems[1:])
+        message = f"report of patient '{patient}' {problem}"
+        if listing:
+            message += f" (and {len(self.problems) - 1} more: {listing})"
+        super().__init__(path, message, "fix or remove these reports and run again; nothing was written")
+
+
+def read_report(patient_id: str, path: str | os.PathLike[str]) -> str:
+    """The text of one report file; raises :class:`ReportInputError` if it is missing, binary or empty."""
+    problem = _report_problem(Path(path))
+    if isinstance(problem, str):
+        raise ReportInputError([(patient_id, str(path), problem)])
+    return problem[0]
+
+
+def _report_problem(path: Path) -> str | tuple[str]:
+    """A problem description, or a 1-tuple holding the decoded text."""
+    if not path.exists():
+        return "does not exist (file not found)"
+    if not path.is_file():
+        return "is not a file"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not data.strip():
+        return "is empty"
+    if b"\x00" in data:
+        return "is a binary file, not UTF-8 text (contains NUL bytes)"
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return f"is not UTF-8 text (undecodable byte at offset {exc.start}); convert it to UTF-8"
+    controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\n\r\t\f\v")
+    if controls > MAX_CONTROL_FRACTION * len(text):
+        return f"looks binary, not text ({controls} control characters in {len(text)})"
+    if not text.strip():
+        return "is empty (whitespace only)"
+    return (text,)
+
+
+def process_report(text: str, deid: bool = True) -> dict[str, Any]:
+    """Clean (and de-identify) one report's text; returns the row of the cleaned table (without patient_id)."""
+    prepared = repair_hyphenation(normalize(text))
+    counts = dict.fromkeys(PHI_TYPES, 0)
+    if deid:
+        first = deidentify(prepared)
+        prepared = first.text
+        for kind, n in first.counts().items():
+            counts[kind] += n
+    cleaned = clean_report(prepared)
+    sections = dict(cleaned.sections)
+    if deid:
+        for key, body in sections.items():
+            if body:
+                second = deidentify(body)
+                sections[key] = second.text
+                for kind, n in second.counts().items():
+                    counts[kind] += n
+    full = join_sections(sections)
+    row: dict[str, Any] = {"text": full}
+    row.update({f"section_{key}": sections.get(key, "") for key in SECTION_KEYS})
+    row.update({f"n_phi_{kind}": int(counts[kind]) for kind in PHI_TYPES})
+    row["n_phi_total"] = int(sum(counts.values()))
+    row["n_chars"] = len(full)
+    row["deidentified"] = bool(deid)
+    return row
+
+
+def clean_reports(report_paths: Mapping[str, str | os.PathLike[str]], out_parquet: str | os.PathLike[str],
+                  deid: bool = True) -> Path:
+    """Clean and de-identify every patient's report into one Parquet table at ``out_parquet`` (see module doc)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not report_paths:
+        raise InputError(out_parquet, "no reports given", "pass {patient_id: report path} for at least one patient")
+    problems: list[tuple[str, str, str]] = []
+    texts: dict[str, str] = {}
+    for patient_id in sorted(report_paths, key=str):
+        path = Path(report_paths[patient_id])
+        if not isinstance(patient_id, str) or not patient_id.strip():
+            problems.append((str(patient_id), str(path), "has an empty patient id"))
+            continue
+        result = _report_problem(path)
+        if isinstance(result, str):
+            problems.append((patient_id, str(path), result))
+        else:
+            texts[patient_id] = result[0]
+    rows = []
+    for patient_id, text in texts.items():
+        row = process_report(text, deid=deid)
+        if not row["text"].strip():
+            problems.append((patient_id, str(report_paths[patient_id]),
+                             "has no report text left after cleaning (only headers, footers or signatures)"))
+            continue
+        rows.append({"patient_id": patient_id, **row})
+    if problems:
+        raise ReportInputError(problems)
+
+    frame = pd.DataFrame(rows, columns=["patient_id", "text", *SECTION_COLUMNS, *PHI_COLUMNS, "n_phi_total",
+                                        "n_chars", "deidentified"])
+    totals = {kind: int(frame[f"n_phi_{kind}"].sum()) for kind in PHI_TYPES}
+    record = build_provenance(
+        STAGE_CLEAN, {f"report:{pid}": report_paths[pid] for pid in texts},
+        {"deid": bool(deid), "sections": list(SECTION_KEYS), "phi_types": list(PHI_TYPES),
+         "order": "normalize+hyphenation -> deidentify -> clean -> deidentify sections"},
+        extra={"n_reports": int(len(frame)), "n_phi_removed": totals,
+               "report_sha256": {pid: hash_file(report_paths[pid]) for pid in texts}})
+    schema = pa.schema([("patient_id", pa.string()), ("text", pa.string()),
+                        *[(c, pa.string()) for c in SECTION_COLUMNS], *[(c, pa.int32()) for c in PHI_COLUMNS],
+                        ("n_phi_total", pa.int32()), ("n_chars", pa.int32()), ("deidentified", pa.bool_())])
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), PARQUET_KEY: json.dumps(record)})
+    with atomic_path(out_parquet) as tmp:
+        pq.write_table(table, tmp)
+    return Path(out_parquet)
+
+
+def _read_clean_table(path: Path, text_column: str) -> tuple[list[str], list[str]]:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise InputError(path, "cleaned reports table not found", "run clean_reports first")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - any parquet failure names the file
+        raise InputError(path, f"cannot be read as Parquet: {exc}", "re-run clean_reports") from exc
+    missing = [c for c in ("patient_id", text_column) if c not in table.column_names]
+    if missing:
+        raise InputError(path, f"missing column(s) {', '.join(missing)}", "it must come from clean_reports")
+    ids = [str(x) for x in table.column("patient_id").to_pylist()]
+    texts = table.column(text_column).to_pylist()
+    if not ids:
+        raise InputError(path, "has no rows", "give at least one report to clean_reports")
+    seen: set[str] = set()
+    dupes = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+    if dupes:
+        raise InputError(path, f"duplicate patient ids: {', '.join(dupes)}", "one row per patient")
+    empty = [pid for pid, text in zip(ids, texts) if not isinstance(text, str) or not text.strip()]
+    if empty:
+        raise InputError(path, f"empty report text for patient(s) {', '.join(empty)}",
+                         "re-run clean_reports (it refuses empty reports)")
+    return ids, [str(t) for t in texts]
+
+
+def embed_reports(clean_parquet: str | os.PathLike[str], out_store: str | os.PathLike[str],
+                  encoder: str | TextEncoder = "minilm", pooling: str | None = None, keep_tokens: bool = True,
+                  encoder_options: Mapping[str, Any] | None = None, hidden_dtype: str = "float16",
+                  text_column: str = "text") -> Path:
+    """Embed the cleaned reports into a Zarr store at ``out_store`` (layout in the module docstring).
+
+    ``encoder`` is a registered name (built once per process with ``pooling`` and ``encoder_options``) or a
+    :class:`~pathmm_pipeline.reports.encoders.TextEncoder` already built; ``pooling=None`` keeps the encoder's
+    default.
+    """
+    clean_parquet = Path(clean_parquet)
+    ids, texts = _read_clean_table(clean_parquet, text_column)
+    if isinstance(encoder, TextEncoder):
+        model = encoder
+        if pooling is not None and pooling != model.pooling:
+            raise ValueError(f"encoder {model.name!r} was built with pooling={model.pooling!r}, not {pooling!r}")
+    else:
+        options = dict(encoder_options or {})
+        if pooling is not None:
+            options["pooling"] = pooling
+        model = get_text_encoder(encoder, **options)
+    start = time.perf_counter()
+    encoded = model.encode(texts, keep_tokens=keep_tokens)
+    seconds = time.perf_counter() - start
+
+    n = len(ids)
+    arrays: dict[str, ArraySpec] = {
+        "patient_ids": ArraySpec(np.array(ids, dtype=np.dtypes.StringDType()), ("patient",)),
+        "embeddings": ArraySpec(np.stack([e.embedding for e in encoded]).astype(np.float32), ("patient", "feature"),
+                                (4096, model.dim)),
+        "n_tokens": ArraySpec(np.array([e.n_tokens for e in encoded], np.int32), ("patient",)),
+    }
+    pad_id = int(model.tokenizer.pad_token_id or 0)
+    if keep_tokens:
+        chunks = [(p, c) for p, e in enumerate(encoded) for c in (e.chunks or [])]
+        width = max(len(c.input_ids) for _, c in chunks)
+        n_chunks = len(chunks)
+        input_ids = np.full((n_chunks, width), pad_id, np.int32)
+        mask = np.zeros((n_chunks, width), np.int8)
+        hidden = np.zeros((n_chunks, width, model.dim), np.dtype(hidden_dtype))
+        for row, (_, c) in enumerate(chunks):
+            length = len(c.input_ids)
+            input_ids[row, :length] = c.input_ids
+            mask[row, :length] = c.attention_mask
+            hidden[row, :length] = c.hidden.astype(hidden.dtype)
+        counts = np.bincount(np.array([p for p, _ in chunks], np.int64), minlength=n)
+        arrays.update({
+            "input_ids": ArraySpec(input_ids, ("chunk", "token"), (256, width)),
+            "attention_mask": ArraySpec(mask, ("chunk", "token"), (256, width)),
+            "hidden_states": ArraySpec(hidden, ("chunk", "token", "feature"), (16, width, model.dim)),
+            "chunk_patient": ArraySpec(np.array([p for p, _ in chunks], np.int32), ("chunk",)),
+            "chunk_start": ArraySpec(np.array([c.start for _, c in chunks], np.int32), ("chunk",)),
+            "chunk_length": ArraySpec(np.array([len(c.input_ids) for _, c in chunks], np.int32), ("chunk",)),
+            "patient_chunk_offsets": ArraySpec(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                                               ("patient_edge",)),
+        })
+    description = model.describe()
+    inputs: dict[str, str | os.PathLike[str]] = {"clean_reports": clean_parquet}
+    for i, file in enumerate(model.weight_files):
+        inputs["encoder_weights" if len(model.weight_files) == 1 else f"encoder_weights_{i}"] = file
+    params = {"encoder": model.name, "pooling": model.pooling, "keep_tokens": bool(keep_tokens),
+              "hidden_dtype": hidden_dtype if keep_tokens else None, "text_column": text_column,
+              "max_length": model.max_length, "overlap": model.overlap, "normalize": model.normalize}
+    record = build_provenance(STAGE_EMBED, inputs, params,
+                              extra={"encoder": description, "encoder_weights_sha256": model.weights_sha256,
+                                     "seconds": seconds, "device": str(model.device), "n_patients": n})
+    attrs = {"encoder": description, "dim": model.dim, "n_patients": n, "keep_tokens": bool(keep_tokens),
+             "pad_token_id": pad_id, "text_column": text_column,
+             "layout": "embeddings[p] is patient_ids[p]; chunks of patient p are rows "
+                       "patient_chunk_offsets[p]:patient_chunk_offsets[p+1] of the token arrays"}
+    return write_store(out_store, arrays, attrs, record)
