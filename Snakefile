@@ -16,6 +16,8 @@ include: "workflow/rules/cohort.smk"
 include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/tiling.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/genomics.smk"
+include: "workflow/rules/reports.smk"
 
 
 rule all:
@@ -25,3 +27,5 @@ rule all:
         rules.qc_summary.output,
         expand(rules.segment_tissue.output, slide=SLIDE_IDS),
         expand(rules.extract_features.output, slide=SLIDE_IDS, encoder=ENCODERS),
+        rules.genomics.output if EXPRESSION_FILES else [],
+        rules.embed_reports.output if REPORTS else [],

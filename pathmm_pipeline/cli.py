@@ -104,6 +104,39 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_genomics(args: argparse.Namespace) -> int:
+    from .genomics.stage import GenomicsSettings, build_genomics_store
+
+    settings = dict(args.settings)
+    patients = settings.pop("patients")
+    build_genomics_store(args.expression, patients, args.out, GenomicsSettings.from_dict(settings))
+    return 0
+
+
+def cmd_clean_report(args: argparse.Namespace) -> int:
+    from .reports.stage import clean_reports
+
+    clean_reports({args.patient: args.report}, args.out, deid=bool(args.settings.get("deid", True)))
+    return 0
+
+
+def cmd_merge_reports(args: argparse.Namespace) -> int:
+    from .reports.stage import merge_clean_tables
+
+    merge_clean_tables(args.tables, args.out)
+    return 0
+
+
+def cmd_embed_reports(args: argparse.Namespace) -> int:
+    from .reports.stage import embed_reports
+
+    s = args.settings
+    embed_reports(args.table, args.out, encoder=s.get("encoder", "minilm"), pooling=s.get("pooling"),
+                  keep_tokens=bool(s.get("keep_tokens", True)), encoder_options=s.get("options") or None,
+                  hidden_dtype=s.get("hidden_dtype", "float16"))
+    return 0
+
+
 def cmd_qc_summary(args: argparse.Namespace) -> int:
     from .qc import write_qc_summary
 
@@ -180,6 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encoders", help="list the registered patch encoders")
     p.set_defaults(func=cmd_encoders)
+
+    p = sub.add_parser("genomics", help="expression -> cohort genomics store (log scale, gene sets, rank scores)")
+    p.add_argument("--expression", type=Path, nargs="+", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--settings", type=_settings, required=True, help='genomics settings + "patients": [...]')
+    p.set_defaults(func=cmd_genomics)
+
+    p = sub.add_parser("clean-report", help="clean and de-identify one patient's report into a Parquet table")
+    p.add_argument("report", type=Path)
+    p.add_argument("--patient", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--settings", type=_settings, default={})
+    p.set_defaults(func=cmd_clean_report)
+
+    p = sub.add_parser("merge-reports", help="merge per-patient cleaned reports into the cohort table")
+    p.add_argument("tables", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_merge_reports)
+
+    p = sub.add_parser("embed-reports", help="embed the cohort's cleaned reports with a text encoder")
+    p.add_argument("table", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--settings", type=_settings, default={})
+    p.set_defaults(func=cmd_embed_reports)
 
     p = sub.add_parser("qc-summary", help="one row per slide: statuses, tissue area, tile counts")
     p.add_argument("--tiles", type=Path, nargs="+", required=True)

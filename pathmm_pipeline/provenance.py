@@ -82,13 +82,41 @@ def describe_input(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ProvenanceError(f"{path}: input does not exist, cannot record its provenance")
-    return {
+    entry = {
         "path": str(path.resolve()),
         "given_path": str(path),
         "kind": "dir" if path.is_dir() else "file",
         "size": path_size(path),
         "sha256": hash_path(path),
     }
+    if path.is_file():
+        entry["mtime_ns"] = path.stat().st_mtime_ns
+    return entry
+
+
+def prime_hash_cache(store: str | os.PathLike[str]) -> int:
+    """Trust the file hashes an upstream pathmm store recorded for files whose size and mtime are unchanged.
+
+    A slide hashed by segmentation is not hashed again by tiling and extraction (a multi-GB scan costs seconds
+    per hash). ``pathmm audit`` never uses this: it always re-hashes. Returns how many hashes were taken over.
+    """
+    try:
+        record = read_provenance(store)
+    except (ProvenanceError, OSError, ValueError):
+        return 0
+    primed = 0
+    for entry in record.get("inputs", {}).values():
+        if entry.get("kind") != "file" or "mtime_ns" not in entry:
+            continue
+        path = Path(entry["path"])
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if st.st_size == entry["size"] and st.st_mtime_ns == entry["mtime_ns"]:
+            _hash_cache[(str(path.resolve()), st.st_size, st.st_mtime_ns)] = entry["sha256"]
+            primed += 1
+    return primed
 
 
 @functools.lru_cache(maxsize=1)
@@ -152,6 +180,9 @@ def build_provenance(
     ``inputs`` maps a role ("slide", "mask", ...) to a path that exists now; ``outputs`` maps a name to a
     file written beside the store (a GeoJSON, a thumbnail), recorded with its hash.
     """
+    for value in inputs.values():  # upstream stores vouch for the raw files they hashed
+        if Path(value).is_dir() and (Path(value) / "zarr.json").is_file():
+            prime_hash_cache(value)
     record = {
         "schema": SCHEMA,
         "stage": stage,

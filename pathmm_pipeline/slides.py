@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 
 from .errors import MissingMppError, SlideReadError
@@ -103,7 +104,9 @@ class SlideReader:
             raise SlideReadError(self.path, f"cannot read region {(x, y, w, h)} at level {level}: {exc}",
                                  "the file may be truncated or corrupt; re-copy it from the scanner") from exc
         arr = np.asarray(region)
-        if arr.ndim == 3 and arr.shape[2] == 4:
+        if arr.ndim == 3 and arr.shape[2] == 4 and bool((arr[..., 3] == 255).all()):
+            arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2RGB)
+        elif arr.ndim == 3 and arr.shape[2] == 4:
             rgb = arr[..., :3].astype(np.uint16)
             alpha = arr[..., 3:4].astype(np.uint16)
             # OpenSlide gives premultiplied RGBA: composite onto white.

@@ -45,8 +45,8 @@ def write_store(path: str | os.PathLike[str], arrays: dict[str, ArraySpec], attr
                                        chunks=_chunks_for(spec), dimension_names=spec.dims)
             if spec.data.size:
                 array[...] = spec.data
-        group.attrs.update(_jsonable(attrs))
-        group.attrs["provenance"] = _jsonable(provenance)
+        # one metadata write: attributes and, with them, the provenance that marks the store complete
+        group.update_attributes({**_jsonable(attrs), "provenance": _jsonable(provenance)})
     return Path(path)
 
 

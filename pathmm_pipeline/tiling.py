@@ -109,9 +109,7 @@ def grid_positions(dimensions: tuple[int, int], geometry: TileGeometry) -> np.nd
 
 def integral_image(mask: np.ndarray) -> np.ndarray:
     """(h+1, w+1) float64 summed-area table of a 0/1 mask."""
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.float64)
-    table[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.float64), axis=0), axis=1)
-    return table
+    return cv2.integral(np.ascontiguousarray(mask, dtype=np.uint8), sdepth=cv2.CV_64F)
 
 
 def _sample_integral(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -127,3 +127,22 @@ def test_audit_cli_exit_status_json_and_lineage(tmp_path, capsys):
     assert main(["audit", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "is changed" in out and "FAIL" in out
+
+
+def test_upstream_hashes_are_reused_only_when_file_unchanged(tmp_path, monkeypatch):
+    import pathmm_pipeline.provenance as prov
+
+    first = make_store(tmp_path, "first.zarr")
+    prov._hash_cache.clear()
+    calls = []
+    real = prov.hashlib.sha256
+    monkeypatch.setattr(prov.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    assert prov.prime_hash_cache(first) == 1
+    before = len(calls)
+    prov.hash_file(tmp_path / "input.txt")
+    assert len(calls) == before  # served from the upstream record, not re-read
+    (tmp_path / "input.txt").write_text("a different input\n")
+    prov._hash_cache.clear()
+    assert prov.prime_hash_cache(first) == 0  # size/mtime changed: not trusted
+    monkeypatch.undo()
+    assert [f.problem for f in verify_provenance(first)] == ["changed"]

@@ -278,3 +278,26 @@ def embed_reports(clean_parquet: str | os.PathLike[str], out_store: str | os.Pat
              "layout": "embeddings[p] is patient_ids[p]; chunks of patient p are rows "
                        "patient_chunk_offsets[p]:patient_chunk_offsets[p+1] of the token arrays"}
     return write_store(out_store, arrays, attrs, record)
+
+
+def merge_clean_tables(tables: list[str | os.PathLike[str]], out_parquet: str | os.PathLike[str]) -> Path:
+    """Concatenate per-patient cleaned-report tables (one :func:`clean_reports` output each) into one cohort
+    table with provenance, so that editing one report re-runs only that report's cleaning job and the merge."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not tables:
+        raise InputError(out_parquet, "no cleaned report tables to merge", "the cohort has no report_path entries")
+    frames = [pd.read_parquet(path) for path in tables]
+    frame = pd.concat(frames, ignore_index=True).sort_values("patient_id").reset_index(drop=True)
+    duplicated = frame.patient_id[frame.patient_id.duplicated()].tolist()
+    if duplicated:
+        raise InputError(out_parquet, f"patients cleaned twice: {duplicated}", "give each patient one report")
+    record = build_provenance("reports_merge", {f"clean:{Path(p).name}": p for p in tables}, {},
+                              extra={"n_patients": int(len(frame))})
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), PARQUET_KEY: json.dumps(record)})
+    with atomic_path(out_parquet) as tmp:
+        pq.write_table(table, tmp)
+    return Path(out_parquet)

@@ -16,9 +16,24 @@ SLIDE_IDS = sorted(SLIDES)
 
 ENCODERS = config["features"]["encoders"]
 
+
+def _patient_files(column):
+    """patient_id -> file for a per-patient column (the sample sheet checked that slides agree)."""
+    if column not in SAMPLES:
+        return {}
+    rows = SAMPLES.dropna(subset=[column]).drop_duplicates("patient_id")
+    return dict(zip(rows.patient_id, rows[column]))
+
+
+REPORTS = _patient_files("report_path")
+_EXPRESSION = _patient_files("expression_path")
+EXPRESSION_FILES = sorted(set(_EXPRESSION.values()))
+PATIENTS_WITH_EXPRESSION = sorted(_EXPRESSION)
+
 wildcard_constraints:
     slide="[A-Za-z0-9._-]+",
     encoder="[A-Za-z0-9_]+",
+    patient="[A-Za-z0-9._-]+",
 
 
 def settings_json(section):

@@ -1,0 +1,28 @@
+"""Models of the training harness: the registry and the classic baselines.
+
+Every model takes one :class:`PatientInput` and returns a :class:`ModelOutput`; build one with
+``build_model(name, dims, task, **options)``. Registered baselines:
+
+* ``abmil`` -- gated attention MIL (Ilse et al. 2018) on patch features.
+* ``transmil`` -- TransMIL (Shao et al. 2021): Nystrom transformer with PPEG on patch features.
+* ``snn`` -- self-normalising network (Klambauer et al. 2017) on the gene vector.
+* ``mcat`` -- MCAT (Chen et al. 2021): genomic-guided co-attention over patches, gene-family tokens.
+* ``survpath`` -- SurvPath (Jaume et al. 2024): pathway tokens and patch tokens, sparse multimodal attention.
+* ``late_fusion_concat`` / ``late_fusion_kronecker`` -- unimodal encoders (wsi, genomics, report) fused by
+  concatenation or by the gated Kronecker product of Pathomic Fusion / PORPOISE.
+"""
+
+from __future__ import annotations
+
+from .base import (MODALITIES, MODALITY_FIELDS, TASK_KINDS, InputDims, MissingModalityError, ModelConfigError,
+                   ModelError, ModelInputError, ModelOutput, PathmmModel, PatientInput, TaskSpec)
+from .registry import (DuplicateModelError, ModelOptionError, UnknownModelError, build_model, get_model_class,
+                       list_models, model_options, register_model, unregister_model)
+from . import abmil, late_fusion, mcat, snn, survpath, transmil  # noqa: E402,F401  (register the baselines)
+
+__all__ = [
+    "MODALITIES", "MODALITY_FIELDS", "TASK_KINDS", "DuplicateModelError", "InputDims", "MissingModalityError",
+    "ModelConfigError", "ModelError", "ModelInputError", "ModelOptionError", "ModelOutput", "PathmmModel",
+    "PatientInput", "TaskSpec", "UnknownModelError", "build_model", "get_model_class", "list_models",
+    "model_options", "register_model", "unregister_model",
+]

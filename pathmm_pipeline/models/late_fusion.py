@@ -1,0 +1,141 @@
+"""Late-fusion baselines: one encoder per modality, fused by concatenation or by a gated Kronecker product.
+
+Unimodal encoders (PORPOISE's, Chen et al. 2022; the report encoder is ours):
+* wsi: fc (D_wsi -> 256, ReLU, Dropout 0.25) -> gated attention-MIL pooling (256/256) -> rho (Linear 256,
+  ReLU, Dropout 0.25);
+* genomics: SNN on ``genes`` (2 blocks of 256, SELU, AlphaDropout 0.25);
+* report: MLP on the report embedding (D_text -> 256 -> 256, ReLU, Dropout 0.25); the mean of
+  ``report_tokens`` when only those are given.
+
+Fusion:
+* ``late_fusion_concat``: [v_wsi; v_genomics; v_report] -> Linear(k * 256, 256) -> ReLU -> Linear(256, 256) ->
+  ReLU (PORPOISE's "concat" fusion, extended to k modalities) -> linear head.
+* ``late_fusion_kronecker``: the gated Kronecker fusion of Pathomic Fusion / PORPOISE (see
+  :class:`~pathmm_pipeline.models.layers.KroneckerFusion`): each vector reduced to 256 / 8 = 32 and gated by
+  a sigmoid of a linear map of all the vectors, a 1 appended to each, the outer product of the k vectors
+  (33^3 = 35,937 terms for three modalities, as Pathomic Fusion's trimodal fusion), Linear -> 256, skip
+  connection of the unimodal vectors, Linear -> 256 -> linear head.
+
+Modalities: the model reads those of wsi, genomics, report whose sizes the InputDims give (or ``modalities=``).
+Missing-modality policy: any subset of them may be absent (not all); an absent modality's vector is replaced by
+a learned "missing" embedding (one 256-d vector per modality) before fusion. The stand-ins only learn when
+training sees the modality absent (real gaps, or ``modality_dropout`` > 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .base import MODALITIES, InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
+from .layers import AttentionPool, KroneckerFusion, MissingEmbedding, mlp, snn
+from .registry import register_model
+
+
+class _LateFusion(PathmmModel):
+    uses = frozenset(MODALITIES)
+    requires = frozenset()
+    genomics_field = "genes"
+
+    def __init__(self, dims: InputDims, task: TaskSpec, dim: int = 256, attn_dim: int = 256,
+                 snn_hidden: Sequence[int] = (256, 256), report_hidden: Sequence[int] = (256, 256),
+                 dropout: float = 0.25, modalities: Iterable[str] | None = None,
+                 modality_dropout: float = 0.0) -> None:
+        available = {"wsi": dims.wsi, "genomics": dims.genes, "report": dims.report}
+        chosen = [m for m in MODALITIES if available[m] is not None] if modalities is None else list(modalities)
+        unknown = sorted(set(chosen) - set(MODALITIES))
+        if unknown:
+            raise ModelConfigError(f"model '{self.name}': unknown modality {unknown[0]!r}; modalities are "
+                                   f"{', '.join(MODALITIES)}")
+        if not chosen:
+            raise ModelConfigError(f"model '{self.name}' needs at least one of wsi, genomics (genes), report in "
+                                   f"the InputDims; all are None")
+        super().__init__(dims, task, modalities=frozenset(chosen), modality_dropout=modality_dropout)
+        self.order = [m for m in MODALITIES if m in self.modalities]
+        if snn_hidden[-1] != dim or report_hidden[-1] != dim:
+            raise ModelConfigError(f"model '{self.name}': snn_hidden and report_hidden must end at dim={dim}")
+        self.encoders = nn.ModuleDict()
+        if "wsi" in self.modalities:
+            d_in = self.need_dim(dims.wsi, "wsi", "wsi")
+            self.encoders["wsi"] = nn.ModuleDict({"fc": mlp(d_in, [dim], dropout),
+                                                  "pool": AttentionPool(dim, attn_dim, dropout),
+                                                  "rho": mlp(dim, [dim], dropout)})
+        if "genomics" in self.modalities:
+            self.encoders["genomics"] = snn(self.need_dim(dims.genes, "genes", "genomics (flat gene vector)"),
+                                            snn_hidden, dropout)
+        if "report" in self.modalities:
+            self.encoders["report"] = mlp(self.need_dim(dims.report, "report", "report"), report_hidden, dropout)
+        self.missing = nn.ModuleDict({m: MissingEmbedding(1, dim) for m in self.order})
+        self.dim = dim
+
+    def encode(self, x: PatientInput, present: dict[str, bool]) -> tuple[list[torch.Tensor], dict]:
+        vectors, extras = [], {}
+        for m in self.order:
+            if not present[m]:
+                vectors.append(self.missing[m]())
+            elif m == "wsi":
+                enc = self.encoders["wsi"]
+                pooled, attention = enc["pool"](enc["fc"](self.wsi_features(x)))
+                vectors.append(enc["rho"](pooled))
+                extras["attention"] = attention
+            elif m == "genomics":
+                vectors.append(self.encoders["genomics"](self.gene_vector(x)))
+            else:
+                vectors.append(self.encoders["report"](self.report_vector(x)))
+        return vectors, extras
+
+    def fuse(self, vectors: list[torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: PatientInput) -> ModelOutput:
+        present = self.check_input(x)
+        vectors, extras = self.encode(x, present)
+        h = self.fuse(vectors)
+        extras.update(present=present, missing=[m for m in self.order if not present[m]])
+        return ModelOutput(self.classifier(h), h, extras)
+
+
+@register_model("late_fusion_concat")
+class LateFusionConcat(_LateFusion):
+    """Unimodal encoders fused by concatenation and a 2-layer MLP (see the module docstring).
+
+    Options: ``dim`` (256), ``attn_dim`` (256), ``snn_hidden`` ((256, 256)), ``report_hidden`` ((256, 256)),
+    ``dropout`` (0.25), ``modalities`` (default: those the dims give), ``modality_dropout`` (0.0). Any subset of
+    the modalities may be absent (learned missing embeddings). The embedding is the fused vector (dim).
+    """
+
+    def __init__(self, dims: InputDims, task: TaskSpec, dim: int = 256, attn_dim: int = 256,
+                 snn_hidden: Sequence[int] = (256, 256), report_hidden: Sequence[int] = (256, 256),
+                 dropout: float = 0.25, modalities: Iterable[str] | None = None,
+                 modality_dropout: float = 0.0) -> None:
+        super().__init__(dims, task, dim, attn_dim, snn_hidden, report_hidden, dropout, modalities, modality_dropout)
+        self.mm = nn.Sequential(nn.Linear(len(self.order) * dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU())
+        self.classifier = nn.Linear(dim, task.n_outputs)
+        self.embedding_dim = dim
+
+    def fuse(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        return self.mm(torch.cat(vectors, dim=1))
+
+
+@register_model("late_fusion_kronecker")
+class LateFusionKronecker(_LateFusion):
+    """Unimodal encoders fused by the gated Kronecker product (see the module docstring).
+
+    Options as ``late_fusion_concat``, plus ``scale`` (8: each vector is reduced to dim // scale before the
+    product), ``gate`` (True) and ``skip`` (True). The embedding is the fused vector (dim).
+    """
+
+    def __init__(self, dims: InputDims, task: TaskSpec, dim: int = 256, attn_dim: int = 256,
+                 snn_hidden: Sequence[int] = (256, 256), report_hidden: Sequence[int] = (256, 256),
+                 dropout: float = 0.25, modalities: Iterable[str] | None = None, modality_dropout: float = 0.0,
+                 scale: int = 8, gate: bool = True, skip: bool = True) -> None:
+        super().__init__(dims, task, dim, attn_dim, snn_hidden, report_hidden, dropout, modalities, modality_dropout)
+        self.mm = KroneckerFusion([dim] * len(self.order), scale=scale, mmhid=dim, gate=gate, skip=skip,
+                                  dropout=dropout)
+        self.classifier = nn.Linear(dim, task.n_outputs)
+        self.embedding_dim = dim
+
+    def fuse(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        return self.mm(vectors)

@@ -1,0 +1,108 @@
+"""Nystrom self-attention (Xiong et al., AAAI 2021), as TransMIL uses it.
+
+softmax(Q K^T) V is approximated by ``softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V`` where the m
+landmarks Q~, K~ are segment means of the queries and keys (the sequence cut into m contiguous segments), and
+the pseudo-inverse is computed with the iterative method of Razavi et al. (2014) (6 iterations by default).
+A depthwise convolution along the sequence over the values (kernel 33, one filter per head) is added as a
+skip path, as in the Nystromformer code TransMIL builds on.
+
+Landmarks and short sequences: the sequence is split into ``min(m, n)`` segments whose lengths differ by at
+most one (the Nystromformer paper's segment means). The widely used implementation instead pads the sequence
+at the front with zero tokens to a multiple of m; without a mask those zero tokens take part in the attention
+as keys with logit 0, so a bag shorter than m attends to up to m - 1 phantom tokens. Here no phantom tokens
+exist, and for n <= m every token is its own landmark, so the approximation is exact up to the convergence of
+the iterative pseudo-inverse.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def iterative_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
+    """Moore-Penrose pseudo-inverse of the last two dims by the Razavi et al. iteration (as in Nystromformer).
+
+    ``Z_0 = X^T / (max_j sum_i |x_ij| * max_i sum_j |x_ij|)`` (per matrix), then
+    ``Z <- 1/4 Z (13 I - X Z (15 I - X Z (7 I - X Z)))``.
+    """
+    abs_x = x.abs()
+    col = abs_x.sum(dim=-1).amax(dim=-1, keepdim=True)   # max row sum (the inf-norm)
+    row = abs_x.sum(dim=-2).amax(dim=-1, keepdim=True)   # max column sum (the 1-norm)
+    z = x.transpose(-1, -2) / (col * row).unsqueeze(-1)
+    eye = torch.eye(x.shape[-1], device=x.device, dtype=x.dtype)
+    for _ in range(iters):
+        xz = x @ z
+        z = 0.25 * z @ (13 * eye - xz @ (15 * eye - xz @ (7 * eye - xz)))
+    return z
+
+
+def segment_means(t: torch.Tensor, m: int) -> torch.Tensor:
+    """(..., n, d) -> (..., min(m, n), d): means of contiguous segments whose lengths differ by at most one."""
+    n = t.shape[-2]
+    m = min(m, n)
+    if n % m == 0:
+        return t.unflatten(-2, (m, n // m)).mean(dim=-2)
+    group = torch.arange(n, device=t.device) * m // n                     # segment of each position
+    counts = torch.bincount(group, minlength=m).to(t.dtype)
+    sums = torch.zeros(*t.shape[:-2], m, t.shape[-1], device=t.device, dtype=t.dtype).index_add_(-2, group, t)
+    return sums / counts.unsqueeze(-1)
+
+
+class NystromAttention(nn.Module):
+    """Multi-head Nystrom self-attention: (B, n, dim) -> (B, n, dim).
+
+    ``dim_head * heads`` inner width; ``num_landmarks`` m; ``pinv_iterations``; ``residual`` adds the
+    depthwise conv of the values (kernel ``residual_conv_kernel`` along the sequence, one per head);
+    ``dropout`` after the output projection.
+    """
+
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, num_landmarks: int = 256,
+                 pinv_iterations: int = 6, residual: bool = True, residual_conv_kernel: int = 33,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if num_landmarks < 1:
+            raise ValueError(f"num_landmarks must be >= 1, got {num_landmarks}")
+        self.heads, self.dim_head = heads, dim_head
+        self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
+        self.scale = dim_head ** -0.5
+        inner = heads * dim_head
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
+        self.res_conv = (nn.Conv2d(heads, heads, (residual_conv_kernel, 1), padding=(residual_conv_kernel // 2, 0),
+                                   groups=heads, bias=False) if residual else None)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n, _ = x.shape
+        q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        return q * self.scale, k, v  # each (B, heads, n, dim_head)
+
+    def _merge(self, out: torch.Tensor) -> torch.Tensor:
+        b, h, n, d = out.shape
+        return self.to_out(out.transpose(1, 2).reshape(b, n, h * d))
+
+    def forward(self, x: torch.Tensor, return_attn: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = self._qkv(x)
+        q_land = segment_means(q, self.num_landmarks)
+        k_land = segment_means(k, self.num_landmarks)
+        attn1 = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)          # (B, h, n, m)
+        attn2 = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)     # (B, h, m, m)
+        attn3 = torch.softmax(q_land @ k.transpose(-1, -2), dim=-1)          # (B, h, m, n)
+        left = attn1 @ iterative_pinv(attn2, self.pinv_iterations)
+        out = left @ (attn3 @ v)
+        if self.res_conv is not None:
+            out = out + self.res_conv(v)
+        merged = self._merge(out)
+        if return_attn:  # the (B, h, n, n) approximate attention matrix: for small n only
+            return merged, left @ attn3
+        return merged
+
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        """The same layer with exact softmax attention (same weights, same residual conv): the reference."""
+        q, k, v = self._qkv(x)
+        out = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+        if self.res_conv is not None:
+            out = out + self.res_conv(v)
+        return self._merge(out)

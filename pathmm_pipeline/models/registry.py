@@ -1,0 +1,100 @@
+"""The model registry: model classes by name, and building one from the dims, the task and options."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..errors import ConfigError, PathmmError
+from .base import MODALITIES, InputDims, ModelConfigError, PathmmModel, TaskSpec
+
+_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_REGISTRY: dict[str, type[PathmmModel]] = {}
+
+M = TypeVar("M", bound=type[PathmmModel])
+
+
+class UnknownModelError(ConfigError, LookupError):
+    """A model name that is not registered."""
+
+
+class DuplicateModelError(PathmmError, ValueError):
+    """A model registered under a name that is already taken."""
+
+
+class ModelOptionError(ModelConfigError, TypeError):
+    """An option the model does not take."""
+
+
+def register_model(name: str, *, replace: bool = False) -> Callable[[M], M]:
+    """Class decorator: register a :class:`PathmmModel` subclass under ``name`` (and set its ``name``).
+
+    A name already taken raises :class:`DuplicateModelError` unless ``replace=True``.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"model name {name!r} must be letters, digits and underscores only")
+
+    def decorate(cls: M) -> M:
+        if not (isinstance(cls, type) and issubclass(cls, PathmmModel)):
+            raise TypeError(f"register_model('{name}'): {cls!r} is not a PathmmModel subclass")
+        problems = []
+        if not cls.uses or not cls.uses <= set(MODALITIES):
+            problems.append(f"uses {sorted(cls.uses)} must be a non-empty subset of {MODALITIES}")
+        if not cls.requires <= cls.uses:
+            problems.append(f"requires {sorted(cls.requires)} must be a subset of uses {sorted(cls.uses)}")
+        if problems:
+            raise ValueError(f"register_model('{name}'): " + "; ".join(problems))
+        if name in _REGISTRY and not replace and _REGISTRY[name] is not cls:
+            raise DuplicateModelError(f"model '{name}' is already registered ({_REGISTRY[name].__module__}."
+                                      f"{_REGISTRY[name].__qualname__}) -- register yours under another name, or "
+                                      f"pass replace=True to override it deliberately")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def unregister_model(name: str) -> type[PathmmModel]:
+    """Remove a registered model (for tests and plugins); returns its class."""
+    get_model_class(name)
+    return _REGISTRY.pop(name)
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_model_class(name: str) -> type[PathmmModel]:
+    """The class registered under ``name``; an unknown name raises an error listing the registered ones."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        guess = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}{guess} -- registered models: "
+                                f"{', '.join(list_models())}") from None
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options ``build_model(name, ...)`` accepts, with their defaults."""
+    sig = inspect.signature(get_model_class(name).__init__)
+    return {p.name: p.default for p in list(sig.parameters.values())[3:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def build_model(name: str, dims: InputDims, task: TaskSpec, **options: Any) -> PathmmModel:
+    """Build model ``name`` for these input sizes and this task; ``options`` are the model's keyword options
+    (an unknown option raises :class:`ModelOptionError` listing the accepted ones)."""
+    cls = get_model_class(name)
+    accepted = model_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        listing = ", ".join(f"{k}={v!r}" for k, v in accepted.items())
+        raise ModelOptionError(f"model '{name}' has no option {', '.join(repr(u) for u in unknown)} -- its options "
+                               f"(with defaults): {listing}")
+    return cls(dims, task, **options)

@@ -1,0 +1,19 @@
+rule genomics:
+    input:
+        expression=EXPRESSION_FILES,
+    output:
+        store=directory(f"{RESULTS}/genomics/expression.zarr"),
+    params:
+        settings=json.dumps({**config["genomics"], "patients": PATIENTS_WITH_EXPRESSION}, sort_keys=True),
+    log:
+        f"{RESULTS}/logs/genomics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/genomics.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "pathmm genomics --expression {input.expression:q} --out {output.store:q} --settings {params.settings:q}"
+        " > {log:q} 2>&1"

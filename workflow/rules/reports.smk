@@ -1,0 +1,58 @@
+rule clean_report:
+    input:
+        report=lambda wc: REPORTS[wc.patient],
+    output:
+        f"{RESULTS}/reports/clean/{{patient}}.parquet",
+    params:
+        settings=json.dumps({"deid": config["reports"]["deid"]}),
+    log:
+        f"{RESULTS}/logs/clean_report/{{patient}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/clean_report/{{patient}}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "pathmm clean-report {input.report:q} --patient {wildcards.patient} --out {output:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"
+
+
+rule merge_reports:
+    input:
+        expand(f"{RESULTS}/reports/clean/{{patient}}.parquet", patient=sorted(REPORTS)),
+    output:
+        f"{RESULTS}/reports/reports.parquet",
+    log:
+        f"{RESULTS}/logs/merge_reports.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/merge_reports.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "pathmm merge-reports {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule embed_reports:
+    input:
+        table=f"{RESULTS}/reports/reports.parquet",
+    output:
+        store=directory(f"{RESULTS}/reports/embeddings.zarr"),
+    params:
+        settings=json.dumps({k: v for k, v in config["reports"].items() if k != "deid"}, sort_keys=True),
+    log:
+        f"{RESULTS}/logs/embed_reports.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/embed_reports.tsv"
+    conda:
+        "../../envs/reports.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "pathmm embed-reports {input.table:q} --out {output.store:q} --settings {params.settings:q} > {log:q} 2>&1"
