@@ -55,10 +55,23 @@ def workdir(slide_factory, tmp_path_factory):
     root = tmp_path_factory.mktemp("dag")
     a = slide_factory("s", seed=0)
     b = slide_factory("blank", blank=True)
-    rows = [{"patient_id": "P1", "slide_id": "P1-A", "slide_path": str(a.path), "cancer_type": "BLCA",
+    from pathmm_pipeline.demo.tcga import load_expression
+
+    patients = ["TCGA-2F-A9KO", "TCGA-2F-A9KP"]  # real TCGA-BLCA patients and their real expression
+    expression = load_expression("blca").loc[patients]
+    expression.index = [f"{p}-01" for p in patients]
+    expression.T.to_csv(root / "expression.tsv", sep="\t", index_label="gene")
+    for patient, grade in zip(patients, ("High grade", "Low grade")):
+        (root / f"{patient}.txt").write_text(
+            "SURGICAL PATHOLOGY REPORT\nPatient: John Smith   MRN: 4829-113\n\nFINAL DIAGNOSIS:\n"
+            f"Urinary bladder, transurethral resection: invasive urothelial carcinoma, {grade}, pT2a.\n"
+            "Tumor invades muscularis propria. Size 12 mm.\n\nElectronically signed by Dr. Mary Jones\n")
+    rows = [{"patient_id": patients[0], "slide_id": "P1-A", "slide_path": str(a.path), "cancer_type": "BLCA",
              "survival_time": 10.0, "survival_event": 1},
-            {"patient_id": "P2", "slide_id": "P2-A", "slide_path": str(b.path), "cancer_type": "STAD",
+            {"patient_id": patients[1], "slide_id": "P2-A", "slide_path": str(b.path), "cancer_type": "STAD",
              "survival_time": 22.0, "survival_event": 0}]
+    for row in rows:
+        row.update(expression_path="expression.tsv", report_path=f"{row['patient_id']}.txt")
     pd.DataFrame(rows).to_csv(root / "samplesheet.csv", index=False)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config.update(samplesheet=str(root / "samplesheet.csv"), results="results")
@@ -83,8 +96,18 @@ def test_dag_writes_every_output_with_provenance(workdir):
     features = load_features(results / "features/efficientnet_lite0/P1-A.zarr")
     assert features.features.shape == (qc.loc["P1-A", "n_tiles"], 1280)
     assert load_features(results / "features/efficientnet_lite0/P2-A.zarr").status == "skipped"
+    from pathmm_pipeline.genomics.stage import load_genomics
+
+    genomics = load_genomics(results / "genomics/expression.zarr")
+    assert list(genomics.patients) == ["TCGA-2F-A9KO", "TCGA-2F-A9KP"] and len(genomics.genes) == 1577
+    reports = pd.read_parquet(results / "reports/reports.parquet")
+    assert "John Smith" not in " ".join(reports.text) and "pT2a" in " ".join(reports.text)
+    import zarr
+
+    embeddings = zarr.open_group(str(results / "reports/embeddings.zarr"), mode="r")
+    assert embeddings["embeddings"].shape == (2, 384)
     stores, stale = audit(results)
-    assert len(stores) == 8 and all(s.ok for s in stores) and stale == []
+    assert len(stores) == 13 and all(s.ok for s in stores) and stale == []
 
 
 def test_nothing_to_do_after_a_full_run(workdir):
@@ -110,7 +133,7 @@ def test_mpp_override_reruns_only_that_slide(workdir):
     try:
         jobs = planned_jobs(workdir)
         assert jobs == {"segment_tissue": 1, "tile_slide": 1, "extract_features": 1, "qc_summary": 1,
-                        "cohort_manifest": 1, "all": 1}
+                        "cohort_manifest": 1, "all": 1}  # genomics and reports untouched
     finally:
         original.to_csv(workdir / "samplesheet.csv", index=False)
 
@@ -131,6 +154,17 @@ def test_encoder_weights_change_reruns_extraction_only(workdir, tmp_path):
     finally:
         config["encoder_weights"] = {}
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_editing_one_report_reruns_report_stages_only(workdir):
+    report = workdir / "TCGA-2F-A9KP.txt"
+    original = report.read_text()
+    report.write_text(original + "\nCOMMENT:\nAddendum: no change to the diagnosis.\n")
+    try:
+        assert planned_jobs(workdir) == {"clean_report": 1, "merge_reports": 1, "embed_reports": 1, "all": 1}
+    finally:
+        report.write_text(original)
+        snakemake(workdir)  # back to a complete, current state for the other tests
 
 
 def test_bad_sample_sheet_fails_before_any_job(workdir):
