@@ -127,7 +127,9 @@ def main() -> None:
         work = Path(tmp)
         slide, tiles_all = make_tiles(work, args.tiles)
         tiles_store = limit_tiles(tiles_all, args.tiles, work)
-        n = args.tiles
+        from pathmm_pipeline.tiling import load_tiles
+
+        n = len(load_tiles(tiles_store).coords)  # the slide may hold fewer tissue tiles than asked for
         for name in args.encoders:
             settings = ExtractionSettings(encoder=name, batch_size=args.batch_size, num_workers=args.workers,
                                           device="cpu", threads=args.threads)
