@@ -18,3 +18,21 @@ __all__ = [
     "fold_summary", "integrated_brier_score", "kaplan_meier", "km_by_risk_group", "lifelines_score", "logrank",
     "risk_cutoffs", "survival_arrays", "survival_at_times", "time_dependent_auc",
 ]
+
+# evaluation of trained folds and the HTML report, imported on first use (they import the training package,
+# which itself imports this package's conventions)
+_LAZY = {
+    "FoldEvaluation": ".run", "ResultsTables": ".run", "aggregate_folds": ".run", "cross_validate": ".run",
+    "evaluate_fold": ".run", "read_fold_evaluation": ".run", "summarize": ".run",
+    "collect_inputs": ".report", "provenance_table": ".report", "read_benchmarks": ".report",
+    "write_report": ".report",
+}
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

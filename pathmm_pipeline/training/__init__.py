@@ -14,3 +14,15 @@ __all__ = [
     "pos_weight_from_labels", "read_splits", "risk_from_logits", "site_of", "weighted_cross_entropy",
     "write_splits",
 ]
+
+# the training harness: the multimodal cohort, the fold loop and checkpoints
+from .checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint, verify_checkpoint  # noqa: E402
+from .dataset import CohortItem, MultimodalCohort, Targets  # noqa: E402
+from .loop import (FoldResult, Objective, TrainConfig, eligible_patients, predict_logits,  # noqa: E402
+                   resolve_task, train_fold)
+
+__all__ += [
+    "CohortItem", "FoldResult", "LoadedCheckpoint", "MultimodalCohort", "Objective", "Targets", "TrainConfig",
+    "eligible_patients", "load_checkpoint", "predict_logits", "resolve_task", "save_checkpoint", "train_fold",
+    "verify_checkpoint",
+]

@@ -1,0 +1,324 @@
+"""The training harness on a tiny synthetic cohort built from real pipeline stores (feature stores written with
+``write_store``, a genomics store built by ``build_genomics_store`` from a small expression CSV and GMT files,
+a report-embedding store with token states), with a planted survival signal.
+
+Covers: the cohort (presence masks, dims, seeded tile caps, scaler required), ABMIL learning the planted signal
+(held-out C-index well above 0.5), bit-for-bit determinism, early stopping, no leakage of the validation
+patients' expression into training, checkpoint provenance, and the missing-modality stress test. Small models
+and one intra-op thread keep the file well under a minute on two cores."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pathmm_pipeline.evaluation.run import aggregate_folds, evaluate_fold
+from pathmm_pipeline.genomics import GenomicsSettings, build_genomics_store
+from pathmm_pipeline.models import InputDims, PatientInput
+from pathmm_pipeline.provenance import build_provenance, read_provenance, verify_provenance
+from pathmm_pipeline.stores import ArraySpec, write_store
+from pathmm_pipeline.training import (MultimodalCohort, TrainConfig, load_checkpoint, make_splits, predict_logits,
+                                      read_splits, train_fold, verify_checkpoint, write_splits)
+from pathmm_pipeline.training.checkpoint import read_checkpoint
+
+N_PATIENTS = 60
+D_WSI = 16
+N_GENES = 30
+D_TEXT = 8
+NO_EXPRESSION = ("P003", "P011", "P027", "P040", "P052")
+NO_REPORT = ("P005", "P018", "P033", "P047")
+NO_SLIDES = ("P007",)
+TWO_SLIDES = ("P001", "P002", "P020")
+
+ABMIL_SMALL = {"hidden_dim": 16, "attn_dim": 8, "dropout": 0.0}
+FUSION_SMALL = {"dim": 16, "attn_dim": 8, "snn_hidden": (16, 16), "report_hidden": (16, 16), "dropout": 0.0}
+SNN_SMALL = {"hidden": (16, 16), "dropout": 0.0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+@dataclass
+class ToyCohort:
+    root: Path
+    manifest: pd.DataFrame
+    features_dir: Path
+    genomics: Path
+    reports: Path
+    expression_csv: Path
+    gmts: tuple[Path, Path]
+    risk: pd.Series
+
+    def cohort(self, genomics: Path | None = None, **options) -> MultimodalCohort:
+        options = {"pathway_collection": "pathways", "family_collection": "families", **options}
+        return MultimodalCohort.from_manifest(self.manifest, self.features_dir, genomics or self.genomics,
+                                              self.reports, **options)
+
+
+def _feature_store(path: Path, slide_id: str, features: np.ndarray) -> None:
+    n = len(features)
+    coords = np.stack([np.arange(n) * 256, np.zeros(n)], axis=1).astype(np.int64)
+    attrs = {"slide_id": slide_id, "status": "ok", "reason": "", "n_tiles": n,
+             "encoder": {"name": "toy", "weights_sha256": "0" * 64, "embed_dim": D_WSI, "version": "toy"},
+             "transform": {"tile_px": 256, "input_size": 224, "tile_mpp": 0.5}}
+    write_store(path, {"features": ArraySpec(features.astype(np.float16), ("tile", "feature")),
+                       "coords": ArraySpec(coords, ("tile", "xy")),
+                       "tissue_fraction": ArraySpec(np.ones(n, np.float32), ("tile",))},
+                attrs, build_provenance("features", {}, {"toy": True}))
+
+
+def _write_gmt(path: Path, sets: dict[str, list[str]]) -> Path:
+    path.write_text("".join(f"{name}\t\t" + "\t".join(genes) + "\n" for name, genes in sets.items()))
+    return path
+
+
+def expression_frame(risk: pd.Series, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    ids = [p for p in risk.index if p not in NO_EXPRESSION]
+    values = rng.normal(8.0, 1.0, (len(ids), N_GENES))
+    values[:, 0] = 8.0 + 1.5 * risk.loc[ids].to_numpy() + rng.normal(0, 0.3, len(ids))
+    values[3, 7] = np.nan  # one missing value, imputed with the training median
+    return pd.DataFrame(values, index=pd.Index(ids, name="sample"), columns=[f"G{i:02d}" for i in range(N_GENES)])
+
+
+def genomics_store(toy_root: Path, frame: pd.DataFrame, gmts: tuple[Path, Path], name: str) -> tuple[Path, Path]:
+    csv = toy_root / f"{name}.csv"
+    frame.to_csv(csv)
+    store = build_genomics_store([csv], frame.index.tolist(), toy_root / f"{name}.zarr",
+                                 GenomicsSettings(genesets=tuple(str(g) for g in gmts), orientation="samples_x_genes"))
+    return store, csv
+
+
+def build_toy_cohort(root: Path, seed: int = 0) -> ToyCohort:
+    """60 patients; survival driven by a latent risk z that also sets the fraction of 'tumour' tiles (feature 0
+    shifted by +3) and gene G00. Some patients lack expression, reports or slides; a few have two slides."""
+    rng = np.random.default_rng(seed)
+    ids = [f"P{i:03d}" for i in range(N_PATIENTS)]
+    z = pd.Series(rng.normal(0, 1, N_PATIENTS), index=ids)
+    t_event = rng.exponential(1.0, N_PATIENTS) / (0.05 * np.exp(1.2 * z.to_numpy()))
+    t_censor = rng.uniform(5, 90, N_PATIENTS)
+    time = np.minimum(t_event, t_censor).round(3) + 0.01
+    event = (t_event <= t_censor).astype(int)
+
+    features_dir = root / "features"
+    rows = []
+    for i, p in enumerate(ids):
+        frac = 1 / (1 + math.exp(-2.0 * z[p]))
+        n_slides = 0 if p in NO_SLIDES else 2 if p in TWO_SLIDES else 1
+        for s in range(n_slides):
+            n = int(rng.integers(20, 40))
+            feats = rng.normal(0, 1, (n, D_WSI))
+            feats[rng.random(n) < frac, 0] += 3.0
+            _feature_store(features_dir / f"{p}-slide{s + 1}.zarr", f"{p}-slide{s + 1}", feats)
+        for s in range(max(1, n_slides)):
+            rows.append({"patient_id": p, "slide_id": f"{p}-slide{s + 1}", "cancer_type": "A" if i % 3 else "B",
+                         "survival_time": float(time[i]), "survival_event": int(event[i]),
+                         "grade": "high" if z[p] > 0 else "low"})
+    manifest = pd.DataFrame(rows)
+
+    genes = [f"G{i:02d}" for i in range(N_GENES)]
+    gmts = (_write_gmt(root / "pathways.gmt", {"PW_A": genes[:5], "PW_B": genes[5:15], "PW_C": genes[15:]}),
+            _write_gmt(root / "families.gmt", {"FAM_1": genes[:8], "FAM_2": genes[8:20], "FAM_3": genes[20:]}))
+    genomics, csv = genomics_store(root, expression_frame(z), gmts, "expression")
+
+    with_report = [p for p in ids if p not in NO_REPORT]
+    emb = rng.normal(0, 1, (len(with_report), D_TEXT)).astype(np.float32)
+    lengths = rng.integers(2, 6, len(with_report))
+    hidden = rng.normal(0, 1, (len(with_report), 6, D_TEXT)).astype(np.float16)
+    mask = (np.arange(6)[None, :] < lengths[:, None]).astype(np.int8)
+    reports = write_store(root / "embeddings.zarr", {
+        "patient_ids": ArraySpec(np.array(with_report, dtype=np.dtypes.StringDType()), ("patient",)),
+        "embeddings": ArraySpec(emb, ("patient", "feature")),
+        "hidden_states": ArraySpec(hidden, ("chunk", "token", "feature")),
+        "attention_mask": ArraySpec(mask, ("chunk", "token")),
+        "patient_chunk_offsets": ArraySpec(np.arange(len(with_report) + 1, dtype=np.int64), ("patient_edge",)),
+    }, {"dim": D_TEXT, "n_patients": len(with_report), "keep_tokens": True},
+        build_provenance("reports_embed", {}, {"toy": True}))
+    return ToyCohort(root, manifest, features_dir, genomics, reports, csv, gmts, z)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> ToyCohort:
+    return build_toy_cohort(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="module")
+def splits(toy):
+    patients = toy.manifest.drop_duplicates("patient_id").set_index("patient_id")
+    return make_splits(patients.assign(event=patients.survival_event), k=3, stratify=("event",), seed=0)
+
+
+def quick(**overrides) -> TrainConfig:
+    values = dict(epochs=3, lr=1e-3, grad_accum=4, warmup_epochs=0.5, patience=None, progress=False, seed=0,
+                  device="cpu", model_options=FUSION_SMALL)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+# ------------------------------------------------------------------------------------------- the cohort
+def test_cohort_presence_dims_and_inputs(toy):
+    cohort = toy.cohort(max_tiles=25, seed=3)
+    table = cohort.presence_table()
+    assert len(cohort) == N_PATIENTS
+    assert not table.loc[list(NO_SLIDES), "wsi"].any() and table.wsi.sum() == N_PATIENTS - len(NO_SLIDES)
+    assert not table.loc[list(NO_EXPRESSION), "genomics"].any()
+    assert not table.loc[list(NO_REPORT), "report"].any()
+    assert cohort.input_dims() == InputDims(wsi=D_WSI, genes=N_GENES, pathway_sizes=(5, 10, 15),
+                                            family_sizes=(8, 12, 10), report=D_TEXT, n_cancer_types=2)
+    with pytest.raises(RuntimeError, match="scaler"):
+        cohort.get("P000")                       # genomics needs a scaler fitted on training patients
+    view = cohort.for_fold([f"P{i:03d}" for i in range(30)])
+    item = view.get("P001")                      # two slides, capped at 25 tiles by a seeded sample
+    x = item.x
+    assert isinstance(x, PatientInput) and x.wsi.shape == (25, D_WSI) and x.wsi_coords.shape == (25, 2)
+    assert torch.equal(view.get("P001").x.wsi, x.wsi)
+    assert x.genes.shape == (N_GENES,) and [t.numel() for t in x.pathways] == [5, 10, 15]
+    assert [t.numel() for t in x.families] == [8, 12, 10]
+    assert x.report.shape == (D_TEXT,) and x.report_tokens.shape[1] == D_TEXT and 2 <= len(x.report_tokens) <= 5
+    assert item.present == {"wsi": True, "genomics": True, "report": True}
+    assert item.y.event in (0, 1) and item.y.cancer_type in (0, 1)
+    missing = view.get(NO_SLIDES[0])
+    assert missing.x.wsi is None and missing.present["wsi"] is False and missing.x.genes is not None
+    assert view.get(NO_EXPRESSION[0]).x.present()["genomics"] is False
+    only = view.get("P000", modalities=["report"]).x
+    assert only.wsi is None and only.genes is None and only.report is not None
+    # scaled on the training patients only: their mean of each gene is ~0
+    train_rows = np.stack([view.get(p, ["genomics"]).x.genes.numpy() for p in view.scaler.train_patients])
+    assert np.allclose(np.nanmean(train_rows, axis=0), 0, atol=0.1)
+    assert not set(view.scaler.train_patients) & set(f"P{i:03d}" for i in range(30, 60))
+
+
+# ------------------------------------------------------------------------------------------- learning
+def test_abmil_learns_the_planted_signal(toy, splits):
+    cohort = toy.cohort()
+    config = quick(epochs=12, lr=2e-3, model_options=ABMIL_SMALL, monitor="val_loss", patience=None)
+    result = train_fold("abmil", "survival", cohort, splits[0], config)
+    assert NO_SLIDES[0] not in result.train_patients + result.val_patients
+    evaluation = evaluate_fold(result, cohort, n_boot=100)
+    c = evaluation.metrics.set_index(["subset", "metric"]).loc[("all", "c_index")]
+    print(f"held-out C-index {c.value:.3f} [{c.lower:.3f}, {c.upper:.3f}] on {int(c.n_patients)} patients")
+    assert c.value > 0.65
+    assert result.history.train_loss.iloc[-1] < result.history.train_loss.iloc[0]
+    # the stress test of a WSI-only model: removing WSI leaves nothing, one row per metric, with a note
+    stress = evaluation.stress()
+    assert set(stress.subset) == {"without wsi"} and stress.value.isna().all()
+    assert stress.note.str.contains("not evaluable").all()
+
+
+def test_two_runs_are_identical(toy, splits):
+    cohort = toy.cohort()
+    a = train_fold("late_fusion_concat", "survival", cohort, splits[1], quick(model_options={**FUSION_SMALL,
+                                                                                            "dropout": 0.25}))
+    b = train_fold("late_fusion_concat", "survival", cohort, splits[1], quick(model_options={**FUSION_SMALL,
+                                                                                            "dropout": 0.25}))
+    cols = ["train_loss", "val_loss", "val_metric", "lr"]
+    assert a.history[cols].equals(b.history[cols])
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # the lr schedule: warm-up then cosine decay
+    assert a.history.lr.iloc[0] < a.history.lr.max() and a.history.lr.iloc[-1] < a.history.lr.max()
+
+
+def test_early_stopping_triggers(toy, splits):
+    cohort = toy.cohort()
+    config = quick(epochs=20, patience=2, min_delta=100.0, min_epochs=1, model_options=ABMIL_SMALL)
+    result = train_fold("abmil", "survival", cohort, splits[0], config)
+    assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 0
+    assert result.history.best.tolist() == [True, False, False]
+    metric = quick(epochs=20, patience=2, monitor="val_metric", optimizer="radam", model_options=ABMIL_SMALL)
+    result = train_fold("abmil", "survival", cohort, splits[0], metric)
+    best = result.history.val_metric.max()
+    assert result.history.loc[result.history.epoch == result.best_epoch, "val_metric"].item() == best
+    assert result.stopped_early == (len(result.history) < 20)
+
+
+def test_validation_expression_does_not_leak_into_training(toy, splits, tmp_path):
+    fold = splits[2]
+    frame = pd.read_csv(toy.expression_csv, index_col=0)
+    changed = frame.copy()
+    val = [p for p in fold.val if p in changed.index]
+    changed.loc[val] = changed.loc[val] * 3.0 + 5.0
+    other, _ = genomics_store(tmp_path, changed, toy.gmts, "changed")
+    config = quick(epochs=3, model_options=SNN_SMALL)
+    a = train_fold("snn", "survival", toy.cohort(), fold, config)
+    b = train_fold("snn", "survival", toy.cohort(genomics=other), fold, config)
+    assert a.history.train_loss.tolist() == b.history.train_loss.tolist()
+    assert np.array_equal(a.scaler.mean_, b.scaler.mean_) and np.array_equal(a.scaler.std_, b.scaler.std_)
+    assert np.array_equal(a.time_bins, b.time_bins)
+    assert set(a.scaler.train_patients) <= set(fold.train)
+    assert a.history.val_loss.tolist() != b.history.val_loss.tolist()  # the validation data did change
+
+
+def test_checkpoint_carries_verifiable_provenance(toy, splits, tmp_path):
+    write_splits(splits, tmp_path / "splits")
+    split_set = read_splits(tmp_path / "splits")
+    cohort = toy.cohort()
+    out = tmp_path / "run"
+    result = train_fold("late_fusion_concat", "survival", cohort, split_set[0], quick(epochs=2), out_dir=out,
+                        split_file=tmp_path / "splits")
+    assert result.checkpoint == out / "checkpoint.pt" and result.checkpoint.is_file()
+    log = pd.read_csv(out / "log.csv")
+    assert list(log.columns) == ["epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds", "best"]
+    assert len(log) == 2 and json.loads((out / "log.json").read_text())["epochs"][1]["epoch"] == 1
+    assert verify_checkpoint(result.checkpoint) == [] and verify_provenance(result.checkpoint) == []
+    record = read_provenance(result.checkpoint)
+    roles = set(record["inputs"])
+    assert {"genomics", "reports", "split_file"} <= roles
+    assert any(r.startswith("features:") for r in roles)
+    assert all(len(entry["sha256"]) == 64 for entry in record["inputs"].values())
+    assert record["params"]["model"] == "late_fusion_concat" and record["params"]["fold"]["index"] == 0
+    payload = read_checkpoint(result.checkpoint)
+    assert payload["time_bins"][0] == 0 and math.isinf(payload["time_bins"][-1])
+    assert payload["scaler"]["train_patients"] == result.scaler.train_patients
+    assert payload["fold"]["val"] == result.val_patients
+    loaded = load_checkpoint(result.checkpoint, verify=True)
+    _, a, _ = predict_logits(result.model, cohort.with_scaler(result.scaler), result.val_patients)
+    _, b, _ = predict_logits(loaded.model, cohort.with_scaler(loaded.scaler), result.val_patients)
+    assert np.array_equal(a, b)
+    # an input changed after training is found
+    split_file = tmp_path / "splits" / "splits_0.csv"
+    split_file.write_text(split_file.read_text() + "\n")
+    problems = verify_checkpoint(result.checkpoint)
+    assert len(problems) == 1 and "split_file" in problems[0] and "changed" in problems[0]
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def test_stress_test_one_row_per_removed_modality(toy, splits):
+    cohort = toy.cohort()
+    result = train_fold("late_fusion_concat", "survival", cohort, splits[0], quick(epochs=2))
+    evaluation = evaluate_fold(result, cohort, n_boot=50)
+    stress = evaluation.stress()
+    c_rows = stress[stress.metric == "c_index"]
+    assert sorted(c_rows.subset) == ["without genomics", "without report", "without wsi"]
+    assert c_rows.set_index("removed").loc["wsi", "modalities"] == "genomics+report"
+    assert c_rows.value.notna().all()
+    # a validation patient whose only modalities are all removed is skipped, not an error
+    assert set(evaluation.metrics.metric) == {"c_index", "td_auc", "ibs", "logrank_p"}
+    assert len(evaluation.metrics) == 4 * 4
+    tables = aggregate_folds([evaluation], [result])
+    wide = tables.summary_wide()
+    assert len(wide) == 4 and set(wide.subset) == {"all", "without wsi", "without genomics", "without report"}
+    assert "c_index" in wide.columns and tables.training.n_val.iloc[0] == len(result.val_patients)
+
+
+@pytest.mark.parametrize("task, metric", [("binary", "macro_auc"), ("cox", "c_index")])
+def test_other_tasks_train_and_evaluate(toy, splits, task, metric):
+    cohort = toy.cohort(label_column="grade")
+    result = train_fold("late_fusion_concat", task, cohort, splits[0], quick(epochs=2))
+    evaluation = evaluate_fold(result, cohort, n_boot=20, stress=False)
+    assert np.isfinite(evaluation.metrics.set_index("metric").loc[metric, "value"])
+    if task == "cox":
+        assert result.time_bins is None and result.task.is_cox
