@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pathmm_pipeline.evaluation.run import aggregate_folds, evaluate_fold
+from pathmm_pipeline.evaluation.run import aggregate_folds, evaluate_fold, read_fold_evaluation
 from pathmm_pipeline.genomics import GenomicsSettings, build_genomics_store
 from pathmm_pipeline.models import InputDims, PatientInput
 from pathmm_pipeline.provenance import build_provenance, read_provenance, verify_provenance
@@ -28,12 +28,12 @@ from pathmm_pipeline.training import (MultimodalCohort, TrainConfig, load_checkp
                                       read_splits, train_fold, verify_checkpoint, write_splits)
 from pathmm_pipeline.training.checkpoint import read_checkpoint
 
-N_PATIENTS = 60
+N_PATIENTS = 90
 D_WSI = 16
 N_GENES = 30
 D_TEXT = 8
 NO_EXPRESSION = ("P003", "P011", "P027", "P040", "P052")
-NO_REPORT = ("P005", "P018", "P033", "P047")
+NO_REPORT = ("P005", "P007", "P018", "P033", "P047")
 NO_SLIDES = ("P007",)
 TWO_SLIDES = ("P001", "P002", "P020")
 
@@ -103,12 +103,12 @@ def genomics_store(toy_root: Path, frame: pd.DataFrame, gmts: tuple[Path, Path],
 
 
 def build_toy_cohort(root: Path, seed: int = 0) -> ToyCohort:
-    """60 patients; survival driven by a latent risk z that also sets the fraction of 'tumour' tiles (feature 0
+    """90 patients; survival driven by a latent risk z that also sets the fraction of 'tumour' tiles (feature 0
     shifted by +3) and gene G00. Some patients lack expression, reports or slides; a few have two slides."""
     rng = np.random.default_rng(seed)
     ids = [f"P{i:03d}" for i in range(N_PATIENTS)]
     z = pd.Series(rng.normal(0, 1, N_PATIENTS), index=ids)
-    t_event = rng.exponential(1.0, N_PATIENTS) / (0.05 * np.exp(1.2 * z.to_numpy()))
+    t_event = rng.exponential(1.0, N_PATIENTS) / (0.05 * np.exp(2.0 * z.to_numpy()))
     t_censor = rng.uniform(5, 90, N_PATIENTS)
     time = np.minimum(t_event, t_censor).round(3) + 0.01
     event = (t_event <= t_censor).astype(int)
@@ -121,7 +121,7 @@ def build_toy_cohort(root: Path, seed: int = 0) -> ToyCohort:
         for s in range(n_slides):
             n = int(rng.integers(20, 40))
             feats = rng.normal(0, 1, (n, D_WSI))
-            feats[rng.random(n) < frac, 0] += 3.0
+            feats[rng.random(n) < frac, :4] += 2.0
             _feature_store(features_dir / f"{p}-slide{s + 1}.zarr", f"{p}-slide{s + 1}", feats)
         for s in range(max(1, n_slides)):
             rows.append({"patient_id": p, "slide_id": f"{p}-slide{s + 1}", "cancer_type": "A" if i % 3 else "B",
@@ -204,9 +204,10 @@ def test_cohort_presence_dims_and_inputs(toy):
 # ------------------------------------------------------------------------------------------- learning
 def test_abmil_learns_the_planted_signal(toy, splits):
     cohort = toy.cohort()
-    config = quick(epochs=12, lr=2e-3, model_options=ABMIL_SMALL, monitor="val_loss", patience=None)
+    config = quick(epochs=10, lr=5e-3, grad_accum=1, model_options=ABMIL_SMALL, monitor="val_loss", patience=None)
     result = train_fold("abmil", "survival", cohort, splits[0], config)
     assert NO_SLIDES[0] not in result.train_patients + result.val_patients
+    assert result.scaler is None  # a WSI-only model fits no gene scaler
     evaluation = evaluate_fold(result, cohort, n_boot=100)
     c = evaluation.metrics.set_index(["subset", "metric"]).loc[("all", "c_index")]
     print(f"held-out C-index {c.value:.3f} [{c.lower:.3f}, {c.upper:.3f}] on {int(c.n_patients)} patients")
@@ -296,22 +297,30 @@ def test_checkpoint_carries_verifiable_provenance(toy, splits, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- evaluation
-def test_stress_test_one_row_per_removed_modality(toy, splits):
+def test_stress_test_one_row_per_removed_modality(toy, splits, tmp_path):
     cohort = toy.cohort()
-    result = train_fold("late_fusion_concat", "survival", cohort, splits[0], quick(epochs=2))
+    result = train_fold("late_fusion_concat", "survival", cohort, splits[1], quick(epochs=2))
+    assert NO_SLIDES[0] in result.val_patients
     evaluation = evaluate_fold(result, cohort, n_boot=50)
     stress = evaluation.stress()
     c_rows = stress[stress.metric == "c_index"]
     assert sorted(c_rows.subset) == ["without genomics", "without report", "without wsi"]
     assert c_rows.set_index("removed").loc["wsi", "modalities"] == "genomics+report"
     assert c_rows.value.notna().all()
-    # a validation patient whose only modalities are all removed is skipped, not an error
+    # a validation patient left with no modality (P007 has genomics only) is skipped and counted, not an error
+    only_genomics = [p for p in result.val_patients if p in NO_SLIDES and p in NO_REPORT]
+    assert sorted(evaluation.skipped["without genomics"]) == only_genomics
+    assert c_rows.set_index("removed").loc["genomics", "n_patients"] == len(result.val_patients) - len(only_genomics)
     assert set(evaluation.metrics.metric) == {"c_index", "td_auc", "ibs", "logrank_p"}
     assert len(evaluation.metrics) == 4 * 4
     tables = aggregate_folds([evaluation], [result])
     wide = tables.summary_wide()
     assert len(wide) == 4 and set(wide.subset) == {"all", "without wsi", "without genomics", "without report"}
     assert "c_index" in wide.columns and tables.training.n_val.iloc[0] == len(result.val_patients)
+    # a fold's evaluation written by one job and read back by the aggregating job gives the same tables
+    again = aggregate_folds([read_fold_evaluation(evaluation.save(tmp_path / "eval"))], [result])
+    pd.testing.assert_frame_equal(again.summary_wide(), wide)
+    pd.testing.assert_frame_equal(again.logrank, tables.logrank)
 
 
 @pytest.mark.parametrize("task, metric", [("binary", "macro_auc"), ("cox", "c_index")])

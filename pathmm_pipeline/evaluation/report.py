@@ -360,7 +360,9 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
         parts.append("<p>Validation patients of all folds, each in the risk group its own fold's training "
                      "cut-off gave it.</p>")
         for (model, task), curves in results.km.items():
-            parts.append(f"<h3>{html.escape(model)} &middot; {html.escape(task)}</h3>")
+            lr = curves.logrank
+            parts.append(f"<h3>{html.escape(model)} &middot; {html.escape(task)}: log-rank p = {lr.p_value:.3g} "
+                         f"(n = {' / '.join(map(str, lr.n_per_group))})</h3>")
             parts.append(_img(km_plot(curves, f"{model} / {task}"), f"Kaplan-Meier {model} {task}"))
         parts.append(_table(results.logrank))
     else:

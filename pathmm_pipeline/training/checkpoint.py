@@ -130,7 +130,8 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     """The raw payload of a checkpoint (weights-only unpickling)."""
     payload = torch.load(Path(path), map_location=map_location, weights_only=True)
     if not isinstance(payload, dict) or payload.get("schema") != SCHEMA:
-        raise ProvenanceError(f"{path}: not a pathmm checkpoint (schema {payload.get('schema') if isinstance(payload, dict) else None!r})")
+        schema = payload.get("schema") if isinstance(payload, dict) else None
+        raise ProvenanceError(f"{path}: not a pathmm checkpoint (schema {schema!r}, expected {SCHEMA!r})")
     return payload
 
 

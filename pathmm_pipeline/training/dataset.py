@@ -94,7 +94,8 @@ class MultimodalCohort:
     order (default: sorted). ``scaler``: a GeneScaler fitted on the fold's training patients.
     """
 
-    def __init__(self, patients: pd.DataFrame, feature_stores: Mapping[str, Sequence[str | os.PathLike[str]]] | None = None,
+    def __init__(self, patients: pd.DataFrame,
+                 feature_stores: Mapping[str, Sequence[str | os.PathLike[str]]] | None = None,
                  genomics: str | os.PathLike[str] | GenomicsData | None = None,
                  reports: str | os.PathLike[str] | None = None, *, label_column: str | None = None,
                  label_classes: Sequence[Any] | None = None, cancer_types: Sequence[str] | None = None,

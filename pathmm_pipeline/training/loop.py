@@ -1,7 +1,7 @@
 """Training one model on one fold: :func:`train_fold`.
 
-* **Data**: the fold's cohort view has its gene scaler fitted on the fold's training patients only
-  (:meth:`~.dataset.MultimodalCohort.for_fold`); survival time bins come from the training patients'
+* **Data**: for a model that reads genomics, the fold's cohort view has its gene scaler fitted on the fold's
+  training patients only (:meth:`~.dataset.MultimodalCohort.for_fold`; other models get none); survival time bins come from the training patients'
   uncensored times (:func:`~.losses.make_time_bins`), class weights from the training labels. Nothing about
   the validation patients enters training except the choice of the epoch (early stopping), which is the
   usual, optimistic, practice of the published baselines' code when they stop early at all.
@@ -415,10 +415,13 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
     with deterministic_mode(config.deterministic, device, config.threads):
         torch.manual_seed(config.seed)
         spec, task_name = resolve_task(task, cohort, config.n_bins)
-        fold_train_in_cohort = [p for p in fold.train if p in cohort]
-        view = cohort.for_fold(fold_train_in_cohort)  # scaler fitted on the training patients only
-        dims = view.input_dims()
+        dims = cohort.input_dims()
         model = build_model(model_name, dims, spec, **config.model_options)
+        if "genomics" in model.modalities and cohort.genomics is not None:
+            # the gene scaler is fitted on the fold's training patients only
+            view = cohort.for_fold([p for p in fold.train if p in cohort])
+        else:
+            view = cohort.with_scaler(None)
         train_ids, dropped_train = eligible_patients(view, model, spec, fold.train)
         val_ids, dropped_val = eligible_patients(view, model, spec, fold.val)
         dropped = {**{p: f"train: {r}" for p, r in dropped_train.items()},
