@@ -18,6 +18,7 @@ include: "workflow/rules/tiling.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/genomics.smk"
 include: "workflow/rules/reports.smk"
+include: "workflow/rules/training.smk"
 
 
 rule all:
@@ -29,3 +30,4 @@ rule all:
         expand(rules.extract_features.output, slide=SLIDE_IDS, encoder=ENCODERS),
         rules.genomics.output if EXPRESSION_FILES else [],
         rules.embed_reports.output if REPORTS else [],
+        rules.evaluate.output,

@@ -137,6 +137,30 @@ def cmd_embed_reports(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_splits(args: argparse.Namespace) -> int:
+    from .training.stage import write_cohort_splits
+
+    s = args.settings
+    write_cohort_splits(args.manifest, args.out, k=s.get("k", 5), stratify=s.get("stratify", ["event"]),
+                        seed=s.get("seed", 0), published=s.get("published"))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.stage import train_and_evaluate
+
+    train_and_evaluate(args.model, args.task, args.fold, args.manifest, args.splits, args.out, args.settings,
+                       features_dir=args.features, genomics=args.genomics, reports=args.reports)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .training.stage import write_run_report
+
+    write_run_report(args.folds, args.results, args.out)
+    return 0
+
+
 def cmd_qc_summary(args: argparse.Namespace) -> int:
     from .qc import write_qc_summary
 
@@ -237,6 +261,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--settings", type=_settings, default={})
     p.set_defaults(func=cmd_embed_reports)
+
+    p = sub.add_parser("splits", help="write the cohort's patient-level k-fold split files")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--settings", type=_settings, default={}, help='{"k": 5, "stratify": ["event"], "seed": 0}')
+    p.set_defaults(func=cmd_splits)
+
+    p = sub.add_parser("train", help="train one model for one task on one fold, then evaluate the fold")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", required=True, help="survival, cox, classification:<column>, binary:<column>")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--splits", type=Path, required=True)
+    p.add_argument("--features", type=Path, default=None, help="folder of one encoder's feature stores")
+    p.add_argument("--genomics", type=Path, default=None)
+    p.add_argument("--reports", type=Path, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--settings", type=_settings, default={}, help="training settings (TrainConfig) as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="aggregate trained folds into the HTML evaluation report")
+    p.add_argument("folds", type=Path, nargs="+", help="fold folders written by `pathmm train`")
+    p.add_argument("--results", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("qc-summary", help="one row per slide: statuses, tissue area, tile counts")
     p.add_argument("--tiles", type=Path, nargs="+", required=True)

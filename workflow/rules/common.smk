@@ -1,5 +1,6 @@
 # Shared definitions: the validated sample sheet and the output layout. No side effects at parse time.
 import json
+from pathlib import Path
 
 from pathmm_pipeline.errors import PathmmError
 from pathmm_pipeline.samplesheet import load_samplesheet, slide_entries
@@ -34,6 +35,9 @@ wildcard_constraints:
     slide="[A-Za-z0-9._-]+",
     encoder="[A-Za-z0-9_]+",
     patient="[A-Za-z0-9._-]+",
+    model="[A-Za-z0-9_]+",
+    task="[A-Za-z0-9_-]+",
+    fold="[0-9]+",
 
 
 def settings_json(section):
