@@ -30,4 +30,4 @@ rule all:
         expand(rules.extract_features.output, slide=SLIDE_IDS, encoder=ENCODERS),
         rules.genomics.output if EXPRESSION_FILES else [],
         rules.embed_reports.output if REPORTS else [],
-        rules.evaluate.output,
+        rules.evaluate.output if config["training"]["models"] else [],
