@@ -92,3 +92,14 @@ def slide_factory(he_texture: np.ndarray, tmp_path_factory: pytest.TempPathFacto
         return made[key]
 
     return factory
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a shared, busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -38,13 +38,7 @@ SMALL = {
 TASKS = [TaskSpec.survival(4), TaskSpec.classification(3), TaskSpec.binary(), TaskSpec("survival", 1)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one intra-op thread is faster, and far faster on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def patient(n: int = 20, seed: int = 0, dims: InputDims = DIMS) -> PatientInput:

@@ -30,16 +30,11 @@ CSVS = ("summary", "summary_wide", "folds", "predictions", "km_curves", "logrank
         "qc_slides", "provenance", "cost_by_rule", "cost_jobs")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, one_thread):
+def run(tmp_path_factory, torch_one_thread):
     root = tmp_path_factory.mktemp("report")
     toy = toy_module.build_toy_cohort(root / "toy")
     cohort = toy.cohort()

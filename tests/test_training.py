@@ -42,12 +42,7 @@ FUSION_SMALL = {"dim": 16, "attn_dim": 8, "snn_hidden": (16, 16), "report_hidden
 SNN_SMALL = {"hidden": (16, 16), "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # ------------------------------------------------------------------------------------------- fixtures
