@@ -171,8 +171,10 @@ def test_cohort_presence_dims_and_inputs(toy):
     assert not table.loc[list(NO_SLIDES), "wsi"].any() and table.wsi.sum() == N_PATIENTS - len(NO_SLIDES)
     assert not table.loc[list(NO_EXPRESSION), "genomics"].any()
     assert not table.loc[list(NO_REPORT), "report"].any()
-    assert cohort.input_dims() == InputDims(wsi=D_WSI, genes=N_GENES, pathway_sizes=(5, 10, 15),
-                                            family_sizes=(8, 12, 10), report=D_TEXT, n_cancer_types=2)
+    dims = cohort.input_dims()
+    assert dims == InputDims(wsi=D_WSI, genes=N_GENES, pathway_sizes=(5, 10, 15), family_sizes=(8, 12, 10),
+                             report=D_TEXT, n_cancer_types=2, pathway_members=dims.pathway_members)
+    assert [list(m) for m in dims.pathway_members] == [i.tolist() for i in cohort.genomics.sets("pathways")]
     with pytest.raises(RuntimeError, match="scaler"):
         cohort.get("P000")                       # genomics needs a scaler fitted on training patients
     view = cohort.for_fold([f"P{i:03d}" for i in range(30)])

@@ -15,7 +15,8 @@ Every model takes one :class:`PatientInput` and returns a :class:`ModelOutput`; 
 from __future__ import annotations
 
 from .base import (MODALITIES, MODALITY_FIELDS, TASK_KINDS, InputDims, MissingModalityError, ModelConfigError,
-                   ModelError, ModelInputError, ModelOutput, PathmmModel, PatientInput, TaskSpec)
+                   ModelError, ModelInputError, ModelOutput, PathmmModel, PatientInput, PretrainBatch,
+                   TaskSpec)
 from .registry import (DuplicateModelError, ModelOptionError, UnknownModelError, build_model, get_model_class,
                        list_models, model_options, register_model, unregister_model)
 from . import abmil, late_fusion, mcat, snn, survpath, transmil  # noqa: E402,F401  (register the baselines)
@@ -23,6 +24,6 @@ from . import abmil, late_fusion, mcat, snn, survpath, transmil  # noqa: E402,F4
 __all__ = [
     "MODALITIES", "MODALITY_FIELDS", "TASK_KINDS", "DuplicateModelError", "InputDims", "MissingModalityError",
     "ModelConfigError", "ModelError", "ModelInputError", "ModelOptionError", "ModelOutput", "PathmmModel",
-    "PatientInput", "TaskSpec", "UnknownModelError", "build_model", "get_model_class", "list_models",
+    "PatientInput", "PretrainBatch", "TaskSpec", "UnknownModelError", "build_model", "get_model_class", "list_models",
     "model_options", "register_model", "unregister_model",
 ]

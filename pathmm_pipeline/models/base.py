@@ -123,12 +123,20 @@ class InputDims:
     family_sizes: tuple[int, ...] | None = None
     report: int | None = None
     n_cancer_types: int = 1
+    #: for each pathway of ``pathway_sizes``, the positions of its genes in ``genes`` (gene-token models)
+    pathway_members: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("pathway_sizes", "family_sizes"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(int(v) for v in value))
+        if self.pathway_members is not None:
+            object.__setattr__(self, "pathway_members", tuple(tuple(int(i) for i in m) for m in self.pathway_members))
+            if self.pathway_sizes is not None and tuple(map(len, self.pathway_members)) != self.pathway_sizes:
+                raise ModelConfigError("InputDims: pathway_members do not match pathway_sizes")
+            if self.genes is not None and any(i < 0 or i >= self.genes for m in self.pathway_members for i in m):
+                raise ModelConfigError(f"InputDims: a pathway member index lies outside the {self.genes} genes")
         problems = [f"{n} must be a positive integer or None, got {getattr(self, n)!r}"
                     for n in ("wsi", "genes", "report") if getattr(self, n) is not None and int(getattr(self, n)) < 1]
         problems += [f"{n} must be a non-empty tuple of positive sizes or None"
@@ -193,6 +201,21 @@ class TaskSpec:
     @classmethod
     def binary(cls) -> TaskSpec:
         return cls("binary", 1)
+
+
+@dataclass
+class PretrainBatch:
+    """A batch of patients for a pretraining step: ``inputs`` (any modality subset each), ``cancer_type`` (B,)
+    type indices, and the survival targets where a method's pretraining is supervised: ``bins`` (B,) the
+    discrete time bin (-1 unknown) and ``events`` (B,) (1 observed, 0 censored, -1 unknown)."""
+
+    inputs: list[PatientInput]
+    cancer_type: torch.Tensor
+    bins: torch.Tensor | None = None
+    events: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
 
 
 @dataclass
@@ -351,6 +374,34 @@ class PathmmModel(nn.Module):
         assert x.report_tokens is not None
         t = x.report_tokens
         return self.as_input(t.reshape(-1, t.shape[-1]).mean(0, keepdim=True))
+
+    # -- pretraining ------------------------------------------------------------------------------------------
+
+    #: whether the model defines :meth:`pretraining_loss` (the harness then offers a pretraining stage)
+    pretrainable: ClassVar[bool] = False
+
+    def pretraining_loss(self, batch: PretrainBatch) -> dict[str, torch.Tensor]:
+        """The model's pretraining objective on a batch: named terms (already weighted) and ``"loss"``, their
+        sum, which the harness back-propagates. Only models with ``pretrainable = True`` define it."""
+        raise ModelError(f"model '{self.name}' has no pretraining objective")
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        """The weights a fine-tuning run inherits from pretraining (default: all but the task head
+        ``classifier``)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("classifier.")}
+
+    def load_pretrained(self, state: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+        """Copy every tensor of ``state`` whose name and shape match this model's; returns ``loaded``,
+        ``missing`` (this model's tensors not in ``state``) and ``skipped`` (in ``state``, but unknown here or
+        of another shape). Loading nothing at all is an error."""
+        own = self.state_dict()
+        loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
+        skipped = sorted(set(state) - set(loaded))
+        if not loaded:
+            raise ModelConfigError(f"model '{self.name}': none of the {len(state)} pretrained tensors fits this "
+                                   f"model (e.g. {skipped[:3]}) -- was it pretrained with another method or dims?")
+        self.load_state_dict({k: state[k] for k in loaded}, strict=False)
+        return {"loaded": loaded, "missing": sorted(set(own) - set(loaded)), "skipped": skipped}
 
     def describe(self) -> dict[str, Any]:
         """Name, modalities, task and parameter count (for logs and provenance)."""

@@ -309,18 +309,20 @@ class MultimodalCohort:
                 if self._tiles(p):
                     wsi = self._shared.wsi_dim
                     break
-        genes = pathways = families = None
+        genes = pathways = families = members = None
         if "genomics" in wanted and self.genomics is not None and self._genomics_rows:
             genes = len(self.genomics.genes)
             if self.pathway_collection:
-                pathways = tuple(len(i) for i in self.genomics.sets(self.pathway_collection)) or None
+                sets = self.genomics.sets(self.pathway_collection)
+                pathways = tuple(len(i) for i in sets) or None
+                members = tuple(tuple(int(g) for g in i) for i in sets) or None
             if self.family_collection:
                 families = tuple(len(i) for i in self.genomics.sets(self.family_collection)) or None
         report = None
         if "report" in wanted and self._report_embeddings is not None and self._report_rows:
             report = int(self._report_embeddings.shape[1])
         return InputDims(wsi=wsi, genes=genes, pathway_sizes=pathways, family_sizes=families, report=report,
-                         n_cancer_types=max(1, len(self.cancer_types)))
+                         n_cancer_types=max(1, len(self.cancer_types)), pathway_members=members)
 
     # ------------------------------------------------------------------------------------------- loading
     def _wsi(self, patient_id: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -396,12 +396,15 @@ def _fold_hash(fold: Fold) -> str:
 # ------------------------------------------------------------------------------------------- training
 def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, fold: Fold,
                config: TrainConfig | None = None, *, out_dir: str | os.PathLike[str] | None = None,
-               split_file: str | os.PathLike[str] | None = None) -> FoldResult:
+               split_file: str | os.PathLike[str] | None = None,
+               pretrained: str | os.PathLike[str] | None = None) -> FoldResult:
     """Train ``model_name`` for ``task`` on ``fold.train`` and validate on ``fold.val`` each epoch.
 
     ``cohort`` is the whole cohort (unscaled); the fold's scaler is fitted here on ``fold.train``.
     ``split_file``: the fold's split file (or the folder holding ``splits_<k>.csv``), recorded with its hash.
-    With ``out_dir``, the epoch logs and the checkpoint are written there. See the module docstring.
+    With ``out_dir``, the epoch logs and the checkpoint are written there. ``pretrained``: a pretraining
+    checkpoint (:mod:`.pretrain`) of the same model whose weights initialise everything but the task head; it
+    is recorded among the checkpoint's inputs. See the module docstring.
     """
     config = config or TrainConfig()
     device = resolve_device(config.device)
@@ -417,6 +420,10 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
         spec, task_name = resolve_task(task, cohort, config.n_bins)
         dims = cohort.input_dims()
         model = build_model(model_name, dims, spec, **config.model_options)
+        pretrained_info = None
+        if pretrained is not None:
+            from .pretrain import apply_pretrained  # pretrain imports this module
+            pretrained_info = apply_pretrained(model, pretrained)
         if "genomics" in model.modalities and cohort.genomics is not None:
             # the gene scaler is fitted on the fold's training patients only
             view = cohort.for_fold([p for p in fold.train if p in cohort])
@@ -532,6 +539,8 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
             inputs: dict[str, Any] = view.input_paths([*train_ids, *val_ids])
             if split_file is not None and Path(split_file).is_file():
                 inputs["split_file"] = split_file
+            if pretrained is not None:
+                inputs["pretrained"] = pretrained
             fold_record = {"index": fold.index, "train": train_ids, "val": val_ids, "dropped": dropped,
                            "split_file": result.split_file, "split_sha256": _fold_hash(fold)}
             result.checkpoint = save_checkpoint(
@@ -540,5 +549,7 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
                 time_bins=objective.edges, scaler=view.scaler, history=rows, best_epoch=best_epoch, inputs=inputs,
                 label_classes=result.label_classes, cancer_types=result.cancer_types,
                 extra={"cohort": view.describe(), "stopped_early": stopped_early, "seconds": seconds,
+                       "pretrained": None if pretrained_info is None else
+                       {k: pretrained_info[k] for k in ("path", "n_loaded", "missing")},
                        "peak_rss_mb": result.peak_rss_mb, "peak_gpu_mb": peak_gpu, "device": str(device)})
         return result
