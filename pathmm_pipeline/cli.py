@@ -150,7 +150,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.stage import train_and_evaluate
 
     train_and_evaluate(args.model, args.task, args.fold, args.manifest, args.splits, args.out, args.settings,
-                       features_dir=args.features, genomics=args.genomics, reports=args.reports)
+                       features_dir=args.features, genomics=args.genomics, reports=args.reports,
+                       label=args.label, pretrained=args.pretrained)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .training.stage import pretrain_fold
+
+    pretrain_fold(args.model, args.fold, args.manifest, args.splits, args.out, args.settings,
+                  features_dir=args.features, genomics=args.genomics, reports=args.reports,
+                  external=args.external, external_genomics=args.external_genomics)
     return 0
 
 
@@ -279,7 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", type=Path, default=None)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--settings", type=_settings, default={}, help="training settings (TrainConfig) as JSON")
+    p.add_argument("--label", default=None, help="the run's name in the results (a variant name)")
+    p.add_argument("--pretrained", type=Path, default=None, help="a pretraining checkpoint to start from")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain", help="pretrain a multimodal model on one fold's training patients")
+    p.add_argument("--model", required=True)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--splits", type=Path, required=True)
+    p.add_argument("--features", type=Path, default=None, help="folder of one encoder's feature stores")
+    p.add_argument("--genomics", type=Path, default=None)
+    p.add_argument("--reports", type=Path, default=None)
+    p.add_argument("--external", type=Path, default=None, help="table of slide-less patients to add")
+    p.add_argument("--external-genomics", type=Path, default=None, help="their genomics store")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--settings", type=_settings, default={}, help="pretraining settings (PretrainConfig) as JSON")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("report", help="aggregate trained folds into the HTML evaluation report")
     p.add_argument("folds", type=Path, nargs="+", help="fold folders written by `pathmm train`")

@@ -195,6 +195,30 @@ def _expression_tsv(patients: list[Patient]) -> str:
     return text.to_csv(sep="\t", lineterminator="\n")
 
 
+def _external_tables(patients: list[Patient]) -> tuple[str, str]:
+    """The slide-less pretraining corpus: every other BLCA/STAD case with expression and DSS survival, as an
+    external patients table (``patient_id``, ``cancer_type``, ``survival_time``, ``survival_event``,
+    ``subtype``, ``expression_path``) and its Xena-style expression matrix."""
+    chosen = {p.patient_id for p in patients}
+    rows, blocks = [], []
+    for cancer_type in ("BLCA", "STAD"):
+        clinical = tcga.load_clinical(cancer_type)
+        expression = tcga.load_expression(cancer_type)
+        frame = clinical[clinical.index.isin(expression.index) & ~clinical.index.isin(chosen)]
+        frame = frame.dropna(subset=["survival_months_dss", "censorship_dss"]).sort_index()
+        blocks.append(expression.loc[frame.index])
+        rows += [{"patient_id": case, "cancer_type": cancer_type,
+                  "survival_time": round(float(r["survival_months_dss"]), 4),
+                  "survival_event": int(1 - r["censorship_dss"]),
+                  "subtype": "" if pd.isna(r.get("subtype")) else str(r["subtype"]),
+                  "expression_path": "expression.tsv"} for case, r in frame.iterrows()]
+    matrix = pd.concat(blocks).T
+    matrix.columns = [f"{case}-01" for case in matrix.columns]
+    matrix.index.name = "sample"
+    text = matrix.map(lambda v: str(np.float32(v))).to_csv(sep="\t", lineterminator="\n")
+    return pd.DataFrame(rows).to_csv(index=False, lineterminator="\n"), text
+
+
 def _readme(n_patients: int, seed: int, slides: int, slide_scale: float) -> str:
     return f"""# pathmm demo cohort
 
@@ -213,6 +237,10 @@ sample sheet, reports and expression table and pixel-identical slides.
   pool (eosin-rich collagen, few nuclei), and tiled into 1-3 irregular tissue pieces with lumen-like holes on
   glass. Some slides carry a blue or green pen mark and some an air bubble. The whole-slide images of these
   TCGA patients are not used.
+- **External pretraining corpus: real.** `external/patients.csv` and `external/expression.tsv` hold every other
+  BLCA and STAD case of the same release that has expression and DSS survival (no slide, no report): the
+  slide-less patients the multimodal methods (ALTER, MICE) may add to their pretraining corpus
+  (`training.pretraining.external`).
 - **Reports: invented text around the real clinical fields.** All names, dates, numbers, addresses, phone
   numbers and e-mails in them are fake and planted on purpose (see `reports/planted_identifiers.json`).
 
@@ -302,6 +330,10 @@ def build_demo_cohort(out_dir: str | os.PathLike[str], n_patients: int = 32, see
         write_text_atomic(reports_dir / "planted_identifiers.json", json.dumps(planted, indent=1) + "\n")
         write_text_atomic(reports_dir / "clinical_terms.json", json.dumps(terms, indent=1) + "\n")
         write_text_atomic(tmp / "expression.tsv", _expression_tsv(patients))
+        (tmp / "external").mkdir()
+        external_table, external_expression = _external_tables(patients)
+        write_text_atomic(tmp / "external" / "patients.csv", external_table)
+        write_text_atomic(tmp / "external" / "expression.tsv", external_expression)
 
         rows, signal, truth = [], [], {}
         for patient, spec in plan:

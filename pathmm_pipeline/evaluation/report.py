@@ -4,9 +4,12 @@
 JavaScript, nothing fetched) with these sections:
 
 1. **Results**: model x task x modality subset, ``mean ± std`` over folds for each metric (the missing-modality
-   stress test is the ``without <modality>`` rows), and the per-fold values.
+   stress test is the ``without <modality>`` rows), and the per-fold values; then the **missing-modality**
+   table: each model's primary metric with all its modalities and with each one withheld.
 2. **Kaplan-Meier**: per model and task, the out-of-fold risk groups pooled over folds, with the log-rank p.
-3. **Training curves**: train and validation loss and the validation metric per epoch, per fold.
+3. **Training curves**: train and validation loss and the validation metric per epoch, per fold; then the
+   **pretraining** curves (every loss term per epoch) of pretrained models, and **downstream tasks** (report
+   generation scores, data-efficiency curves) where a run has them.
 4. **Cohort QC**: slides, statuses and tiles per slide (``results/qc/slides.parquet``), and the segmentation
    QC thumbnails (``results/segmentation/<slide>.qc.png``) scaled down.
 5. **Provenance**: every input store or file, the stage that made it, when, its sha256 now, and the code
@@ -52,8 +55,27 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{font-size:.85em}details{margin:.5em 0}nav a{margin-right:1em}
 """
 
-SECTIONS = (("results", "Results"), ("km", "Kaplan-Meier"), ("training", "Training curves"),
+SECTIONS = (("results", "Results"), ("stress", "Missing modalities"), ("km", "Kaplan-Meier"),
+            ("training", "Training curves"), ("pretraining", "Pretraining"), ("downstream", "Downstream tasks"),
             ("qc", "Cohort QC"), ("provenance", "Provenance"), ("cost", "Cost"))
+
+
+def pretraining_plot(history: pd.DataFrame, title: str) -> str | None:
+    """Every loss term of a pretraining run per epoch, one line per term, folds averaged."""
+    plt = _matplotlib()
+    if plt is None or history.empty:
+        return None
+    terms = [c for c in history.columns if c not in ("model", "fold", "epoch", "lr", "seconds")]
+    mean = history.groupby("epoch")[terms].mean()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for term in terms:
+        ax.plot(mean.index, mean[term], label=term, lw=2 if term == "loss" else 1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (mean over folds)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
 
 
 # ------------------------------------------------------------------------------------------- plotting
@@ -296,6 +318,23 @@ def _thumbnail_paths(thumbnails: str | os.PathLike[str] | Sequence[str | os.Path
 
 
 # ------------------------------------------------------------------------------------------- the report
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+
+
+def read_pretraining_logs(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
+    """``pretrain_log.csv`` files (``.../<model>/fold_<k>/pretrain_log.csv``) as one table with ``model`` and
+    ``fold`` columns."""
+    frames = []
+    for path in paths:
+        path = Path(path)
+        frame = pd.read_csv(path)
+        frame.insert(0, "fold", int(path.parent.name.removeprefix("fold_")))
+        frame.insert(0, "model", path.parent.parent.name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
                  qc: str | os.PathLike[str] | pd.DataFrame | None = None,
                  thumbnails: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
@@ -303,12 +342,15 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
                  provenance: Mapping[str, str | os.PathLike[str]] | Iterable[str | os.PathLike[str]] | None = None,
                  title: str = "pathmm run report", csv_dir: str | os.PathLike[str] | None = None,
                  verify_provenance: bool = False, max_thumbnails: int = 200, thumb_px: int = 160,
-                 notes: Sequence[str] = ()) -> Path:
+                 notes: Sequence[str] = (), pretraining: pd.DataFrame | None = None,
+                 downstream: Mapping[str, pd.DataFrame] | None = None) -> Path:
     """Write the HTML report at ``out_html`` and its tables as CSV (see the module docstring); returns the path.
 
     ``qc``: the QC summary (``results/qc/slides.parquet`` or a DataFrame); ``thumbnails``: the segmentation
     folder (its ``*.qc.png``) or image paths; ``benchmarks``: ``results/benchmarks``; ``provenance``: the
-    inputs to list (label -> path, or paths; :func:`collect_inputs` finds a results folder's)."""
+    inputs to list (label -> path, or paths; :func:`collect_inputs` finds a results folder's); ``pretraining``:
+    the pretraining history (model, fold, epoch and one column per loss term; :func:`read_pretraining_logs`);
+    ``downstream``: title -> table of downstream-task results (report generation, data efficiency, ...)."""
     from ..provenance import code_identity
 
     out_html = Path(out_html)
@@ -321,6 +363,10 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     # CSVs -----------------------------------------------------------------------------------------------
     tables = dict(results.tables())
     tables.update(qc_slides=qc_frame, provenance=prov, cost_by_rule=cost, cost_jobs=jobs)
+    if pretraining is not None:
+        tables["pretraining_history"] = pretraining
+    for name, frame in (downstream or {}).items():
+        tables[f"downstream_{_slug(name)}"] = frame
     written = {}
     for name, frame in tables.items():
         if frame is not None and not frame.empty:
@@ -354,6 +400,18 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     parts.append(_table(results.folds[fold_cols] if fold_cols else results.folds, max_rows=500))
     parts.append("</details>")
 
+    # 1b. missing modalities -----------------------------------------------------------------------------
+    parts.append("<h2 id='stress'>Missing-modality stress test</h2>")
+    stress = results.stress_table()
+    if not stress.empty:
+        parts.append("<p>Each model's primary metric (mean ± std over folds) with every modality it reads "
+                     "(<code>all</code>) and with one modality withheld from every validation patient at "
+                     "inference (<code>without X</code>). Models that cannot run without a modality have no "
+                     "value there.</p>")
+        parts.append(_table(stress))
+    else:
+        parts.append("<p class='meta'>(no results)</p>")
+
     # 2. Kaplan-Meier ------------------------------------------------------------------------------------
     parts.append("<h2 id='km'>Kaplan-Meier</h2>")
     if results.km:
@@ -378,6 +436,29 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
         parts.append(_table(results.training))
     else:
         parts.append("<p class='meta'>(no training history given)</p>")
+
+    # 3b. pretraining --------------------------------------------------------------------------------------
+    parts.append("<h2 id='pretraining'>Pretraining</h2>")
+    if pretraining is not None and not pretraining.empty:
+        parts.append("<p>Each pretrainable model's objective per epoch (every weighted term and their sum), "
+                     "averaged over the folds it was pretrained on (each fold on its training patients, plus the "
+                     "external slide-less patients where configured).</p>")
+        for model, h in pretraining.groupby("model", sort=False):
+            parts.append(f"<h3>{html.escape(str(model))}</h3>")
+            parts.append(_img(pretraining_plot(h, str(model)), f"pretraining {model}"))
+        last = pretraining.sort_values("epoch").groupby(["model", "fold"], sort=False).tail(1)
+        parts.append("<details><summary>Final epoch per fold</summary>" + _table(last) + "</details>")
+    else:
+        parts.append("<p class='meta'>(no pretrained model in this run)</p>")
+
+    # 3c. downstream tasks ---------------------------------------------------------------------------------
+    parts.append("<h2 id='downstream'>Downstream tasks</h2>")
+    if downstream:
+        for name, frame in downstream.items():
+            parts.append(f"<h3>{html.escape(name)}</h3>")
+            parts.append(_table(frame))
+    else:
+        parts.append("<p class='meta'>(none in this run)</p>")
 
     # 4. QC -----------------------------------------------------------------------------------------------
     parts.append("<h2 id='qc'>Cohort QC</h2>")

@@ -267,8 +267,29 @@ class ResultsTables:
         wide.columns.name = None
         return wide.reset_index()
 
+    def stress_table(self, digits: int = 3) -> pd.DataFrame:
+        """The missing-modality stress test: model x task rows, one ``mean ± std`` column per modality subset
+        (``all``, ``without wsi``, ...) of the task's primary metric (C-index for survival, balanced accuracy
+        for classification)."""
+        if self.summary.empty:
+            return pd.DataFrame()
+        rows = []
+        for (model, task), group in self.summary.groupby(["model", "task"], sort=False):
+            metric = next((m for m in ("c_index", "balanced_accuracy", "auc") if m in set(group.metric)), None)
+            if metric is None:
+                continue
+            row: dict[str, Any] = {"model": model, "task": task, "metric": metric}
+            for _, r in group[group.metric == metric].iterrows():
+                row[r["subset"]] = _fmt(r["mean"], r["std"], digits)
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        subsets = [c for c in frame.columns if c not in ("model", "task", "metric")]
+        ordered = [ALL] + sorted(c for c in subsets if c != ALL)
+        return frame[["model", "task", "metric", *[c for c in ordered if c in frame]]]
+
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"summary": self.summary, "summary_wide": self.summary_wide(), "folds": self.folds,
+        return {"summary": self.summary, "summary_wide": self.summary_wide(), "stress": self.stress_table(),
+                "folds": self.folds,
                 "predictions": self.predictions, "km_curves": self.km_curves, "logrank": self.logrank,
                 "training_history": self.history, "training": self.training}
 
@@ -320,8 +341,8 @@ def _training_rows(results: Iterable[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
                           "checkpoint": None if r.checkpoint is None else str(r.checkpoint)})
         elif isinstance(r, LoadedCheckpoint):
             h = pd.DataFrame(r.history)
-            meta = {"model": r.model_name, "task": r.task_name, "fold": int(r.fold["index"])}
             extra = r.provenance.get("extra", {})
+            meta = {"model": extra.get("label", r.model_name), "task": r.task_name, "fold": int(r.fold["index"])}
             costs.append({**meta, "best_epoch": r.best_epoch, "epochs_run": len(h),
                           "stopped_early": extra.get("stopped_early"), "monitor": r.train_config.get("monitor"),
                           "n_train": len(r.fold["train"]), "n_val": len(r.fold["val"]),

@@ -10,6 +10,14 @@ Every model takes one :class:`PatientInput` and returns a :class:`ModelOutput`; 
 * ``survpath`` -- SurvPath (Jaume et al. 2024): pathway tokens and patch tokens, sparse multimodal attention.
 * ``late_fusion_concat`` / ``late_fusion_kronecker`` -- unimodal encoders (wsi, genomics, report) fused by
   concatenation or by the gated Kronecker product of Pathomic Fusion / PORPOISE.
+
+Multimodal methods with a pretraining objective (``pretrainable``; :mod:`pathmm_pipeline.training.pretrain`):
+
+* ``alter`` -- ALTER (Sun et al. 2025): region-pooled TransMIL, Performer gene tokens pooled by pathway and
+  report tokens through a universal transformer with modality-specific mixture-of-experts; masked modelling,
+  pairwise InfoNCE and a cancer-type triplet loss; any subset of modalities.
+* ``mice`` -- MICE (2025): consensual, per-cancer-type and routed overlapping experts over the modality
+  embeddings, cancer-type-conditioned synthesis of absent modalities; survival NLL + cross-modal contrastive.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from .base import (MODALITIES, MODALITY_FIELDS, TASK_KINDS, InputDims, MissingMo
                    TaskSpec)
 from .registry import (DuplicateModelError, ModelOptionError, UnknownModelError, build_model, get_model_class,
                        list_models, model_options, register_model, unregister_model)
-from . import abmil, late_fusion, mcat, snn, survpath, transmil  # noqa: E402,F401  (register the baselines)
+from . import abmil, alter, late_fusion, mcat, mice, snn, survpath, transmil  # noqa: E402,F401  (register the baselines)
 
 __all__ = [
     "MODALITIES", "MODALITY_FIELDS", "TASK_KINDS", "DuplicateModelError", "InputDims", "MissingModalityError",

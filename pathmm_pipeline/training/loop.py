@@ -397,7 +397,7 @@ def _fold_hash(fold: Fold) -> str:
 def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, fold: Fold,
                config: TrainConfig | None = None, *, out_dir: str | os.PathLike[str] | None = None,
                split_file: str | os.PathLike[str] | None = None,
-               pretrained: str | os.PathLike[str] | None = None) -> FoldResult:
+               pretrained: str | os.PathLike[str] | None = None, label: str | None = None) -> FoldResult:
     """Train ``model_name`` for ``task`` on ``fold.train`` and validate on ``fold.val`` each epoch.
 
     ``cohort`` is the whole cohort (unscaled); the fold's scaler is fitted here on ``fold.train``.
@@ -548,7 +548,8 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
                 dims=dims, task=spec, task_name=task_name, train_config=config.to_dict(), fold=fold_record,
                 time_bins=objective.edges, scaler=view.scaler, history=rows, best_epoch=best_epoch, inputs=inputs,
                 label_classes=result.label_classes, cancer_types=result.cancer_types,
-                extra={"cohort": view.describe(), "stopped_early": stopped_early, "seconds": seconds,
+                extra={"label": label or model_name,
+                       "cohort": view.describe(), "stopped_early": stopped_early, "seconds": seconds,
                        "pretrained": None if pretrained_info is None else
                        {k: pretrained_info[k] for k in ("path", "n_loaded", "missing")},
                        "peak_rss_mb": result.peak_rss_mb, "peak_gpu_mb": peak_gpu, "device": str(device)})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +30,50 @@ def parse_task(task: str) -> tuple[str, str | None]:
     if kind in ("classification", "binary") and not column:
         raise InputError(task, f"a {kind} task needs a label column", f"write it as {kind}:<column>")
     return kind, column or None
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One entry of ``training.models``: its ``label`` (the name in results and the report), the registered
+    ``model``, its build ``options``, whether it is ``pretrained`` before fine-tuning and whether its
+    pretraining corpus takes the ``external`` slide-less patients (when configured)."""
+
+    label: str
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    external: bool = True
+
+
+def resolve_runs(models: Sequence[str], variants: dict[str, dict[str, Any]] | None = None,
+                 pretraining: bool = True) -> dict[str, ModelRun]:
+    """``training.models`` resolved against ``training.variants`` and the registry: label -> :class:`ModelRun`.
+
+    A pretrainable model is pretrained when pretraining is enabled, unless its variant says ``pretrain: false``.
+    An unknown name is an error listing the registered models and the variants."""
+    from ..models import get_model_class, list_models, model_options
+    from ..models.registry import UnknownModelError
+
+    variants = variants or {}
+    runs: dict[str, ModelRun] = {}
+    for label in models:
+        spec = variants.get(label, {"model": label})
+        try:
+            cls = get_model_class(spec["model"])
+        except UnknownModelError:
+            where = f"variant '{label}' names model '{spec['model']}'" if label in variants else f"'{label}'"
+            raise InputError("config training.models", f"{where}, which is not a registered model",
+                             f"registered models: {', '.join(list_models())}; variants: "
+                             f"{', '.join(variants) or 'none'}") from None
+        options = dict(spec.get("options") or {})
+        unknown = sorted(set(options) - set(model_options(spec["model"])))
+        if unknown:
+            raise InputError(f"config training.variants.{label}", f"model '{spec['model']}' has no option(s) "
+                             f"{', '.join(unknown)}", f"its options: {', '.join(model_options(spec['model']))}")
+        runs[label] = ModelRun(label, spec["model"], options,
+                               bool(pretraining and cls.pretrainable and spec.get("pretrain", True)),
+                               bool(spec.get("external", True)))
+    return runs
 
 
 def task_slug(task: str) -> str:
@@ -73,14 +118,53 @@ def _cohort(manifest: Path, features_dir: Path | None, genomics: Path | None, re
                                           max_tiles=options.get("max_tiles", 4096), seed=options.get("seed", 0))
 
 
+def pretrain_fold(model: str, fold_index: int, manifest: str | os.PathLike[str], splits_dir: str | os.PathLike[str],
+                  out_dir: str | os.PathLike[str], settings: dict[str, Any],
+                  features_dir: str | os.PathLike[str] | None = None, genomics: str | os.PathLike[str] | None = None,
+                  reports: str | os.PathLike[str] | None = None,
+                  external: str | os.PathLike[str] | None = None,
+                  external_genomics: str | os.PathLike[str] | None = None) -> Path:
+    """Pretrain ``model`` on fold ``fold_index``'s training patients (plus the external slide-less patients
+    when given); writes ``pretrained.pt`` (+ provenance) and ``pretrain_log.csv`` into ``out_dir``."""
+    from .pretrain import PretrainConfig, external_cohort, pretrain
+    from .splits import read_splits
+
+    settings = dict(settings)
+    cohort_options = {k: settings.pop(k) for k in ("max_tiles",) if k in settings}
+    cohort_options["seed"] = settings.get("seed", 0)
+    config = PretrainConfig.from_dict(settings)
+    cohort = _cohort(Path(manifest), Path(features_dir) if features_dir else None,
+                     Path(genomics) if genomics else None, Path(reports) if reports else None, "survival",
+                     cohort_options)
+    fold = read_splits(splits_dir)[fold_index]
+    extra: dict[str, Any] = {}
+    ext = None
+    if external is not None:
+        if external_genomics is None:
+            raise InputError(external, "external patients given without their genomics store",
+                             "pass --external-genomics (the genomics stage run on the external table)")
+        ext = external_cohort(external, external_genomics, cohort, exclude=cohort.patient_ids)
+        extra["external_patients"] = external
+    split_file = Path(splits_dir) / f"splits_{fold_index}.csv"
+    result = pretrain(model, cohort, fold.train, config, external=ext, out_dir=out_dir,
+                      split_file=split_file if split_file.is_file() else None, extra_inputs=extra)
+    last = result.history.iloc[-1].to_dict()
+    log.info("pretrained %s fold %d on %d + %d external patients in %.1f s: %s", model, fold_index,
+             len(result.patients), len(result.external_patients), result.seconds,
+             ", ".join(f"{k}={v:.4f}" for k, v in last.items() if k != "epoch"))
+    return Path(out_dir)
+
+
 def train_and_evaluate(model: str, task: str, fold_index: int, manifest: str | os.PathLike[str],
                        splits_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                        settings: dict[str, Any], features_dir: str | os.PathLike[str] | None = None,
                        genomics: str | os.PathLike[str] | None = None,
-                       reports: str | os.PathLike[str] | None = None) -> Path:
+                       reports: str | os.PathLike[str] | None = None, *, label: str | None = None,
+                       pretrained: str | os.PathLike[str] | None = None) -> Path:
     """Train one model for one task on one fold, then evaluate it (with the missing-modality stress test) on the
     fold's held-out patients. Writes ``checkpoint.pt`` (+ provenance), ``log.csv``/``log.json`` and
-    ``metrics.csv``/``predictions.csv`` into ``out_dir``."""
+    ``metrics.csv``/``predictions.csv`` into ``out_dir``. ``label`` names the run in the tables (a variant
+    name; default the model's); ``pretrained`` a pretraining checkpoint to start from."""
     from ..evaluation.run import evaluate_fold
     from .loop import TrainConfig, train_fold
     from .splits import read_splits
@@ -95,20 +179,55 @@ def train_and_evaluate(model: str, task: str, fold_index: int, manifest: str | o
                      Path(genomics) if genomics else None, Path(reports) if reports else None, task, cohort_options)
     fold = read_splits(splits_dir)[fold_index]
     kind, _ = parse_task(task)
-    result = train_fold(model, kind, cohort, fold, config, out_dir=out, split_file=splits_dir)
+    result = train_fold(model, kind, cohort, fold, config, out_dir=out, split_file=splits_dir,
+                        pretrained=pretrained, label=label)
     evaluation = evaluate_fold(result, cohort, stress=True, n_boot=n_boot, seed=config.seed)
     evaluation.metrics["task"] = task
     evaluation.predictions["task"] = task
+    if label is not None:
+        evaluation.metrics["model"] = label
+        evaluation.predictions["model"] = label
     evaluation.save(out)
     log.info("%s %s fold %d: best epoch %d, %s", model, task, fold_index, result.best_epoch,
              evaluation.metrics.query("modalities == 'all'").to_dict("records")[:2])
     return out
 
 
+def _pretraining_logs(fold_dir: Path, results: Path) -> list[Path]:
+    """The pretraining log of the run a fold folder belongs to (``training/<enc>/<model>/<task>/fold_<k>`` ->
+    ``pretraining/<enc>/<model>/fold_<k>/pretrain_log.csv``), when there is one."""
+    try:
+        encoder, model, _task, fold = fold_dir.resolve().relative_to((results / "training").resolve()).parts[:4]
+    except ValueError:
+        return []
+    path = results / "pretraining" / encoder / model / fold / "pretrain_log.csv"
+    return [path] if path.is_file() else []
+
+
+def read_downstream(fold_dirs: Sequence[str | os.PathLike[str]]) -> dict[str, pd.DataFrame]:
+    """Downstream-task tables written into fold folders (``downstream_<name>.csv``), concatenated over folds
+    and summarised (mean and std of every numeric column per model, task and setting)."""
+    frames: dict[str, list[pd.DataFrame]] = {}
+    for d in fold_dirs:
+        for path in sorted(Path(d).glob("downstream_*.csv")):
+            frames.setdefault(path.stem.removeprefix("downstream_"), []).append(pd.read_csv(path))
+    out = {}
+    for name, parts in frames.items():
+        frame = pd.concat(parts, ignore_index=True)
+        keys = [c for c in frame.columns if frame[c].dtype == object or c in ("fraction", "k")]
+        values = [c for c in frame.select_dtypes("number").columns if c not in (*keys, "fold")]
+        summary = frame.groupby(keys, sort=False)[values].agg(["mean", "std"]) if keys and values else frame
+        if keys and values:
+            summary.columns = [f"{a}_{b}" for a, b in summary.columns]
+            summary = summary.reset_index().round(4)
+        out[name.replace("_", " ")] = summary
+    return out
+
+
 def write_run_report(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.PathLike[str],
                      out_html: str | os.PathLike[str], title: str = "pathmm evaluation report") -> Path:
     """Aggregate every fold of every model and task into the HTML report and its CSV tables."""
-    from ..evaluation.report import collect_inputs, write_report
+    from ..evaluation.report import collect_inputs, read_pretraining_logs, write_report
     from ..evaluation.run import aggregate_folds, read_fold_evaluation
 
     if not fold_dirs:
@@ -118,9 +237,11 @@ def write_run_report(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: s
     tables = aggregate_folds(evaluations, training=checkpoints)
     root = Path(results_dir)
     out_html = Path(out_html)
+    pretrain_logs = sorted(p for d in fold_dirs for p in _pretraining_logs(Path(d), root))
     write_report(tables, out_html, qc=root / "qc" / "slides.parquet", thumbnails=root / "segmentation",
                  benchmarks=root / "benchmarks", provenance=collect_inputs(root), title=title,
-                 csv_dir=out_html.parent)
+                 csv_dir=out_html.parent, pretraining=read_pretraining_logs(sorted(set(pretrain_logs))),
+                 downstream=read_downstream(fold_dirs))
     write_text_atomic(out_html.parent / "summary.json",
                       json.dumps(json.loads(tables.summary.to_json(orient="records")), indent=1))
     return out_html

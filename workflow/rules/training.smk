@@ -1,8 +1,20 @@
+from pathmm_pipeline.training.pretrain import read_external_patients
+from pathmm_pipeline.training.stage import resolve_runs
+
 TRAIN = config["training"]
+PRETRAIN = TRAIN["pretraining"]
 TRAIN_ENCODER = TRAIN["encoder"] or ENCODERS[0]
 TASK_SLUGS = {t.replace(":", "-"): t for t in TRAIN["tasks"]}
 FOLDS = list(range(TRAIN["folds"]))
 FOLD_DIR = f"{RESULTS}/training/{TRAIN_ENCODER}/{{model}}/{{task}}/fold_{{fold}}"
+PRETRAIN_DIR = f"{RESULTS}/pretraining/{TRAIN_ENCODER}/{{model}}/fold_{{fold}}"
+
+try:
+    RUNS = resolve_runs(TRAIN["models"], TRAIN["variants"], PRETRAIN["enabled"])
+    EXTERNAL = read_external_patients(PRETRAIN["external"]) if PRETRAIN["external"] else None
+except PathmmError as exc:
+    raise WorkflowError(f"the training configuration is invalid, no job was started:\n{exc}") from None
+PRETRAINED_RUNS = [label for label, run in RUNS.items() if run.pretrained]
 
 
 rule make_splits:
@@ -27,7 +39,8 @@ rule make_splits:
         "pathmm splits {input.manifest:q} --out {params.out:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
-def training_inputs(wildcards):
+def cohort_inputs(wildcards):
+    """The stores a training or pretraining job reads for one fold."""
     inputs = {
         "manifest": rules.cohort_manifest.output[0],
         "split": f"{RESULTS}/splits/splits_{wildcards.fold}.csv",
@@ -40,6 +53,83 @@ def training_inputs(wildcards):
     return inputs
 
 
+def training_inputs(wildcards):
+    inputs = cohort_inputs(wildcards)
+    if RUNS[wildcards.model].pretrained:
+        inputs["pretrained"] = f"{RESULTS}/pretraining/{TRAIN_ENCODER}/{wildcards.model}/fold_{wildcards.fold}/pretrained.pt"
+    return inputs
+
+
+def pretraining_inputs(wildcards):
+    inputs = cohort_inputs(wildcards)
+    if EXTERNAL is not None and RUNS[wildcards.model].external:
+        inputs["external"] = PRETRAIN["external"]
+        inputs["external_genomics"] = rules.external_genomics.output.store
+    return inputs
+
+
+def run_settings(wildcards, base):
+    """The settings JSON of one run: the shared settings plus the run's model options."""
+    options = RUNS[wildcards.model].options
+    return json.dumps({**base, "model_options": options} if options else base, sort_keys=True)
+
+
+rule external_genomics:
+    input:
+        expression=sorted(set(EXTERNAL.expression_path)) if EXTERNAL is not None else [],
+    output:
+        store=directory(f"{RESULTS}/pretraining/external/genomics.zarr"),
+    params:
+        settings=json.dumps({**config["genomics"], "patients": sorted(EXTERNAL.patient_id) if EXTERNAL is not None
+                             else []}, sort_keys=True),
+    log:
+        f"{RESULTS}/logs/external_genomics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/external_genomics.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "pathmm genomics --expression {input.expression:q} --out {output.store:q} --settings {params.settings:q}"
+        " > {log:q} 2>&1"
+
+
+rule pretrain:
+    input:
+        unpack(pretraining_inputs),
+    output:
+        checkpoint=f"{PRETRAIN_DIR}/pretrained.pt",
+        log_csv=f"{PRETRAIN_DIR}/pretrain_log.csv",
+    wildcard_constraints:
+        model="|".join(PRETRAINED_RUNS) or "^$",
+    params:
+        settings=lambda wc: run_settings(wc, {**PRETRAIN["settings"], "max_tiles": TRAIN["max_tiles"],
+                                              "progress": False}),
+        model=lambda wc: RUNS[wc.model].model,
+        features=f"{RESULTS}/features/{TRAIN_ENCODER}",
+        optional=lambda wc, input: " ".join(f"--{k.replace('_', '-')} {input[k]}"
+                                            for k in ("genomics", "reports", "external", "external_genomics")
+                                            if k in input.keys()),
+        splits=f"{RESULTS}/splits",
+        out=PRETRAIN_DIR,
+    log:
+        f"{RESULTS}/logs/pretrain/{TRAIN_ENCODER}/{{model}}/fold_{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain/{TRAIN_ENCODER}/{{model}}/fold_{{fold}}.tsv"
+    conda:
+        "../../envs/training.yaml"
+    threads: 1
+    resources:
+        mem_mb=PRETRAIN["mem_mb"],
+        runtime=240,
+    shell:
+        "pathmm pretrain --model {params.model} --fold {wildcards.fold} --manifest {input.manifest:q}"
+        " --splits {params.splits:q} --features {params.features:q} {params.optional}"
+        " --out {params.out:q} --settings {params.settings:q} > {log:q} 2>&1"
+
+
 rule train:
     input:
         unpack(training_inputs),
@@ -49,11 +139,13 @@ rule train:
         predictions=f"{FOLD_DIR}/predictions.csv",
         log_csv=f"{FOLD_DIR}/log.csv",
     params:
-        settings=json.dumps({**TRAIN["settings"], "max_tiles": TRAIN["max_tiles"], "n_boot": TRAIN["n_boot"]},
-                            sort_keys=True),
+        settings=lambda wc: run_settings(wc, {**TRAIN["settings"], "max_tiles": TRAIN["max_tiles"],
+                                              "n_boot": TRAIN["n_boot"]}),
+        model=lambda wc: RUNS[wc.model].model,
         task=lambda wc: TASK_SLUGS[wc.task],
         features=f"{RESULTS}/features/{TRAIN_ENCODER}",
-        optional=lambda wc, input: " ".join(f"--{k} {input[k]}" for k in ("genomics", "reports") if k in input.keys()),
+        optional=lambda wc, input: " ".join(f"--{k} {input[k]}" for k in ("genomics", "reports", "pretrained")
+                                            if k in input.keys()),
         splits=f"{RESULTS}/splits",
         out=FOLD_DIR,
     log:
@@ -67,7 +159,7 @@ rule train:
         mem_mb=TRAIN["mem_mb"],
         runtime=120,
     shell:
-        "pathmm train --model {wildcards.model} --task {params.task} --fold {wildcards.fold}"
+        "pathmm train --model {params.model} --label {wildcards.model} --task {params.task} --fold {wildcards.fold}"
         " --manifest {input.manifest:q} --splits {params.splits:q} --features {params.features:q} {params.optional}"
         " --out {params.out:q} --settings {params.settings:q} > {log:q} 2>&1"
 

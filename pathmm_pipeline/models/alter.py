@@ -1,0 +1,564 @@
+"""ALTER (Sun et al., arXiv 2505.12711): any-to-any tri-modal pretraining on WSIs, genomics and reports.
+
+Encoders (one per modality; each turns a patient's modality into a short sequence of ``dim``-wide tokens):
+
+* **wsi** -> region tokens. fc (D_wsi -> dim, ReLU) -> a TransMIL block (:mod:`.transmil`: the bag padded to a
+  square by repeating its first patches, a learned encoder CLS prepended, Nystrom layer -> PPEG -> Nystrom
+  layer, LayerNorm; the encoder CLS and the padding are dropped afterwards) -> **region-wise pooling**
+  (:func:`region_pool`): every patch is put on the 2-D grid of its level-0 coordinates ``wsi_coords`` (the grid
+  step is the smallest positive difference between distinct x or distinct y coordinates; without
+  coordinates the patches are laid out in bag order as a raster of ceil(sqrt(N)) columns) and the patch tokens
+  are averaged over non-overlapping ``region_size`` x ``region_size`` cells of that grid: one token per
+  non-empty region, in raster order (top row first). When a slide has more than ``max_regions`` non-empty
+  regions, the region side is doubled (4 -> 8 -> 16 ...) until it has at most ``max_regions``; the side used
+  is ``extras["region_size"]``.
+* **genomics** -> pathway tokens. One token per gene of ``genes`` (G of them): ``E[gene id] + value * w + b``
+  (a learned gene-id embedding plus the scaled expression times a learned vector) -> ``gene_layers``
+  Performer layers (pre-norm ``x + FAVOR+(LN x)``, ``x + FFN(LN x)``; FAVOR+ with ``n_features`` orthogonal
+  positive random features, a fixed buffer drawn at build time, so the cost is O(G) rather than O(G^2)) ->
+  **pathway pooling** (:func:`pathway_pool`): the mean of each pathway's gene tokens, the pathways being the
+  cohort's pathway collection (``InputDims.pathway_members``) -> P tokens.
+* **report** -> report tokens: the stored token hidden states ``report_tokens`` (T, D_text) -> Linear(D_text,
+  dim); a patient with only the pooled ``report`` embedding gives one token.
+
+Fusion, the "universal transformer": each present modality contributes a learned [CLS] token followed by its
+tokens, and a learned modality-type embedding is added to all of them; the concatenation goes through
+``layers`` blocks of
+
+    h = h + Dropout(MHSA(LN h))                 modality-shared multi-head self-attention over all tokens
+    h = h + Dropout(FFN_m(LN h))                FFN_m: a mixture of experts per modality (top-k routing)
+
+(:class:`~pathmm_pipeline.models.moe.MixtureOfExperts`, ``n_experts`` experts of hidden width ``ff_dim``,
+``top_k``); every token is routed only among its own modality's experts. ``fusion_mode`` ablates the block:
+``"both"`` (default, as above), ``"shared_only"`` (one dense FFN shared by every modality, no experts) and
+``"moe_only"`` (the attention is masked block-diagonally: a token attends only to its own modality). A final
+LayerNorm; the patient embedding is the mean of the present modalities' [CLS] outputs (``dim``), followed by
+the linear head ``classifier``. ``extras["aux_loss"] = moe_loss_weight *`` the mean Switch load-balancing loss
+over layers and modalities (``None`` in ``"shared_only"``).
+
+Any non-empty subset of the modalities the model is built for may be present; an absent modality simply
+contributes no tokens (no stand-in embeddings, so ``extras["missing"]`` is always empty). The model reads the
+modalities whose sizes the InputDims give (or ``modalities=``); genomics needs ``InputDims.pathway_members``.
+
+Pretraining (:meth:`ALTER.pretraining_loss`), on a batch of patients with any modality subsets:
+
+* **masked** -- intra-modal masked modelling: for each patient and present modality a random ``mask_ratio`` of
+  its tokens (regions, pathways, report tokens; at least one) is replaced by a learned [MASK] token before
+  the fusion; the fused outputs at those positions go through a per-modality linear decoder and regress the
+  tokens' pre-masking encoder outputs (detached targets), mean squared error; averaged over (patient,
+  modality).
+* **contrastive** -- inter-modal alignment: each modality's tokens alone (with its [CLS]) go through the same
+  universal transformer (a *unimodal* pass, so the two sides of a pair cannot see each other); for every pair
+  of modalities, symmetric InfoNCE (CLIP) between their [CLS] outputs over the batch's patients that have
+  both (a pair with fewer than two such patients is skipped); averaged over the pairs used. The temperature
+  is learned: ``logit_scale`` starts at log(1 / 0.07) and is clamped at log(100), as in CLIP.
+* **triplet** -- batch-all triplet margin loss (``triplet_margin``) on the L2-normalised fused embeddings of
+  the unmasked multimodal pass, with the cancer types as labels.
+* **moe** -- ``moe_loss_weight`` times the mean load-balancing loss of every pass of the step.
+
+``loss = w_masked * masked + w_contrastive * contrastive + w_triplet * triplet + moe``; the returned terms are
+already weighted. Randomness (masks, dropout) comes from torch's global generator: reproducible under
+``torch.manual_seed``.
+
+Choices where the paper is not specific, and deviations:
+
+* The report encoder is a linear projection of the stored hidden states of the pipeline's frozen text
+  encoder: the language model itself is not trained here, and there is no report-generation decoder.
+* The masked-modelling targets are the model's own encoder outputs, detached (no EMA teacher); the
+  contrastive and triplet terms are what keeps them from collapsing.
+* The contrastive term averages the pairwise InfoNCE over the pairs that have at least two patients in the
+  batch; the triplet loss is batch-all (every valid triple).
+* Region grid: the coordinates of all of a patient's slides are treated as one plane (the bag carries no slide
+  id), so patches of different slides at the same position share a region. PPEG sees the patches in bag
+  order, as in TransMIL (not on the coordinate grid).
+* In ``"moe_only"`` the unimodal passes of the contrastive term equal the multimodal pass (no cross-modal
+  attention), so they are not recomputed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..training.objectives import mask_tokens, masked_token_loss, symmetric_info_nce, triplet_margin_loss
+from .base import (MODALITIES, InputDims, ModelConfigError, ModelError, ModelInputError, ModelOutput, PathmmModel,
+                   PatientInput, PretrainBatch, TaskSpec)
+from .moe import Expert, MixtureOfExperts, RoutingStats
+from .registry import register_model
+from .transmil import PPEG, TransLayer, square_pad
+
+FUSION_MODES = ("both", "shared_only", "moe_only")
+
+
+# ---------------------------------------------------------------------------------------------- pooling
+
+
+def group_mean(values: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """(N, D) values, (N,) group index in [0, n_groups) -> (n_groups, D) the mean of each group (0 if empty)."""
+    sums = values.new_zeros(n_groups, values.shape[-1]).index_add_(0, group, values)
+    counts = torch.bincount(group, minlength=n_groups).clamp_min(1).to(values.dtype)
+    return sums / counts.unsqueeze(-1)
+
+
+def grid_positions(coords: torch.Tensor | None, n: int) -> torch.Tensor:
+    """(n, 2) integer (row, column) grid cells of n patches.
+
+    From level-0 ``coords`` (n, 2) as (x, y): the offset from the smallest x (y) divided by the grid step,
+    rounded. The step is the smallest positive difference between distinct x coordinates or between distinct y
+    coordinates (one step for both axes: tiles are square), so gaps in the tissue do not stretch an axis.
+    Without coordinates: bag order as a raster of ceil(sqrt(n)) columns.
+    """
+    if coords is None:
+        width = max(1, math.ceil(math.sqrt(n)))
+        i = torch.arange(n)
+        return torch.stack([i // width, i % width], dim=1)
+    c = coords.reshape(-1, coords.shape[-1]) if coords.dim() >= 2 else coords
+    if c.dim() != 2 or c.shape != (n, 2):
+        raise ModelInputError(f"wsi_coords has shape {tuple(coords.shape)}, expected ({n}, 2): one level-0 (x, y) "
+                              f"per patch of wsi (or None to lay the patches out in bag order)")
+    c = c.detach().to("cpu", torch.float64)
+    gaps = torch.cat([torch.unique(c[:, axis]).diff() for axis in (0, 1)])  # between sorted distinct x; y
+    step = gaps.min() if gaps.numel() else torch.tensor(1.0, dtype=torch.float64)
+    rc = c[:, [1, 0]]                                              # (y, x) -> (row, column)
+    return torch.round((rc - rc.min(dim=0).values) / step).long()
+
+
+def region_pool(tokens: torch.Tensor, cells: torch.Tensor, region_size: int, max_regions: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Average ``tokens`` (N, D) over non-overlapping ``region_size`` x ``region_size`` regions of their grid
+    ``cells`` (N, 2) (row, column; from :func:`grid_positions`).
+
+    Returns ``(regions (R, D), region_of (N,), side)``: one token per non-empty region in raster order (by
+    region row, then column), each patch's region, and the region side used -- ``region_size``, doubled until
+    at most ``max_regions`` regions are non-empty.
+    """
+    if region_size < 1:
+        raise ValueError(f"region_size must be >= 1, got {region_size}")
+    cells = cells.to(tokens.device).long()
+    cells = cells - cells.min(dim=0).values
+    side = region_size
+    while True:
+        region = torch.div(cells, side, rounding_mode="floor")
+        key = region[:, 0] * (int(region[:, 1].max()) + 1) + region[:, 1]
+        unique, region_of = torch.unique(key, sorted=True, return_inverse=True)
+        if max_regions is None or unique.numel() <= max_regions:
+            break
+        side *= 2
+    return group_mean(tokens, region_of, unique.numel()), region_of, side
+
+
+def pathway_pool(tokens: torch.Tensor, members: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(G, D) gene tokens -> (P, D): the mean of each pathway's gene tokens (``members``: gene indices)."""
+    index, group = _membership(members)
+    return group_mean(tokens[index.to(tokens.device)], group.to(tokens.device), len(members))
+
+
+def _membership(members: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    index = torch.tensor([g for m in members for g in m], dtype=torch.long)
+    group = torch.tensor([p for p, m in enumerate(members) for _ in m], dtype=torch.long)
+    return index, group
+
+
+# ---------------------------------------------------------------------------------------------- Performer
+
+
+def orthogonal_random_features(n_features: int, dim: int, generator: torch.Generator | None = None
+                               ) -> torch.Tensor:
+    """(n_features, dim) Gaussian random features with orthogonal rows within each block of ``dim`` rows, each
+    row rescaled to the norm of a Gaussian vector (Performer's orthogonal random features)."""
+    blocks = []
+    for _ in range(math.ceil(n_features / dim)):
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
+        blocks.append(q.T)
+    w = torch.cat(blocks)[:n_features]
+    return w * torch.randn(n_features, dim, generator=generator).norm(dim=1, keepdim=True)
+
+
+def favor_features(x: torch.Tensor, projection: torch.Tensor, is_query: bool, eps: float = 1e-6) -> torch.Tensor:
+    """FAVOR+ positive random features ``exp(w^T x - |x|^2 / 2) / sqrt(m)`` of (..., n, d) ``x`` -> (..., n, m).
+
+    A constant is subtracted in the exponent for stability (per row for queries, over all keys for keys); it
+    cancels in the attention's normalisation."""
+    wx = x @ projection.T
+    half_sq = 0.5 * (x * x).sum(-1, keepdim=True)
+    stab = wx.amax(dim=-1, keepdim=True) if is_query else wx.amax(dim=(-2, -1), keepdim=True)
+    return (torch.exp(wx - half_sq - stab.detach()) + eps) / math.sqrt(projection.shape[0])
+
+
+def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """Linear-time estimate of ``softmax(q k^T / sqrt(d)) v`` for (..., n, d) q, k and (..., n, e) v."""
+    scale = q.shape[-1] ** -0.25
+    qf = favor_features(q * scale, projection, is_query=True)
+    kf = favor_features(k * scale, projection, is_query=False)
+    numerator = qf @ (kf.transpose(-1, -2) @ v)                  # (..., n, e)
+    denominator = qf @ kf.sum(dim=-2).unsqueeze(-1)              # (..., n, 1)
+    return numerator / denominator
+
+
+class PerformerAttention(nn.Module):
+    """Multi-head FAVOR+ self-attention (Choromanski et al. 2021): (B, n, dim) -> (B, n, dim), with a fixed
+    (n_features, dim / heads) orthogonal random-feature matrix (a buffer, saved with the weights)."""
+
+    def __init__(self, dim: int, heads: int = 4, n_features: int = 64, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads, self.dim_head = heads, dim // heads
+        self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
+        self.register_buffer("projection", orthogonal_random_features(n_features, self.dim_head))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+        out = favor_attention(q, k, v, self.projection.to(x.dtype))
+        return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
+
+
+class PerformerLayer(nn.Module):
+    """``x + FAVOR+(LN x)`` then ``x + FFN(LN x)`` (FFN: Linear -> GELU -> Dropout -> Linear, width 4 dim)."""
+
+    def __init__(self, dim: int, heads: int, n_features: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = PerformerAttention(dim, heads, n_features, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = Expert(dim, 4 * dim, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+# ---------------------------------------------------------------------------------------------- encoders
+
+
+class RegionWSIEncoder(nn.Module):
+    """Patch features (N, D_wsi) and coordinates -> region tokens (R, dim) (see the module docstring)."""
+
+    def __init__(self, d_in: int, dim: int, heads: int, dropout: float, region_size: int, max_regions: int) -> None:
+        super().__init__()
+        self.region_size, self.max_regions = region_size, max_regions
+        self.fc = nn.Sequential(nn.Linear(d_in, dim), nn.ReLU())
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.layer1 = TransLayer(dim=dim, heads=heads, dropout=dropout)
+        self.pos_layer = PPEG(dim)
+        self.layer2 = TransLayer(dim=dim, heads=heads, dropout=dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, features: torch.Tensor, coords: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+        """``(regions (R, dim), region side used)``."""
+        n = features.shape[0]
+        cells = grid_positions(coords, n)
+        h, side_h, side_w = square_pad(self.fc(features).unsqueeze(0))
+        h = torch.cat([self.cls_token.to(h.dtype), h], dim=1)
+        h = self.layer2(self.pos_layer(self.layer1(h), side_h, side_w))
+        h = self.norm(h)[0, 1:n + 1]                            # drop the encoder CLS and the square padding
+        regions, _, side = region_pool(h, cells, self.region_size, self.max_regions)
+        return regions, side
+
+
+class PathwayGeneEncoder(nn.Module):
+    """Expression (G,) -> gene tokens -> Performer layers -> pathway tokens (P, dim)."""
+
+    def __init__(self, n_genes: int, members: Sequence[Sequence[int]], dim: int, heads: int, n_features: int,
+                 layers: int, dropout: float) -> None:
+        super().__init__()
+        self.gene_embedding = nn.Embedding(n_genes, dim)
+        self.value = nn.Linear(1, dim)                          # value * w + b
+        self.layers = nn.ModuleList(PerformerLayer(dim, heads, n_features, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        index, group = _membership(members)
+        self.n_pathways = len(members)
+        self.register_buffer("member_index", index, persistent=False)
+        self.register_buffer("member_group", group, persistent=False)
+
+    def gene_tokens(self, genes: torch.Tensor) -> torch.Tensor:
+        """(G,) -> (G, dim): gene-id embedding + value embedding."""
+        return self.gene_embedding.weight + self.value(genes.reshape(-1, 1))
+
+    def forward(self, genes: torch.Tensor) -> torch.Tensor:
+        h = self.gene_tokens(genes).unsqueeze(0)
+        for layer in self.layers:
+            h = layer(h)
+        h = self.norm(h)[0]
+        return group_mean(h[self.member_index], self.member_group, self.n_pathways)
+
+
+# ---------------------------------------------------------------------------------------------- fusion
+
+
+class UniversalBlock(nn.Module):
+    """Pre-norm shared multi-head self-attention, then a per-modality mixture-of-experts FFN (or one dense FFN
+    shared by all modalities when ``mode == "shared_only"``)."""
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, modalities: Sequence[str], mode: str, n_experts: int,
+                 top_k: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = Expert(dim, ff_dim, dropout) if mode == "shared_only" else None
+        self.moe = (None if mode == "shared_only" else
+                    nn.ModuleDict({m: MixtureOfExperts(dim, ff_dim, n_experts, top_k, dropout=dropout)
+                                   for m in modalities}))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor, segments: Sequence[tuple[str, int, int]],
+                attn_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list[RoutingStats]]:
+        """``h`` (1, T, dim); ``segments`` (modality, start, end) covering the T tokens."""
+        a = self.norm1(h)
+        h = h + self.drop(self.attn(a, a, a, attn_mask=attn_mask, need_weights=False)[0])
+        f = self.norm2(h)[0]
+        stats: list[RoutingStats] = []
+        if self.moe is None:
+            out = self.ffn(f)  # type: ignore[misc]
+        else:
+            parts = []
+            for m, start, end in segments:
+                part, routed = self.moe[m](f[start:end])
+                parts.append(part)
+                stats.append(routed)
+            out = torch.cat(parts)
+        return h + self.drop(out).unsqueeze(0), stats
+
+
+@dataclass
+class Fused:
+    """One pass of the universal transformer: ``cls`` (1, dim) per modality, ``states`` (T_m, dim) the
+    outputs at each modality's tokens, ``embedding`` (1, dim) the mean [CLS], and the MoE routing stats."""
+
+    cls: dict[str, torch.Tensor]
+    states: dict[str, torch.Tensor]
+    embedding: torch.Tensor
+    stats: list[RoutingStats] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+@register_model("alter")
+class ALTER(PathmmModel):
+    """ALTER on any non-empty subset of wsi, genomics (``genes`` + the cohort's pathways) and report tokens.
+
+    Options: ``dim`` (256), ``heads`` (4: fusion attention, Nystrom and Performer layers), ``layers`` (2:
+    universal-transformer blocks), ``fusion_mode`` ("both" | "shared_only" | "moe_only"), ``n_experts`` (4),
+    ``top_k`` (2), ``ff_dim`` (4 * dim: hidden width of each expert / the dense FFN), ``moe_loss_weight``
+    (0.01), ``dropout`` (0.1), ``region_size`` (4), ``max_regions`` (512), ``n_features`` (64: FAVOR+ random
+    features), ``gene_layers`` (1: Performer layers), pretraining: ``w_masked`` (1.0), ``w_contrastive`` (1.0),
+    ``w_triplet`` (1.0), ``mask_ratio`` (0.25), ``triplet_margin`` (0.3); ``modalities`` (default: those the
+    dims give) and ``modality_dropout`` (0.0). The embedding is the mean of the [CLS] outputs (dim).
+    """
+
+    uses = frozenset(MODALITIES)
+    requires = frozenset()
+    genomics_field = "genes"
+    pretrainable = True
+
+    def __init__(self, dims: InputDims, task: TaskSpec, dim: int = 256, heads: int = 4, layers: int = 2,
+                 fusion_mode: str = "both", n_experts: int = 4, top_k: int = 2, ff_dim: int | None = None,
+                 moe_loss_weight: float = 0.01, dropout: float = 0.1, region_size: int = 4, max_regions: int = 512,
+                 n_features: int = 64, gene_layers: int = 1, w_masked: float = 1.0, w_contrastive: float = 1.0,
+                 w_triplet: float = 1.0, mask_ratio: float = 0.25, triplet_margin: float = 0.3,
+                 modalities: Iterable[str] | None = None, modality_dropout: float = 0.0) -> None:
+        available = {"wsi": dims.wsi, "genomics": dims.genes, "report": dims.report}
+        chosen = [m for m in MODALITIES if available[m] is not None] if modalities is None else list(modalities)
+        unknown = sorted(set(chosen) - set(MODALITIES))
+        if unknown:
+            raise ModelConfigError(f"model '{self.name}': unknown modality {unknown[0]!r}; modalities are "
+                                   f"{', '.join(MODALITIES)}")
+        if not chosen:
+            raise ModelConfigError(f"model '{self.name}' needs at least one of wsi, genomics (genes), report in "
+                                   f"the InputDims; all are None")
+        super().__init__(dims, task, modalities=frozenset(chosen), modality_dropout=modality_dropout)
+        self._check_options(dim=dim, heads=heads, layers=layers, fusion_mode=fusion_mode, n_experts=n_experts,
+                            top_k=top_k, ff_dim=ff_dim, moe_loss_weight=moe_loss_weight, dropout=dropout,
+                            region_size=region_size, max_regions=max_regions, n_features=n_features,
+                            gene_layers=gene_layers, weights=(w_masked, w_contrastive, w_triplet),
+                            mask_ratio=mask_ratio, triplet_margin=triplet_margin)
+        self.order = [m for m in MODALITIES if m in self.modalities]
+        self.fusion_mode = fusion_mode
+        self.moe_loss_weight = float(moe_loss_weight)
+        self.w_masked, self.w_contrastive, self.w_triplet = float(w_masked), float(w_contrastive), float(w_triplet)
+        self.mask_ratio, self.triplet_margin = float(mask_ratio), float(triplet_margin)
+
+        self.encoders = nn.ModuleDict()
+        if "wsi" in self.modalities:
+            self.encoders["wsi"] = RegionWSIEncoder(self.need_dim(dims.wsi, "wsi", "wsi"), dim, heads, dropout,
+                                                    region_size, max_regions)
+        if "genomics" in self.modalities:
+            n_genes = self.need_dim(dims.genes, "genes", "genomics (flat gene vector)")
+            if dims.pathway_members is None:
+                raise ModelConfigError(
+                    f"model '{self.name}' pools its gene tokens into pathways, but InputDims.pathway_members is "
+                    f"None -- the cohort needs a pathway collection (MultimodalCohort(pathway_collection=..., "
+                    f"e.g. 'survpath')), or build the model without genomics (modalities=[...])")
+            empty = [p for p, m in enumerate(dims.pathway_members) if not m]
+            if not dims.pathway_members or empty:
+                raise ModelConfigError(f"model '{self.name}': pathway {empty[0] if empty else 0} of "
+                                       f"InputDims.pathway_members has no gene; every pathway needs at least one")
+            self.encoders["genomics"] = PathwayGeneEncoder(n_genes, dims.pathway_members, dim, heads, n_features,
+                                                           gene_layers, dropout)
+        if "report" in self.modalities:
+            self.encoders["report"] = nn.Linear(self.need_dim(dims.report, "report", "report"), dim)
+
+        self.cls_tokens = nn.ParameterDict({m: nn.Parameter(torch.randn(1, dim) * 0.02) for m in self.order})
+        self.type_embeddings = nn.ParameterDict({m: nn.Parameter(torch.randn(1, dim) * 0.02) for m in self.order})
+        self.blocks = nn.ModuleList(UniversalBlock(dim, heads, ff_dim or 4 * dim, self.order, fusion_mode, n_experts,
+                                                   top_k, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        # pretraining only
+        self.mask_token = nn.Parameter(torch.randn(1, dim) * 0.02)
+        self.decoders = nn.ModuleDict({m: nn.Linear(dim, dim) for m in self.order})
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+        self.classifier = nn.Linear(dim, task.n_outputs)
+        self.dim = dim
+        self.embedding_dim = dim
+
+    def _check_options(self, *, dim: int, heads: int, layers: int, fusion_mode: str, n_experts: int, top_k: int,
+                       ff_dim: int | None, moe_loss_weight: float, dropout: float, region_size: int,
+                       max_regions: int, n_features: int, gene_layers: int, weights: tuple[float, ...],
+                       mask_ratio: float, triplet_margin: float) -> None:
+        problems = []
+        if fusion_mode not in FUSION_MODES:
+            problems.append(f"fusion_mode {fusion_mode!r} is not one of {', '.join(FUSION_MODES)}")
+        if dim < 1 or heads < 1 or dim % heads:
+            problems.append(f"dim ({dim}) must be a positive multiple of heads ({heads})")
+        for name, value in (("layers", layers), ("n_experts", n_experts), ("region_size", region_size),
+                            ("max_regions", max_regions), ("n_features", n_features), ("gene_layers", gene_layers)):
+            if value < 1:
+                problems.append(f"{name} must be >= 1, got {value}")
+        if not 1 <= top_k <= max(n_experts, 1):
+            problems.append(f"top_k must be in [1, n_experts={n_experts}], got {top_k}")
+        if ff_dim is not None and ff_dim < 1:
+            problems.append(f"ff_dim must be >= 1 (or None for 4 * dim), got {ff_dim}")
+        if not 0.0 <= dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 < mask_ratio < 1.0:
+            problems.append(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if min(*weights, moe_loss_weight, triplet_margin) < 0:
+            problems.append("w_masked, w_contrastive, w_triplet, moe_loss_weight and triplet_margin must be >= 0")
+        if problems:
+            raise ModelConfigError(f"model '{self.name}': " + "; ".join(problems))
+
+    # -- encoding and fusion -------------------------------------------------------------------------------
+
+    def encode(self, x: PatientInput, present: dict[str, bool]) -> tuple[dict[str, torch.Tensor], dict]:
+        """The tokens (T_m, dim) of each present modality, and extras (the WSI region side and token counts)."""
+        tokens: dict[str, torch.Tensor] = {}
+        info: dict = {}
+        for m in self.order:
+            if not present.get(m):
+                continue
+            if m == "wsi":
+                tokens[m], info["region_size"] = self.encoders["wsi"](self.wsi_features(x), x.wsi_coords)
+            elif m == "genomics":
+                tokens[m] = self.encoders["genomics"](self.gene_vector(x)[0])
+            else:
+                text = x.report_tokens if x.report_tokens is not None else x.report
+                tokens[m] = self.encoders["report"](self.as_input(text.reshape(-1, text.shape[-1])))  # type: ignore
+        info["n_tokens"] = {m: int(t.shape[0]) for m, t in tokens.items()}
+        return tokens, info
+
+    def fuse(self, tokens: dict[str, torch.Tensor]) -> Fused:
+        """One pass of the universal transformer over the given modalities' tokens (any non-empty subset)."""
+        order = [m for m in self.order if m in tokens]
+        sequences, segments, start = [], [], 0
+        for m in order:
+            seq = torch.cat([self.cls_tokens[m], tokens[m]]) + self.type_embeddings[m]
+            segments.append((m, start, start + seq.shape[0]))
+            sequences.append(seq)
+            start += seq.shape[0]
+        h = torch.cat(sequences).unsqueeze(0)
+        mask = None
+        if self.fusion_mode == "moe_only" and len(order) > 1:
+            seg = torch.cat([torch.full((e - s,), i, device=h.device) for i, (_, s, e) in enumerate(segments)])
+            mask = seg[:, None] != seg[None, :]                 # True: may not attend
+        stats: list[RoutingStats] = []
+        for block in self.blocks:
+            h, routed = block(h, segments, mask)
+            stats += routed
+        h = self.norm(h)[0]
+        cls = {m: h[s:s + 1] for m, s, _ in segments}
+        states = {m: h[s + 1:e] for m, s, e in segments}
+        embedding = torch.stack(list(cls.values())).mean(0)
+        return Fused(cls, states, embedding, stats)
+
+    def _moe_terms(self, stats: Sequence[RoutingStats]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not stats:
+            return None, None
+        balance = torch.stack([s.load_balance for s in stats]).mean()
+        entropy = torch.stack([s.entropy for s in stats]).mean().detach()
+        return self.moe_loss_weight * balance, entropy
+
+    def forward(self, x: PatientInput) -> ModelOutput:
+        present = self.check_input(x)
+        tokens, info = self.encode(x, present)
+        fused = self.fuse(tokens)
+        aux, entropy = self._moe_terms(fused.stats)
+        extras = {"present": present, "missing": [], "cls": fused.cls, "aux_loss": aux, "router_entropy": entropy,
+                  **info}
+        return ModelOutput(self.classifier(fused.embedding), fused.embedding, extras)
+
+    # -- pretraining ---------------------------------------------------------------------------------------
+
+    def pretraining_loss(self, batch: PretrainBatch) -> dict[str, torch.Tensor]:
+        """Masked modelling + pairwise InfoNCE + cancer-type triplet + MoE balance (see the module docstring)."""
+        if not isinstance(batch, PretrainBatch):
+            raise ModelError(f"model '{self.name}': pretraining_loss takes a PretrainBatch, not "
+                             f"{type(batch).__name__}")
+        n = len(batch)
+        labels = torch.as_tensor(batch.cancer_type).reshape(-1)
+        if n == 0 or labels.numel() != n:
+            raise ModelError(f"model '{self.name}': a pretraining batch needs at least one patient and one "
+                             f"cancer_type per patient; got {n} patients and {labels.numel()} cancer types")
+        tokens = [self.encode(x, self.check_input(x))[0] for x in batch.inputs]
+
+        masked_terms: list[torch.Tensor] = []
+        stats: list[RoutingStats] = []
+        full: list[Fused] = []
+        for tok in tokens:
+            masks = {m: mask_tokens(t.shape[0], self.mask_ratio, device=t.device) for m, t in tok.items()}
+            corrupted = {m: torch.where(masks[m][:, None], self.mask_token.to(t.dtype), t) for m, t in tok.items()}
+            out = self.fuse(corrupted)
+            stats += out.stats
+            for m, t in tok.items():
+                masked_terms.append(masked_token_loss(self.decoders[m](out.states[m]), t.detach(), masks[m]))
+            whole = self.fuse(tok)
+            stats += whole.stats
+            full.append(whole)
+        fused = torch.cat([f.embedding for f in full])          # (B, dim)
+        zero = fused.new_zeros(()) + fused.sum() * 0.0     # 0 with a gradient path
+
+        # inter-modal InfoNCE between unimodal [CLS] outputs, per pair of modalities
+        pairs = []
+        for a, b in itertools.combinations(self.order, 2):
+            both = [i for i, tok in enumerate(tokens) if a in tok and b in tok]
+            if len(both) >= 2:
+                pairs.append((a, b, both))
+        unimodal: dict[tuple[int, str], torch.Tensor] = {}
+        for i, m in sorted({(i, m) for a, b, both in pairs for i in both for m in (a, b)},
+                           key=lambda im: (im[0], self.order.index(im[1]))):
+            if self.fusion_mode == "moe_only":  # no cross-modal attention: the multimodal pass is unimodal
+                unimodal[(i, m)] = full[i].cls[m]
+            else:
+                out = self.fuse({m: tokens[i][m]})
+                stats += out.stats
+                unimodal[(i, m)] = out.cls[m]
+        scale = self.logit_scale.clamp(max=math.log(100.0))
+        nce = [symmetric_info_nce(torch.cat([unimodal[(i, a)] for i in both]),
+                                  torch.cat([unimodal[(i, b)] for i in both]), scale) for a, b, both in pairs]
+        contrastive = torch.stack(nce).mean() if nce else zero + 0.0 * scale
+
+        triplet = triplet_margin_loss(fused, labels.to(fused.device), self.triplet_margin)
+        masked = torch.stack(masked_terms).mean()
+        moe, _ = self._moe_terms(stats)
+        terms = {"masked": self.w_masked * masked, "contrastive": self.w_contrastive * contrastive,
+                 "triplet": self.w_triplet * triplet, "moe": zero if moe is None else moe}
+        terms["loss"] = terms["masked"] + terms["contrastive"] + terms["triplet"] + terms["moe"]
+        return terms

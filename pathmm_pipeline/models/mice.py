@@ -1,0 +1,362 @@
+"""MICE: multimodal integration via collaborative experts (arXiv 2509.12600), for pan-cancer survival with
+missing modalities.
+
+Architecture (``dim`` = D, M = the number of modalities the instance reads, in the order wsi, genomics, report):
+
+* **Encoders** to a common width D: wsi: ``Linear(D_wsi, D) -> ReLU -> Dropout`` on every patch, then gated
+  attention-MIL pooling (:class:`~pathmm_pipeline.models.layers.AttentionPool`, ``attn_dim``); genomics: an SNN
+  on the flat ``genes`` vector (``snn_hidden``, ending at D); report: an MLP on the report embedding (the mean
+  of ``report_tokens`` when only those are given; ``report_hidden``, ending at D).
+* **Missing-modality synthesis**: a learned cancer-type embedding table ``c`` (n_cancer_types x D) and, per
+  modality, a synthesiser ``SNN(D -> D) -> Linear(D, D)`` mapping ``c[type]`` to a stand-in embedding used when
+  the modality is absent (``extras["missing"]`` lists them). Its training signal, for every *present* modality,
+  is ``MSE(synth_m(c[type]), e_m.detach())`` (weight ``w_synthesis``): in :meth:`MICE.pretraining_loss`, and
+  inside ``extras["aux_loss"]`` of :meth:`MICE.forward` when training.
+* **Collaborative experts**, each over the **concatenation** ``z = [e_wsi; e_genomics; e_report]`` (M*D, real or
+  synthesised embeddings), each ``Linear(M*D, expert_hidden) -> GELU -> Dropout -> Linear(expert_hidden, D)``:
+  (1) one *consensual* expert shared by all cancer types; (2) one *specialized* expert per cancer type, chosen
+  by the patient's ``cancer_type`` (a fixed assignment); (3) ``n_overlap`` *overlapping* experts, of which a
+  (noisy, when training) top-``top_k`` router picks ``top_k`` per patient from ``[z; c[type]]``
+  (:class:`~pathmm_pipeline.models.moe.MixtureOfExperts` with ``context_dim = D``; gates: the softmax of the
+  chosen logits; Switch-style load-balancing loss).
+* **Fusion**: a pre-norm transformer encoder (``fusion_layers`` layers, ``fusion_heads`` heads, feed-forward
+  2D, GELU) over 4 tokens: a learned fusion token and the three expert outputs (each plus a learned
+  expert-type embedding); the fusion token's output, layer-normalised, is the patient embedding (D) ->
+  ``classifier = Linear(D, n_outputs)``.
+
+``extras``: ``present``, ``missing``, ``attention`` (wsi), ``router_load`` (n_overlap,) the fraction of routed
+slots per overlapping expert, ``router_indices`` (1, top_k), ``router_entropy``, and ``aux_loss`` =
+``moe_loss_weight * load_balance`` (+ ``w_synthesis * synthesis`` when training and some modality is present).
+
+Pretraining (:meth:`MICE.pretraining_loss`, pan-cancer: cancer types vary within a batch), the weighted terms:
+
+* ``survival``: the discrete-time survival NLL of a separate head ``pretrain_head = Linear(D, pretrain_bins)``
+  over the patients whose bin (>= 0) and event (0/1) are known; zero when there are none;
+* ``contrastive``: ``alpha`` x the mean, over the modality pairs with >= 2 patients having both, of the
+  symmetric InfoNCE between the *real* embeddings of those patients, with a learnable CLIP temperature
+  (``logit_scale`` initialised at log(1/0.07), clamped at log(100) as in CLIP);
+* ``synthesis``: ``w_synthesis`` x the MSE between the stand-ins and the detached real embeddings over every
+  present (patient, modality);
+* ``moe``: ``moe_loss_weight`` x the load-balancing loss of the router over the batch's patients;
+* ``loss``: their sum.
+
+:meth:`~pathmm_pipeline.models.base.PathmmModel.pretrained_state` is the default (all but ``classifier``): the
+``pretrain_head`` is inherited too (unused by fine-tuning, it only keeps the checkpoint complete). Fine-tuning
+per cancer type is the harness's (it filters patients); ``freeze_encoders=True`` freezes the modality encoders
+(``requires_grad = False``) for a data-efficient fine-tuning mode.
+
+Deviations from the paper (whose code is not public; the description is followed where it is precise):
+the expert MLP shapes, the 4-token fusion transformer with expert-type embeddings, the SNN-based synthesiser
+with its MSE target, and the use of the discrete-time NLL (the harness's survival objective) for the
+supervised pretraining term are this implementation's choices. The paper pretrains on TCGA-scale foundation
+features (e.g. a pathology foundation model and a text encoder); here the encoders start from the features the
+harness's stores hold.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..training.losses import nll_survival_loss
+from ..training.objectives import symmetric_info_nce
+from .base import (MODALITIES, InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel,
+                   PatientInput, PretrainBatch, TaskSpec)
+from .layers import AttentionPool, mlp, snn
+from .moe import MixtureOfExperts, RoutingStats, load_balance_loss, router_entropy
+from .registry import register_model
+
+#: CLIP's initial inverse temperature, log(1 / 0.07), and its clamp, log(100)
+LOGIT_SCALE_INIT = math.log(1 / 0.07)
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+def expert_mlp(d_in: int, hidden: int, d_out: int, dropout: float = 0.25) -> nn.Sequential:
+    """One collaborative expert: ``Linear(d_in, hidden) -> GELU -> Dropout -> Linear(hidden, d_out)``."""
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
+
+
+class OverlappingExperts(MixtureOfExperts):
+    """:class:`~pathmm_pipeline.models.moe.MixtureOfExperts` whose experts map ``d_in -> d_out`` (the MoE of
+    ``moe.py`` keeps the width): same router (``W_g [x; context]``, optional noise, top-k softmax gates), same
+    :class:`RoutingStats`. (T, d_in) and context (T, context_dim) -> (T, d_out). (The parent's width-keeping
+    experts are built, then replaced by :func:`expert_mlp` ones.)"""
+
+    def __init__(self, d_in: int, d_out: int, hidden: int, n_experts: int, top_k: int = 2, noisy: bool = True,
+                 dropout: float = 0.25, context_dim: int = 0) -> None:
+        super().__init__(d_in, hidden, n_experts, top_k=top_k, noisy=noisy, dropout=dropout,
+                         context_dim=context_dim)
+        self.experts = nn.ModuleList(expert_mlp(d_in, hidden, d_out, dropout) for _ in range(n_experts))
+        self.d_out = d_out
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, RoutingStats]:
+        probs, gates, indices = self.route(x, context)
+        out = x.new_zeros(x.shape[0], self.d_out)
+        for e, expert in enumerate(self.experts):
+            token, slot = (indices == e).nonzero(as_tuple=True)
+            if token.numel():
+                out = out.index_add(0, token, gates[token, slot, None] * expert(x[token]))
+        load = F.one_hot(indices, self.n_experts).sum(dim=(0, 1)).to(probs.dtype)
+        stats = RoutingStats(load_balance_loss(probs, indices, self.n_experts), router_entropy(probs),
+                             load / load.sum(), indices)
+        return out, stats
+
+
+@register_model("mice")
+class MICE(PathmmModel):
+    """MICE: per-modality encoders, cancer-type-conditioned synthesis of absent modalities, consensual +
+    cancer-type-specialized + routed overlapping experts, fused by a small transformer (see the module
+    docstring).
+
+    Options: ``dim`` (128), ``attn_dim`` (None: dim), ``snn_hidden`` (None: (dim, dim)), ``report_hidden``
+    (None: (dim, dim)), ``expert_hidden`` (None: dim), ``n_overlap`` (4), ``top_k`` (2), ``noisy`` (True),
+    ``fusion_layers`` (2), ``fusion_heads`` (4), ``dropout`` (0.25), ``moe_loss_weight`` (0.01),
+    ``w_synthesis`` (1.0), ``alpha`` (2.0, contrastive weight), ``pretrain_bins`` (4, must match the
+    pretraining's ``n_bins``), ``freeze_encoders`` (False), ``modalities`` (default: those the dims give),
+    ``modality_dropout`` (0.0). Any non-empty subset of the modalities may be present. The embedding is the
+    fused patient vector (dim).
+    """
+
+    uses = frozenset(MODALITIES)
+    requires = frozenset()
+    genomics_field = "genes"
+    pretrainable = True
+
+    def __init__(self, dims: InputDims, task: TaskSpec, dim: int = 128, attn_dim: int | None = None,
+                 snn_hidden: Sequence[int] | None = None, report_hidden: Sequence[int] | None = None,
+                 expert_hidden: int | None = None, n_overlap: int = 4, top_k: int = 2, noisy: bool = True,
+                 fusion_layers: int = 2, fusion_heads: int = 4, dropout: float = 0.25,
+                 moe_loss_weight: float = 0.01, w_synthesis: float = 1.0, alpha: float = 2.0,
+                 pretrain_bins: int = 4, freeze_encoders: bool = False, modalities: Iterable[str] | None = None,
+                 modality_dropout: float = 0.0) -> None:
+        available = {"wsi": dims.wsi, "genomics": dims.genes, "report": dims.report}
+        chosen = [m for m in MODALITIES if available[m] is not None] if modalities is None else list(modalities)
+        unknown = sorted(set(chosen) - set(MODALITIES))
+        if unknown:
+            raise ModelConfigError(f"model '{self.name}': unknown modality {unknown[0]!r}; modalities are "
+                                   f"{', '.join(MODALITIES)}")
+        if not chosen:
+            raise ModelConfigError(f"model '{self.name}' needs at least one of wsi, genomics (genes), report in "
+                                   f"the InputDims; all are None")
+        super().__init__(dims, task, modalities=frozenset(chosen), modality_dropout=modality_dropout)
+        attn_dim = dim if attn_dim is None else attn_dim
+        snn_hidden = (dim, dim) if snn_hidden is None else tuple(snn_hidden)
+        report_hidden = (dim, dim) if report_hidden is None else tuple(report_hidden)
+        expert_hidden = dim if expert_hidden is None else expert_hidden
+        self._check_options(dim, snn_hidden, report_hidden, n_overlap, top_k, fusion_layers, fusion_heads,
+                            dropout, moe_loss_weight, w_synthesis, alpha, pretrain_bins)
+        self.order = [m for m in MODALITIES if m in self.modalities]
+        self.dim = dim
+        self.n_cancer_types = dims.n_cancer_types
+        self.moe_loss_weight, self.w_synthesis, self.alpha = float(moe_loss_weight), float(w_synthesis), float(alpha)
+        self.pretrain_bins = pretrain_bins
+
+        # -- encoders
+        self.encoders = nn.ModuleDict()
+        if "wsi" in self.modalities:
+            d_in = self.need_dim(dims.wsi, "wsi", "wsi")
+            self.encoders["wsi"] = nn.ModuleDict({"fc": mlp(d_in, [dim], dropout),
+                                                  "pool": AttentionPool(dim, attn_dim, dropout)})
+        if "genomics" in self.modalities:
+            self.encoders["genomics"] = snn(self.need_dim(dims.genes, "genes", "genomics (flat gene vector)"),
+                                            snn_hidden, dropout)
+        if "report" in self.modalities:
+            self.encoders["report"] = mlp(self.need_dim(dims.report, "report", "report"), report_hidden, dropout)
+
+        # -- missing-modality synthesis
+        self.cancer_embedding = nn.Embedding(self.n_cancer_types, dim)
+        self.synthesizers = nn.ModuleDict({m: nn.Sequential(snn(dim, [dim], dropout), nn.Linear(dim, dim))
+                                           for m in self.order})
+
+        # -- collaborative experts
+        width = len(self.order) * dim
+        self.consensual = expert_mlp(width, expert_hidden, dim, dropout)
+        self.specialized = nn.ModuleList(expert_mlp(width, expert_hidden, dim, dropout)
+                                         for _ in range(self.n_cancer_types))
+        self.overlapping = OverlappingExperts(width, dim, expert_hidden, n_overlap, top_k=top_k, noisy=noisy,
+                                              dropout=dropout, context_dim=dim)
+
+        # -- fusion
+        self.fusion_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.expert_type = nn.Parameter(torch.randn(1, 3, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, fusion_heads, dim_feedforward=2 * dim, dropout=dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.fusion = nn.TransformerEncoder(layer, fusion_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+        # -- heads
+        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+        self.pretrain_head = nn.Linear(dim, pretrain_bins)
+        self.classifier = nn.Linear(dim, task.n_outputs)
+        self.embedding_dim = dim
+        self.freeze_encoders = bool(freeze_encoders)
+        if self.freeze_encoders:
+            for p in self.encoders.parameters():
+                p.requires_grad_(False)
+
+    def _check_options(self, dim: int, snn_hidden: tuple[int, ...], report_hidden: tuple[int, ...],
+                       n_overlap: int, top_k: int, fusion_layers: int, fusion_heads: int, dropout: float,
+                       moe_loss_weight: float, w_synthesis: float, alpha: float, pretrain_bins: int) -> None:
+        problems = []
+        if dim < 1 or fusion_heads < 1 or dim % fusion_heads:
+            problems.append(f"dim ({dim}) must be a positive multiple of fusion_heads ({fusion_heads})")
+        if not snn_hidden or snn_hidden[-1] != dim or not report_hidden or report_hidden[-1] != dim:
+            problems.append(f"snn_hidden {snn_hidden} and report_hidden {report_hidden} must end at dim={dim}")
+        if n_overlap < 1 or not 1 <= top_k <= n_overlap:
+            problems.append(f"need n_overlap >= 1 and 1 <= top_k <= n_overlap, got n_overlap={n_overlap}, "
+                            f"top_k={top_k}")
+        if fusion_layers < 1:
+            problems.append(f"fusion_layers must be >= 1, got {fusion_layers}")
+        if not 0.0 <= dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {dropout}")
+        for what, value in (("moe_loss_weight", moe_loss_weight), ("w_synthesis", w_synthesis), ("alpha", alpha)):
+            if not value >= 0.0:
+                problems.append(f"{what} must be >= 0, got {value}")
+        if pretrain_bins < 1:
+            problems.append(f"pretrain_bins must be >= 1, got {pretrain_bins}")
+        if problems:
+            raise ModelConfigError(f"model '{self.name}': " + "; ".join(problems))
+
+    # -- building blocks ------------------------------------------------------------------------------------
+
+    def cancer_types(self, cancer_type: int | torch.Tensor) -> torch.Tensor:
+        """(B,) long type indices on the model's device; ModelInputError when one is outside the dims' types."""
+        t = torch.as_tensor(cancer_type, device=self._ref().device).long().reshape(-1)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.n_cancer_types):
+            raise ModelInputError(f"model '{self.name}': cancer_type {t.tolist()} outside [0, "
+                                  f"{self.n_cancer_types - 1}] -- the model was built for "
+                                  f"InputDims.n_cancer_types={self.n_cancer_types}")
+        return t
+
+    def encode(self, x: PatientInput, present: dict[str, bool]) -> tuple[dict[str, torch.Tensor], dict]:
+        """The real (1, dim) embedding of each present modality, and extras (``attention`` of the wsi pool)."""
+        out: dict[str, torch.Tensor] = {}
+        extras: dict = {}
+        for m in self.order:
+            if not present[m]:
+                continue
+            if m == "wsi":
+                enc = self.encoders["wsi"]
+                out[m], extras["attention"] = enc["pool"](enc["fc"](self.wsi_features(x)))
+            elif m == "genomics":
+                out[m] = self.encoders["genomics"](self.gene_vector(x))
+            else:
+                out[m] = self.encoders["report"](self.report_vector(x))
+        return out, extras
+
+    def synthesize(self, types: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, dim) stand-in embeddings of every modality, from the cancer-type embeddings of ``types`` (B,)."""
+        c = self.cancer_embedding(types)
+        return {m: self.synthesizers[m](c) for m in self.order}
+
+    def fuse(self, embeddings: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, RoutingStats]:
+        """``embeddings`` (B, M, dim) (real or synthesised, in ``self.order``) and ``types`` (B,) -> the patient
+        embeddings (B, dim) and the overlapping experts' routing."""
+        b = embeddings.shape[0]
+        z = embeddings.reshape(b, -1)
+        c = self.cancer_embedding(types)
+        consensual = self.consensual(z)
+        specialized = z.new_zeros(b, self.dim)
+        for t in torch.unique(types).tolist():
+            rows = (types == t).nonzero(as_tuple=True)[0]
+            specialized = specialized.index_copy(0, rows, self.specialized[t](z[rows]))
+        overlapping, stats = self.overlapping(z, c)
+        tokens = torch.stack([consensual, specialized, overlapping], dim=1) + self.expert_type
+        tokens = torch.cat([self.fusion_token.expand(b, -1, -1), tokens], dim=1)
+        h = self.norm(self.fusion(tokens)[:, 0])
+        return h, stats
+
+    @staticmethod
+    def synthesis_loss(real: dict[str, torch.Tensor], synth: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """MSE between stand-ins and the detached real embeddings over the modalities in ``real`` (rows
+        aligned); None when ``real`` is empty."""
+        if not real:
+            return None
+        pred = torch.cat([synth[m] for m in real])
+        target = torch.cat([real[m].detach() for m in real])
+        return F.mse_loss(pred, target)
+
+    # -- forward -------------------------------------------------------------------------------------------
+
+    def forward(self, x: PatientInput) -> ModelOutput:
+        present = self.check_input(x)
+        types = self.cancer_types(x.cancer_type)
+        real, extras = self.encode(x, present)
+        synth = self.synthesize(types)
+        embeddings = torch.stack([real[m][0] if m in real else synth[m][0] for m in self.order])[None]
+        h, stats = self.fuse(embeddings, types)
+        aux = self.moe_loss_weight * stats.load_balance
+        if self.training:
+            mse = self.synthesis_loss(real, {m: synth[m] for m in real})
+            if mse is not None:
+                aux = aux + self.w_synthesis * mse
+        extras.update(present=present, missing=[m for m in self.order if not present[m]],
+                      router_load=stats.load, router_indices=stats.indices, router_entropy=stats.entropy,
+                      aux_loss=aux)
+        return ModelOutput(self.classifier(h), h, extras)
+
+    # -- pretraining ---------------------------------------------------------------------------------------
+
+    def pretraining_loss(self, batch: PretrainBatch) -> dict[str, torch.Tensor]:
+        """``survival``, ``contrastive``, ``synthesis``, ``moe`` (each already weighted) and ``loss`` (their sum)
+        on a pan-cancer batch (see the module docstring). Cancer types come from ``batch.cancer_type``."""
+        n = len(batch)
+        if n < 1:
+            raise ModelInputError(f"model '{self.name}': an empty pretraining batch")
+        types = self.cancer_types(batch.cancer_type)
+        if types.numel() != n:
+            raise ModelInputError(f"model '{self.name}': {n} patients but {types.numel()} cancer types")
+        presents, reals = [], []
+        for x in batch.inputs:
+            present = self.check_input(x)
+            presents.append(present)
+            reals.append(self.encode(x, present)[0])
+        synth = self.synthesize(types)  # (B, dim) each
+        embeddings = torch.stack([torch.stack([reals[i][m][0] if m in reals[i] else synth[m][i] for m in self.order])
+                                  for i in range(n)])
+        h, stats = self.fuse(embeddings, types)
+        zero = h.sum() * 0.0
+
+        # supervised survival on the patients with a known bin and event
+        survival = zero
+        if batch.bins is not None and batch.events is not None:
+            bins = torch.as_tensor(batch.bins, device=h.device).reshape(-1).long()
+            events = torch.as_tensor(batch.events, device=h.device).reshape(-1)
+            if bins.numel() != n or events.numel() != n:
+                raise ModelInputError(f"model '{self.name}': {n} patients but {bins.numel()} bins and "
+                                      f"{events.numel()} events")
+            known = (bins >= 0) & ((events == 0) | (events == 1))
+            if bool(known.any()):
+                if int(bins[known].max()) >= self.pretrain_bins:
+                    raise ModelInputError(f"model '{self.name}': survival bin {int(bins[known].max())} >= "
+                                          f"pretrain_bins={self.pretrain_bins} -- set the model option "
+                                          f"pretrain_bins to the pretraining's number of bins")
+                survival = nll_survival_loss(self.pretrain_head(h[known]), bins[known], events[known])
+
+        # contrastive alignment of the real embeddings, per modality pair
+        scale = self.logit_scale.clamp(max=LOGIT_SCALE_MAX)
+        pair_losses = []
+        for a, b in itertools.combinations(self.order, 2):
+            rows = [i for i in range(n) if a in reals[i] and b in reals[i]]
+            if len(rows) >= 2:
+                ea = torch.cat([reals[i][a] for i in rows])
+                eb = torch.cat([reals[i][b] for i in rows])
+                pair_losses.append(symmetric_info_nce(ea, eb, scale))
+        contrastive = torch.stack(pair_losses).mean() if pair_losses else zero
+
+        # synthesis of every present (patient, modality) from the cancer type
+        per_modality = {m: [i for i in range(n) if m in reals[i]] for m in self.order}
+        real_rows = {m: torch.cat([reals[i][m] for i in rows]) for m, rows in per_modality.items() if rows}
+        synth_rows = {m: synth[m][per_modality[m]] for m in real_rows}
+        mse = self.synthesis_loss(real_rows, synth_rows)
+        synthesis = zero if mse is None else mse
+
+        terms = {"survival": survival, "contrastive": self.alpha * contrastive,
+                 "synthesis": self.w_synthesis * synthesis, "moe": self.moe_loss_weight * stats.load_balance}
+        terms["loss"] = terms["survival"] + terms["contrastive"] + terms["synthesis"] + terms["moe"]
+        return terms
