@@ -155,6 +155,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_downstream(args: argparse.Namespace) -> int:
+    from .training.stage import run_downstream
+
+    run_downstream(args.kind, args.model, args.task, args.fold, args.manifest, args.splits, args.out, args.settings,
+                   features_dir=args.features, genomics=args.genomics, reports=args.reports, label=args.label,
+                   checkpoint=args.checkpoint, pretrained=args.pretrained, reports_table=args.reports_table)
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .training.stage import pretrain_fold
 
@@ -292,6 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default=None, help="the run's name in the results (a variant name)")
     p.add_argument("--pretrained", type=Path, default=None, help="a pretraining checkpoint to start from")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("downstream", help="a downstream task of one run on one fold (report generation, data "
+                                          "efficiency)")
+    p.add_argument("--kind", required=True, choices=["report_generation", "data_efficiency"])
+    p.add_argument("--model", required=True)
+    p.add_argument("--label", default=None)
+    p.add_argument("--task", required=True)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--splits", type=Path, required=True)
+    p.add_argument("--features", type=Path, default=None)
+    p.add_argument("--genomics", type=Path, default=None)
+    p.add_argument("--reports", type=Path, default=None)
+    p.add_argument("--checkpoint", type=Path, default=None, help="the fold's fine-tuned checkpoint")
+    p.add_argument("--pretrained", type=Path, default=None, help="the fold's pretraining checkpoint")
+    p.add_argument("--reports-table", type=Path, default=None, help="cleaned reports (reports.parquet)")
+    p.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    p.add_argument("--settings", type=_settings, default={})
+    p.set_defaults(func=cmd_downstream)
 
     p = sub.add_parser("pretrain", help="pretrain a multimodal model on one fold's training patients")
     p.add_argument("--model", required=True)

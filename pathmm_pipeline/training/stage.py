@@ -193,6 +193,50 @@ def train_and_evaluate(model: str, task: str, fold_index: int, manifest: str | o
     return out
 
 
+def run_downstream(kind: str, model: str, task: str, fold_index: int, manifest: str | os.PathLike[str],
+                   splits_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str], settings: dict[str, Any],
+                   features_dir: str | os.PathLike[str] | None = None,
+                   genomics: str | os.PathLike[str] | None = None, reports: str | os.PathLike[str] | None = None,
+                   *, label: str | None = None, checkpoint: str | os.PathLike[str] | None = None,
+                   pretrained: str | os.PathLike[str] | None = None,
+                   reports_table: str | os.PathLike[str] | None = None) -> Path:
+    """One downstream task (``report_generation`` or ``data_efficiency``, :mod:`.downstream`) of one run on one
+    fold, written as ``out_csv`` (and, for report generation, the per-patient texts beside it)."""
+    from .checkpoint import load_checkpoint
+    from .downstream import DEFAULT_FRACTIONS, data_efficiency, report_generation
+    from .loop import TrainConfig
+    from .splits import read_splits
+
+    settings = dict(settings)
+    cohort_options = {k: settings.pop(k) for k in ("max_tiles",) if k in settings}
+    cohort_options["seed"] = settings.get("seed", 0)
+    settings.pop("n_boot", None)
+    cohort = _cohort(Path(manifest), Path(features_dir) if features_dir else None,
+                     Path(genomics) if genomics else None, Path(reports) if reports else None, task, cohort_options)
+    fold = read_splits(splits_dir)[fold_index]
+    out_csv = Path(out_csv)
+    if kind == "report_generation":
+        if checkpoint is None or reports_table is None:
+            raise InputError(out_csv, "report generation needs the fold's checkpoint and the cleaned reports table",
+                             "pass --checkpoint and --reports-table")
+        loaded = load_checkpoint(checkpoint)
+        view = cohort.with_scaler(loaded.scaler) if loaded.scaler is not None else cohort
+        table = report_generation(loaded.model, view, fold, reports_table, settings.get("generation", {}),
+                                  out_dir=out_csv.parent, label=label)
+    elif kind == "data_efficiency":
+        fractions = settings.pop("fractions", DEFAULT_FRACTIONS)
+        per_type = settings.pop("per_cancer_type", True)
+        settings.pop("generation", None)
+        config = TrainConfig.from_dict({**settings, "progress": False})
+        kind_name, _ = parse_task(task)
+        table = data_efficiency(model, kind_name, cohort, fold, config, pretrained=pretrained,
+                                fractions=fractions, per_cancer_type=per_type, label=label)
+    else:
+        raise InputError(kind, "unknown downstream task", "use report_generation or data_efficiency")
+    write_text_atomic(out_csv, table.to_csv(index=False))
+    return out_csv
+
+
 def _pretraining_logs(fold_dir: Path, results: Path) -> list[Path]:
     """The pretraining log of the run a fold folder belongs to (``training/<enc>/<model>/<task>/fold_<k>`` ->
     ``pretraining/<enc>/<model>/fold_<k>/pretrain_log.csv``), when there is one."""

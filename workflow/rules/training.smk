@@ -105,8 +105,8 @@ rule pretrain:
     wildcard_constraints:
         model="|".join(PRETRAINED_RUNS) or "^$",
     params:
-        settings=lambda wc: run_settings(wc, {**PRETRAIN["settings"], "max_tiles": TRAIN["max_tiles"],
-                                              "progress": False}),
+        settings=lambda wc: run_settings(wc, {"max_tiles": TRAIN["max_tiles"], "progress": False,
+                                              **PRETRAIN["settings"]}),
         model=lambda wc: RUNS[wc.model].model,
         features=f"{RESULTS}/features/{TRAIN_ENCODER}",
         optional=lambda wc, input: " ".join(f"--{k.replace('_', '-')} {input[k]}"
@@ -164,9 +164,75 @@ rule train:
         " --out {params.out:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
+DOWNSTREAM = TRAIN["downstream"]
+DOWNSTREAM_RUNS = {kind: [m for m in DOWNSTREAM[kind]["models"] if m in RUNS]
+                   for kind in ("report_generation", "data_efficiency")}
+if not REPORTS:
+    DOWNSTREAM_RUNS["report_generation"] = []
+
+
+def downstream_inputs(wildcards):
+    inputs = cohort_inputs(wildcards)
+    inputs["checkpoint"] = f"{FOLD_DIR}/checkpoint.pt".format(**wildcards)
+    if RUNS[wildcards.model].pretrained:
+        inputs["pretrained"] = PRETRAIN_DIR.format(model=wildcards.model, fold=wildcards.fold) + "/pretrained.pt"
+    if wildcards.kind == "report_generation":
+        inputs["reports_table"] = rules.merge_reports.output[0]
+    return inputs
+
+
+def downstream_settings(wildcards):
+    base = {**TRAIN["settings"], "max_tiles": TRAIN["max_tiles"]}
+    if wildcards.kind == "report_generation":
+        base["generation"] = DOWNSTREAM["report_generation"]["settings"]
+    else:
+        base.update(fractions=DOWNSTREAM["data_efficiency"]["fractions"],
+                    per_cancer_type=DOWNSTREAM["data_efficiency"]["per_cancer_type"])
+    return run_settings(wildcards, base)
+
+
+rule downstream:
+    input:
+        unpack(downstream_inputs),
+    output:
+        table=f"{FOLD_DIR}/downstream_{{kind}}.csv",
+    wildcard_constraints:
+        kind="report_generation|data_efficiency",
+    params:
+        settings=downstream_settings,
+        model=lambda wc: RUNS[wc.model].model,
+        task=lambda wc: TASK_SLUGS[wc.task],
+        features=f"{RESULTS}/features/{TRAIN_ENCODER}",
+        optional=lambda wc, input: " ".join(f"--{k.replace('_', '-')} {input[k]}"
+                                            for k in ("genomics", "reports", "checkpoint", "pretrained",
+                                                      "reports_table") if k in input.keys()),
+        splits=f"{RESULTS}/splits",
+    log:
+        f"{RESULTS}/logs/downstream/{TRAIN_ENCODER}/{{model}}/{{task}}/fold_{{fold}}_{{kind}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/downstream/{TRAIN_ENCODER}/{{model}}/{{task}}/fold_{{fold}}_{{kind}}.tsv"
+    conda:
+        "../../envs/training.yaml"
+    threads: 1
+    resources:
+        mem_mb=TRAIN["mem_mb"],
+        runtime=120,
+    shell:
+        "pathmm downstream --kind {wildcards.kind} --model {params.model} --label {wildcards.model}"
+        " --task {params.task} --fold {wildcards.fold} --manifest {input.manifest:q} --splits {params.splits:q}"
+        " --features {params.features:q} {params.optional} --out {output.table:q} --settings {params.settings:q}"
+        " > {log:q} 2>&1"
+
+
+def downstream_tables(wildcards=None):
+    return [f"{FOLD_DIR}/downstream_{kind}.csv".format(model=m, task=t, fold=f)
+            for kind, models in DOWNSTREAM_RUNS.items() for m in models for t in TASK_SLUGS for f in FOLDS]
+
+
 rule evaluate:
     input:
         folds=expand(f"{FOLD_DIR}/metrics.csv", model=TRAIN["models"], task=list(TASK_SLUGS), fold=FOLDS),
+        downstream=downstream_tables(),
         qc=rules.qc_summary.output,
     output:
         html=f"{RESULTS}/evaluation/report.html",

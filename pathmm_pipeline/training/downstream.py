@@ -1,0 +1,133 @@
+"""Downstream tasks of the multimodal methods, per fold, as tables the run report shows.
+
+* :func:`report_generation` (ALTER's downstream task): the fine-tuned model's fused embedding of each patient
+  computed **without the report** (WSI and genomics only, so the text to generate is never an input), a
+  report decoder (:mod:`pathmm_pipeline.reports.generation`) trained on the fold's training patients' cleaned
+  reports, then BLEU-4, METEOR (exact + stem) and ROUGE-L on the held-out patients; the nearest-training-report
+  retrieval baseline is scored the same way.
+* :func:`data_efficiency` (MICE's curve): fine-tuning on 10/25/50/100 % of the fold's training patients (a seeded
+  subsample, stratified by cancer type), from the pretraining checkpoint and from scratch, evaluated on the
+  fold's validation patients: pan-cancer, and per cancer type (fine-tuned on that type's training patients,
+  evaluated on its validation patients).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..atomic import write_text_atomic
+from ..models import PathmmModel
+from .dataset import MultimodalCohort
+from .loop import TrainConfig, model_input, score_metric, train_fold
+from .splits import Fold
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
+@torch.no_grad()
+def patient_embeddings(model: PathmmModel, cohort: MultimodalCohort, patients: Sequence[str],
+                       withhold: Sequence[str] = ()) -> tuple[list[str], np.ndarray]:
+    """``(kept ids, (n, E) embeddings)`` of ``patients`` with the ``withhold`` modalities removed; patients left
+    with none of the model's modalities are skipped."""
+    model.eval()
+    kept, rows = [], []
+    for p in patients:
+        x = model_input(cohort, model, p).x.without(*withhold)
+        if not any(v for m, v in x.present().items() if m in model.modalities):
+            continue
+        rows.append(model(x).embedding.reshape(-1).float().cpu().numpy())
+        kept.append(p)
+    return kept, np.stack(rows) if rows else np.zeros((0, model.embedding_dim), dtype=np.float32)
+
+
+def report_generation(model: PathmmModel, cohort: MultimodalCohort, fold: Fold, reports_table: str | os.PathLike[str],
+                      settings: dict[str, Any] | None = None, out_dir: str | os.PathLike[str] | None = None,
+                      label: str | None = None) -> pd.DataFrame:
+    """Generate the held-out patients' reports from the model's report-free embedding (see the module
+    docstring). Returns one row per method (``decoder``, ``retrieval``) with the corpus scores; with
+    ``out_dir``, also writes ``report_generation_patients.csv`` (every generated text and its scores)."""
+    from ..reports.generation import GenerationConfig, evaluate_generation, load_report_texts
+    from ..reports.stage import _read_clean_table
+
+    with_report = set(_read_clean_table(Path(reports_table), "text")[0])
+    train = [p for p in fold.train if p in with_report and p in cohort]
+    val = [p for p in fold.val if p in with_report and p in cohort]
+    train, train_x = patient_embeddings(model, cohort, train, withhold=("report",))
+    val, val_x = patient_embeddings(model, cohort, val, withhold=("report",))
+    if len(train) < 2 or not val:
+        raise ValueError(f"fold {fold.index}: report generation needs >= 2 training and >= 1 validation patients "
+                         f"with a report and another modality (have {len(train)} and {len(val)})")
+    config = GenerationConfig(**{"progress": False, **(settings or {})})
+    per_patient, scores = evaluate_generation(train_x, load_report_texts(reports_table, train), val_x,
+                                              load_report_texts(reports_table, val), config, test_ids=val,
+                                              train_ids=train)
+    name = label or model.name
+    rows = [{"model": name, "fold": fold.index, "method": method, "n_train": len(train), "n_test": len(val),
+             **values} for method, values in scores.items()]
+    if out_dir is not None:
+        per_patient.insert(0, "model", name)
+        per_patient.insert(1, "fold", fold.index)
+        write_text_atomic(Path(out_dir) / "report_generation_patients.csv", per_patient.to_csv(index=False))
+    return pd.DataFrame(rows)
+
+
+def subsample(patients: Sequence[str], cohort: MultimodalCohort, fraction: float, seed: int) -> list[str]:
+    """A seeded ``fraction`` of ``patients``, stratified by cancer type (at least 2 per type kept)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng([seed, int(round(fraction * 1000))])
+    by_type: dict[int, list[str]] = {}
+    for p in patients:
+        by_type.setdefault(cohort.targets(p).cancer_type, []).append(p)
+    chosen: list[str] = []
+    for t in sorted(by_type):
+        members = by_type[t]
+        n = min(len(members), max(2, int(round(fraction * len(members)))))
+        chosen += [members[i] for i in sorted(rng.choice(len(members), n, replace=False))]
+    return [p for p in patients if p in set(chosen)]
+
+
+def data_efficiency(model_name: str, task: str, cohort: MultimodalCohort, fold: Fold, config: TrainConfig,
+                    pretrained: str | os.PathLike[str] | None = None,
+                    fractions: Sequence[float] = DEFAULT_FRACTIONS, per_cancer_type: bool = True,
+                    label: str | None = None) -> pd.DataFrame:
+    """Fine-tune on growing fractions of the fold's training patients (from ``pretrained`` and from scratch);
+    one row per (cancer type or ``all``, fraction, initialisation) with the validation metric."""
+    from .loop import predict_logits
+
+    scopes: list[tuple[str, list[str], list[str]]] = [("all", list(fold.train), list(fold.val))]
+    if per_cancer_type and len(cohort.cancer_types) > 1:
+        for t, name in enumerate(cohort.cancer_types):
+            scopes.append((name, [p for p in fold.train if cohort.targets(p).cancer_type == t],
+                           [p for p in fold.val if cohort.targets(p).cancer_type == t]))
+    inits = [("pretrained", pretrained), ("scratch", None)] if pretrained is not None else [("scratch", None)]
+    rows = []
+    for scope, train, val in scopes:
+        for fraction in fractions:
+            subset = subsample(train, cohort, fraction, config.seed)
+            sub_fold = Fold(fold.index, subset, val)
+            for init, path in inits:
+                try:
+                    result = train_fold(model_name, task, cohort, sub_fold, config, pretrained=path)
+                except ValueError as exc:  # too few usable patients at this fraction
+                    log.warning("data efficiency %s %s %.0f%% %s: %s", scope, model_name, 100 * fraction, init, exc)
+                    continue
+                view = cohort.with_scaler(result.scaler) if result.scaler is not None else cohort
+                kept, logits, _ = predict_logits(result.model, view, result.val_patients)
+                value = score_metric(result.task, logits, view, kept) if kept else float("nan")
+                rows.append({"model": label or model_name, "fold": fold.index, "cancer_type": scope,
+                             "init": init, "fraction": fraction, "n_train": len(result.train_patients),
+                             "n_val": len(kept), "metric": result.metric_name, "value": float(value)})
+                log.info("data efficiency %s %s %.0f%% (%d patients) %s: %s = %.3f", label or model_name, scope,
+                         100 * fraction, len(result.train_patients), init, result.metric_name, value)
+    return pd.DataFrame(rows)
