@@ -6,7 +6,7 @@ For each encoder: the pipeline (``extract_features``: decode in DataLoader worke
 Prints tiles/s and the ratio pipeline / min(floors): 1.0 means the pipeline is as fast as its slower floor.
 On a CUDA machine it also runs a UNI-size ViT-L/16 (random weights: same cost) in float16 and bfloat16.
 
-    python bench/extract.py [--encoders efficientnet_lite0] [--tiles 512] [--repeats 3]
+    python bench/extract.py [--encoders efficientnet_lite0] [--tiles 512] [--repeats 3] [--device cuda]
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gpu-tiles", type=int, default=4096)
+    parser.add_argument("--device", default="cpu", help="device of the pipeline and forward timings (cpu, cuda)")
     parser.add_argument("--json", type=Path, default=REPO / ".cache" / "bench" / "extract.json")
     args = parser.parse_args()
 
@@ -132,17 +133,17 @@ def main() -> None:
         n = len(load_tiles(tiles_store).coords)  # the slide may hold fewer tissue tiles than asked for
         for name in args.encoders:
             settings = ExtractionSettings(encoder=name, batch_size=args.batch_size, num_workers=args.workers,
-                                          device="cpu", threads=args.threads)
+                                          device=args.device, threads=args.threads)
             encoder = load_encoder(name, "default")
             spec = encoder.spec
             samples = {"pipeline": [], "forward": [], "decode": []}
             for r in range(args.repeats):  # interleaved, so drifting machine load hits all three alike
                 samples["decode"].append(time_decode(slide, tiles_store, settings, spec.input_size, spec.interpolation))
-                samples["forward"].append(time_forward(encoder, torch.device("cpu"), n, args.batch_size))
+                samples["forward"].append(time_forward(encoder, torch.device(args.device), n, args.batch_size))
                 samples["pipeline"].append(time_pipeline(slide, tiles_store, work / f"{name}_{r}.zarr", settings))
             med = {k: statistics.median(v) for k, v in samples.items()}
             floor = min(med["forward"], med["decode"])
-            rows.append({"encoder": name, "device": "cpu", "tiles": n, **{f"{k}_tiles_s": v for k, v in med.items()},
+            rows.append({"encoder": name, "device": args.device, "tiles": n, **{f"{k}_tiles_s": v for k, v in med.items()},
                          "pipeline_vs_slower_floor": med["pipeline"] / floor,
                          "pipeline_vs_forward": med["pipeline"] / med["forward"],
                          "pipeline_vs_decode": med["pipeline"] / med["decode"]})

@@ -31,23 +31,37 @@ def run(source_slide, tmp_path_factory):
     config.update(samplesheet=str(sheet), results="results")
     config["segmentation"].update(min_tissue_area_um2=16000.0, min_hole_area_um2=6400.0)  # slides shrunk by 0.4
     config["features"].update(batch_size=16, num_workers=0)
-    config["training"].update(models=["abmil", "late_fusion_concat"], folds=2, n_boot=50)
+    config["training"].update(models=["abmil", "late_fusion_concat", "alter", "mice"], folds=2, n_boot=50)
     config["training"]["settings"].update(epochs=8, patience=4, n_bins=2)  # few events per fold
+    config["training"]["pretraining"].update(external=str(sheet.parent / "external" / "patients.csv"))
+    config["training"]["pretraining"]["settings"].update(epochs=2, n_bins=2, batch_size=8)
+    config["training"]["variants"]["mice"]["options"].update(pretrain_bins=2)
+    config["training"]["downstream"] = {
+        "report_generation": {"models": ["alter"], "settings": {"epochs": 3, "d_model": 32, "ff_dim": 64}},
+        "data_efficiency": {"models": ["mice"], "fractions": [0.5, 1.0], "per_cancer_type": False}}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(root),
-                           "--configfile", str(root / "config.yaml"), "--cores", "2"],
-                          capture_output=True, text=True, env=env, timeout=1200)
+    proc = snakemake(root)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return root / "results"
 
 
+def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                           str(root), "--configfile", str(root / "config.yaml"), "--cores", "2", *args],
+                          capture_output=True, text=True, env=env, timeout=1500)
+
+
 def test_report_covers_every_model_and_the_stress_test(run):
     html = (run / "evaluation" / "report.html").read_text()
-    for text in ("abmil", "late_fusion_concat", "data:image/png;base64", "Kaplan"):
+    for text in ("abmil", "late_fusion_concat", "alter", "mice", "data:image/png;base64", "Kaplan",
+                 "Missing-modality stress test", "id='pretraining'", "report generation", "data efficiency"):
         assert text in html, text
     summary = pd.DataFrame(json.loads((run / "evaluation" / "summary.json").read_text()))
-    assert {"abmil", "late_fusion_concat"} <= set(summary["model"])
+    assert {"abmil", "late_fusion_concat", "alter", "mice"} <= set(summary["model"])
+    stress = pd.read_csv(run / "evaluation" / "stress.csv").set_index("model")
+    assert {"without wsi", "without genomics", "without report"} <= set(stress.columns)
+    assert stress.loc["mice", "without wsi"] != "n/a" and stress.loc["alter", "without genomics"] != "n/a"
     fold = pd.read_csv(run / "training/efficientnet_lite0/late_fusion_concat/survival/fold_0/metrics.csv")
     removed = set(fold["subset"])
     assert "all" in removed and len(removed) >= 3  # all, and each modality removed in turn
@@ -58,6 +72,33 @@ def test_checkpoints_and_every_store_verify(run):
     assert stores and all(s.ok for s in stores), [str(f) for s in stores for f in s.findings]
     assert stale == []
     assert any(s.stage == "train" for s in stores)
+
+
+def test_fine_tuning_starts_from_the_fold_pretraining_which_saw_no_validation_patient(run):
+    from pathmm_pipeline.training.checkpoint import read_checkpoint
+    from pathmm_pipeline.training.pretrain import read_pretrained
+
+    for model in ("alter", "mice"):
+        for fold in (0, 1):
+            pre = run / f"pretraining/efficientnet_lite0/{model}/fold_{fold}/pretrained.pt"
+            ckpt = read_checkpoint(run / f"training/efficientnet_lite0/{model}/survival/fold_{fold}/checkpoint.pt")
+            assert Path(ckpt["provenance"]["inputs"]["pretrained"]["path"]) == pre.resolve()
+            corpus = read_pretrained(pre)["corpus"]
+            assert set(corpus["patients"]).isdisjoint(ckpt["fold"]["val"])
+            assert (len(corpus["external_patients"]) > 600) == (model == "mice")  # ALTER's demo variant: none
+    generation = pd.read_csv(run / "training/efficientnet_lite0/alter/survival/fold_0/downstream_report_generation.csv")
+    assert set(generation.method) == {"decoder", "retrieval"} and generation.bleu_4.between(0, 1).all()
+
+
+def test_a_pretraining_change_reruns_pretraining_and_what_follows_only(run):
+    root = run.parent
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["training"]["pretraining"]["settings"]["lr"] = 0.001
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    from test_workflow import planned_jobs
+
+    jobs = planned_jobs(root)
+    assert jobs == {"pretrain": 4, "train": 4, "downstream": 4, "evaluate": 1, "all": 1}, jobs
 
 
 def test_abmil_finds_the_planted_signal_on_held_out_patients(run):

@@ -11,10 +11,12 @@ PRETRAIN_DIR = f"{RESULTS}/pretraining/{TRAIN_ENCODER}/{{model}}/fold_{{fold}}"
 
 try:
     RUNS = resolve_runs(TRAIN["models"], TRAIN["variants"], PRETRAIN["enabled"])
-    EXTERNAL = read_external_patients(PRETRAIN["external"]) if PRETRAIN["external"] else None
+    PRETRAINED_RUNS = [label for label, run in RUNS.items() if run.pretrained]
+    # the external table is read only when some run pretrains on it
+    EXTERNAL = (read_external_patients(PRETRAIN["external"])
+                if PRETRAIN["external"] and any(RUNS[r].external for r in PRETRAINED_RUNS) else None)
 except PathmmError as exc:
     raise WorkflowError(f"the training configuration is invalid, no job was started:\n{exc}") from None
-PRETRAINED_RUNS = [label for label, run in RUNS.items() if run.pretrained]
 
 
 rule make_splits:
