@@ -164,6 +164,13 @@ def cmd_downstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mstar_stage2(args: argparse.Namespace) -> int:
+    from .training.stage import mstar_stage2
+
+    mstar_stage2(args.manifest, args.tiles, args.stage1, args.base_encoder, args.out, args.settings)
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from .training.stage import pretrain_fold
 
@@ -304,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("downstream", help="a downstream task of one run on one fold (report generation, data "
                                           "efficiency)")
-    p.add_argument("--kind", required=True, choices=["report_generation", "data_efficiency"])
+    p.add_argument("--kind", required=True,
+                   choices=["report_generation", "data_efficiency", "linear_probe", "zero_shot"])
     p.add_argument("--model", required=True)
     p.add_argument("--label", default=None)
     p.add_argument("--task", required=True)
@@ -321,9 +329,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=_settings, default={})
     p.set_defaults(func=cmd_downstream)
 
+    p = sub.add_parser("mstar-stage2", help="mSTAR stage 2: self-teach a patch encoder against the stage-1 "
+                                            "aggregator")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--tiles", type=Path, required=True, help="folder of the tile stores (<slide_id>.zarr)")
+    p.add_argument("--stage1", type=Path, required=True, help="the stage-1 pretraining checkpoint")
+    p.add_argument("--base-encoder", required=True, help="registered patch encoder to self-teach")
+    p.add_argument("--out", type=Path, required=True, help="weights file to write (.pt)")
+    p.add_argument("--settings", type=_settings, default={}, help="SelfTaughtConfig fields as JSON")
+    p.set_defaults(func=cmd_mstar_stage2)
+
     p = sub.add_parser("pretrain", help="pretrain a multimodal model on one fold's training patients")
     p.add_argument("--model", required=True)
-    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--fold", type=int, required=True, help="the fold, or -1 for every patient")
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--splits", type=Path, required=True)
     p.add_argument("--features", type=Path, default=None, help="folder of one encoder's feature stores")

@@ -117,3 +117,40 @@ def test_data_efficiency_curve_per_fraction_init_and_cancer_type(toy: ToyCohort,
     sub = subsample(fold.train, cohort, 0.1, seed=0)
     assert len(sub) >= 4 and set(sub) <= set(fold.train)  # at least 2 per cancer type
     assert sub == subsample(fold.train, cohort, 0.1, seed=0)
+
+
+def test_linear_probe_on_frozen_general_prompt_features(toy: ToyCohort) -> None:
+    """ModalTune's published protocol: tune, then a Cox model on the general-prompt features."""
+    from pathmm_pipeline.training.downstream import linear_probe, probe_features
+
+    cohort = toy.cohort()
+    fold = _fold(toy)
+    options = {"n_pathway_tokens": 4, "gene_dim": 8, "mixer_depth": 1, "cancer_type_names": ["A", "B"]}
+    result = pretrain("modaltune", cohort, fold.train, PretrainConfig(epochs=1, batch_size=12, progress=False,
+                                                                      model_options=options))
+    view = cohort.for_fold(fold.train)
+    kept, features = probe_features(result.model, view, fold.val)
+    assert "P007" not in kept  # no slide: ModalTune requires one
+    assert features.shape == (len(kept), result.model.embedding_dim)
+    table = linear_probe(result.model, view, fold, "survival", label="modaltune_demo")
+    row = table.iloc[0]
+    assert row.probe == "cox" and row.metric == "c_index" and 0 <= row.value <= 1 and row.n_val == 30
+
+
+def test_zero_and_few_shot_cancer_type_in_the_aligned_space(toy: ToyCohort) -> None:
+    from pathmm_pipeline.training.downstream import zero_and_few_shot
+
+    cohort = toy.cohort()
+    fold = _fold(toy)
+    result = pretrain("mstar", cohort, fold.train, PretrainConfig(
+        epochs=1, batch_size=12, progress=False, model_options={"dim": 16, "proj_dim": 8, "heads": 2}))
+    prompts = {"A": ["a slide of tumour type A"], "B": ["a slide of tumour type B"]}
+    def fake_text_encoder(texts):  # the toy's reports are 8-d random vectors: prompts in the same space
+        return np.stack([np.random.default_rng(len(t)).normal(size=8) for t in texts]).astype(np.float32)
+
+    table = zero_and_few_shot(result.model, cohort.for_fold(fold.train), fold, fake_text_encoder, ks=(1, 2),
+                              seeds=2, prompts=prompts, label="mstar_demo")
+    assert list(table.setting) == ["zero-shot", "few-shot", "few-shot"]
+    assert table.balanced_accuracy.between(0, 1).all() and (table.model == "mstar_demo").all()
+    with pytest.raises(ValueError, match="no zero-shot prompts"):
+        zero_and_few_shot(result.model, cohort.for_fold(fold.train), fold, prompts={"A": ["x"]})

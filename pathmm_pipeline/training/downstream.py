@@ -9,6 +9,10 @@
   subsample, stratified by cancer type), from the pretraining checkpoint and from scratch, evaluated on the
   fold's validation patients: pan-cancer, and per cancer type (fine-tuned on that type's training patients,
   evaluated on its validation patients).
+* :func:`linear_probe` (ModalTune's published evaluation): frozen general-prompt features -> lifelines Cox
+  (C-index) or logistic regression (balanced accuracy).
+* :func:`zero_and_few_shot` (mSTAR's): zero-shot cancer-type classification in the aligned slide/text space and
+  few-shot (k = 1, 2, 4, 8 per class) logistic regression on slide embeddings.
 """
 
 from __future__ import annotations
@@ -130,4 +134,108 @@ def data_efficiency(model_name: str, task: str, cohort: MultimodalCohort, fold: 
                              "n_val": len(kept), "metric": result.metric_name, "value": float(value)})
                 log.info("data efficiency %s %s %.0f%% (%d patients) %s: %s = %.3f", label or model_name, scope,
                          100 * fraction, len(result.train_patients), init, result.metric_name, value)
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def probe_features(model: PathmmModel, cohort: MultimodalCohort, patients: Sequence[str],
+                   prompt: str | None = "general") -> tuple[list[str], np.ndarray]:
+    """``(kept ids, features)``: a model's frozen patient features for linear probing: the ``prompt`` task
+    embedding of a prompted model (ModalTune's published protocol uses the general prompt), the slide embedding
+    of a slide aggregator (mSTAR), else the model's embedding."""
+    model.eval()
+    kept, rows = [], []
+    for p in patients:
+        try:
+            x = model_input(cohort, model, p).x
+            model.check_input(x)
+        except ValueError:  # the patient lacks a modality the model requires
+            continue
+        if prompt is not None and hasattr(model, "task_embedding"):
+            z = model.task_embedding(x, prompt)
+        elif hasattr(model, "slide_embedding"):
+            z = model.slide_embedding(x)
+        else:
+            z = model(x).embedding
+        rows.append(z.reshape(-1).float().cpu().numpy())
+        kept.append(p)
+    return kept, np.stack(rows) if rows else np.zeros((0, model.embedding_dim), dtype=np.float32)
+
+
+def linear_probe(model: PathmmModel, cohort: MultimodalCohort, fold: Fold, task: str = "survival",
+                 prompt: str | None = "general", penalizer: float = 0.5, label: str | None = None) -> pd.DataFrame:
+    """The published evaluation of ModalTune (and of slide foundation models): frozen features of the fold's
+    training patients fit a lifelines Cox model (survival: C-index on the validation patients) or a
+    logistic regression (classification: balanced accuracy), features standardised on the training patients.
+    ``penalizer``: the Cox model's L2 penalty (features outnumber the patients of a small cohort)."""
+    from lifelines import CoxPHFitter
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.preprocessing import StandardScaler
+
+    from ..evaluation.metrics import c_index
+
+    train, x_train = probe_features(model, cohort, fold.train, prompt)
+    val, x_val = probe_features(model, cohort, fold.val, prompt)
+    scaler = StandardScaler().fit(x_train)
+    x_train, x_val = scaler.transform(x_train), scaler.transform(x_val)
+    row: dict[str, Any] = {"model": label or model.name, "fold": fold.index, "features": prompt or "embedding",
+                           "n_train": len(train), "n_val": len(val)}
+    if task in ("survival", "cox"):
+        t_train, e_train = cohort.survival(train)
+        t_val, e_val = cohort.survival(val)
+        ok = np.isfinite(t_train) & (e_train >= 0)
+        frame = pd.DataFrame(x_train[ok], columns=[f"f{i}" for i in range(x_train.shape[1])])
+        frame["time"], frame["event"] = t_train[ok], e_train[ok]
+        cox = CoxPHFitter(penalizer=penalizer).fit(frame, "time", "event")
+        risk = cox.predict_partial_hazard(pd.DataFrame(x_val, columns=frame.columns[:-2])).to_numpy()
+        row.update(probe="cox", metric="c_index", value=float(c_index(t_val, e_val, risk)))
+    else:
+        y_train, y_val = cohort.labels(train), cohort.labels(val)
+        keep_t, keep_v = y_train >= 0, y_val >= 0
+        clf = LogisticRegression(max_iter=2000, class_weight="balanced").fit(x_train[keep_t], y_train[keep_t])
+        row.update(probe="logistic", metric="balanced_accuracy",
+                   value=float(balanced_accuracy_score(y_val[keep_v], clf.predict(x_val[keep_v]))))
+    return pd.DataFrame([row])
+
+
+#: zero-shot prompts per cancer type (an ensemble each), embedded by the report text encoder
+CLASS_PROMPTS = {
+    "BLCA": ["an H&E image of bladder urothelial carcinoma", "urothelial carcinoma of the bladder",
+             "invasive high grade urothelial carcinoma, urinary bladder"],
+    "STAD": ["an H&E image of stomach adenocarcinoma", "gastric adenocarcinoma",
+             "adenocarcinoma of the stomach, intestinal or diffuse type"],
+}
+
+
+def zero_and_few_shot(model: PathmmModel, cohort: MultimodalCohort, fold: Fold, text_encoder: Any = "minilm",
+                      ks: Sequence[int] = (1, 2, 4, 8), seeds: int = 5, label: str | None = None,
+                      prompts: dict[str, Sequence[str]] | None = None) -> pd.DataFrame:
+    """mSTAR's evaluation of its aligned slide/text space on cancer-type classification: zero-shot (each
+    validation slide to the nearest class prompt ensemble, prompts embedded by ``text_encoder``) and few-shot
+    (logistic regression on k slides per class of the training patients, ``seeds`` draws). One row per setting
+    with balanced accuracy. ``text_encoder``: a text encoder name of :mod:`pathmm_pipeline.reports.encoders`
+    (the one that embedded the reports) or a callable ``list[str] -> (n, D)``."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from ..mstar.zero_shot import few_shot_curve, zero_shot_classify
+    from ..reports.encoders import get_text_encoder
+
+    prompts = dict(prompts or CLASS_PROMPTS)
+    names = cohort.cancer_types
+    missing = [n for n in names if n not in prompts]
+    if missing:
+        raise ValueError(f"no zero-shot prompts for cancer type(s) {missing}: pass prompts")
+    train, x_train = probe_features(model, cohort, fold.train, prompt=None)
+    val, x_val = probe_features(model, cohort, fold.val, prompt=None)
+    y_train = [names[cohort.targets(p).cancer_type] for p in train]
+    y_val = [names[cohort.targets(p).cancer_type] for p in val]
+    embed = text_encoder if callable(text_encoder) else get_text_encoder(text_encoder).embed
+    result = zero_shot_classify(x_val, {n: prompts[n] for n in names}, embed, model)
+    base = {"model": label or model.name, "fold": fold.index, "task": "cancer type", "n_val": len(val)}
+    rows = [{**base, "setting": "zero-shot", "k": 0,
+             "balanced_accuracy": float(balanced_accuracy_score(y_val, result.predicted))}]
+    curve = few_shot_curve(x_train, y_train, x_val, y_val, ks=ks, seeds=seeds)
+    rows += [{**base, "setting": "few-shot", "k": int(r.k), "balanced_accuracy": float(r.balanced_accuracy_mean)}
+             for r in curve.itertuples()]
     return pd.DataFrame(rows)

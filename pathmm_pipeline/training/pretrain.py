@@ -354,3 +354,14 @@ def apply_pretrained(model: PathmmModel, path: str | os.PathLike[str]) -> dict[s
              model.name, len(report["missing"]), len(report["skipped"]))
     return {"path": str(path), "options": _options(payload["model_options"]), "n_loaded": len(report["loaded"]),
             "missing": report["missing"], "skipped": report["skipped"]}
+
+
+def load_pretrained_model(path: str | os.PathLike[str]) -> PathmmModel:
+    """The model of a pretraining checkpoint, rebuilt with its options and dims (eval mode, CPU); its task head
+    is untrained (pretraining has none) -- for frozen-feature evaluations (linear probes, zero-shot)."""
+    payload = read_pretrained(path)
+    dims = _dims(payload["dims"])
+    n_bins = int(payload.get("config", {}).get("n_bins", 4))
+    model = build_model(payload["model_name"], dims, TaskSpec.survival(n_bins), **_options(payload["model_options"]))
+    model.load_pretrained(payload["state_dict"])
+    return model.eval()

@@ -136,7 +136,12 @@ def pretrain_fold(model: str, fold_index: int, manifest: str | os.PathLike[str],
     cohort = _cohort(Path(manifest), Path(features_dir) if features_dir else None,
                      Path(genomics) if genomics else None, Path(reports) if reports else None, "survival",
                      cohort_options)
-    fold = read_splits(splits_dir)[fold_index]
+    if fold_index < 0:  # every patient: a self-supervised stage whose output is shared by all folds
+        from .splits import Fold
+
+        fold = Fold(-1, list(cohort.patient_ids), [])
+    else:
+        fold = read_splits(splits_dir)[fold_index]
     extra: dict[str, Any] = {}
     ext = None
     if external is not None:
@@ -231,10 +236,54 @@ def run_downstream(kind: str, model: str, task: str, fold_index: int, manifest: 
         kind_name, _ = parse_task(task)
         table = data_efficiency(model, kind_name, cohort, fold, config, pretrained=pretrained,
                                 fractions=fractions, per_cancer_type=per_type, label=label)
+    elif kind in ("linear_probe", "zero_shot"):
+        from .downstream import linear_probe, zero_and_few_shot
+        from .pretrain import load_pretrained_model
+
+        # the frozen features of the pretrained (tuned) model, as the methods evaluate them; else the fine-tuned
+        source = pretrained if pretrained is not None else checkpoint
+        if source is None:
+            raise InputError(out_csv, f"{kind} needs the fold's pretraining checkpoint or fine-tuned checkpoint",
+                             "pass --pretrained or --checkpoint")
+        if pretrained is not None:
+            net = load_pretrained_model(pretrained)
+            view = cohort.for_fold(fold.train) if cohort.genomics is not None else cohort
+        else:
+            loaded = load_checkpoint(checkpoint)
+            net = loaded.model
+            view = cohort.with_scaler(loaded.scaler) if loaded.scaler is not None else cohort
+        kind_name, _ = parse_task(task)
+        table = (linear_probe(net, view, fold, kind_name, label=label) if kind == "linear_probe"
+                 else zero_and_few_shot(net, view, fold, label=label))
     else:
-        raise InputError(kind, "unknown downstream task", "use report_generation or data_efficiency")
+        raise InputError(kind, "unknown downstream task",
+                         "use report_generation, data_efficiency, linear_probe or zero_shot")
     write_text_atomic(out_csv, table.to_csv(index=False))
     return out_csv
+
+
+def mstar_stage2(manifest: str | os.PathLike[str], tiles_dir: str | os.PathLike[str],
+                 stage1: str | os.PathLike[str], base_encoder: str, out: str | os.PathLike[str],
+                 settings: dict[str, Any]) -> Path:
+    """mSTAR stage 2: self-teach ``base_encoder`` on the tiles of every tiled slide of the manifest against the
+    frozen stage-1 aggregator ``stage1`` (a pretraining checkpoint); writes the weights (+ provenance) at
+    ``out`` for the registered mSTAR encoder to load (:mod:`pathmm_pipeline.mstar.self_taught`)."""
+    from ..mstar.self_taught import SelfTaughtConfig, train_patch_encoder
+    from ..stores import open_store
+
+    source = Path(manifest)
+    slides = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source, dtype=str)
+    entries = []
+    for row in slides.itertuples():
+        store = Path(tiles_dir) / f"{row.slide_id}.zarr"
+        if (store / "zarr.json").is_file() and int(open_store(store).attrs.get("n_tiles", 0)) > 0:
+            entries.append((str(row.slide_path), str(store), str(row.patient_id)))
+    if not entries:
+        raise InputError(tiles_dir, "no tiled slide", "run tiling first; mSTAR stage 2 trains on tiles")
+    config = SelfTaughtConfig(**{"progress": False, **settings})
+    path = train_patch_encoder(entries, stage1, base_encoder, config, out, aggregator_checkpoint=stage1)
+    log.info("mSTAR stage 2: %s self-taught on %d slides -> %s", base_encoder, len(entries), path)
+    return path
 
 
 def _pretraining_logs(fold_dir: Path, results: Path) -> list[Path]:
@@ -263,7 +312,7 @@ def read_downstream(fold_dirs: Sequence[str | os.PathLike[str]]) -> dict[str, pd
         summary = frame.groupby(keys, sort=False)[values].agg(["mean", "std"]) if keys and values else frame
         if keys and values:
             summary.columns = [f"{a}_{b}" for a, b in summary.columns]
-            summary = summary.reset_index().round(4)
+            summary = summary.reset_index().sort_values(keys, kind="stable").round(4)
         out[name.replace("_", " ")] = summary
     return out
 

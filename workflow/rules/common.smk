@@ -68,7 +68,10 @@ def encoder_weights_files(encoder):
     """Local weights file(s) of an encoder, so that new weights re-run extraction (none for hub ids)."""
     from pathmm_pipeline.features import weights_input
 
-    return weights_input(encoder, encoder_weights(encoder))
+    weights = encoder_weights(encoder)
+    if isinstance(weights, str) and Path(weights).parts[:1] == Path(RESULTS).parts[:1]:
+        return [weights]  # written by a rule of this pipeline (mSTAR stage 2): Snakemake runs that rule first
+    return weights_input(encoder, weights)
 
 
 def extraction_settings_json(encoder):

@@ -6,11 +6,24 @@ PRETRAIN = TRAIN["pretraining"]
 TRAIN_ENCODER = TRAIN["encoder"] or ENCODERS[0]
 TASK_SLUGS = {t.replace(":", "-"): t for t in TRAIN["tasks"]}
 FOLDS = list(range(TRAIN["folds"]))
-FOLD_DIR = f"{RESULTS}/training/{TRAIN_ENCODER}/{{model}}/{{task}}/fold_{{fold}}"
-PRETRAIN_DIR = f"{RESULTS}/pretraining/{TRAIN_ENCODER}/{{model}}/fold_{{fold}}"
+FOLD_DIR = f"{RESULTS}/training/{{encoder}}/{{model}}/{{task}}/fold_{{fold}}"
+PRETRAIN_DIR = f"{RESULTS}/pretraining/{{encoder}}/{{model}}/fold_{{fold}}"
+MSTAR = TRAIN["mstar"]
+#: (encoder, run) pairs trained: every run on the main encoder, and the runs listed per compared encoder
+TRAINED = [(TRAIN_ENCODER, m) for m in TRAIN["models"]] + [
+    (e, m) for e, models in TRAIN["compare_encoders"].items() for m in models]
+if MSTAR["encoder"] in TRAIN["compare_encoders"] or MSTAR["encoder"] in ENCODERS:
+    # the mSTAR encoder's weights are the output of stage 2 (which extraction then waits for)
+    config["encoder_weights"].setdefault(MSTAR["encoder"], f"{RESULTS}/mstar/stage2/{MSTAR['encoder']}.pt")
+
+
+def run_label(encoder, model):
+    """A run's name in the tables: the run, with the encoder when it is not the main one."""
+    return model if encoder == TRAIN_ENCODER else f"{model}@{encoder}"
 
 try:
-    RUNS = resolve_runs(TRAIN["models"], TRAIN["variants"], PRETRAIN["enabled"])
+    RUNS = resolve_runs(list(dict.fromkeys([m for _, m in TRAINED] + [MSTAR["stage1_run"]])), TRAIN["variants"],
+                        PRETRAIN["enabled"])
     PRETRAINED_RUNS = [label for label, run in RUNS.items() if run.pretrained]
     # the external table is read only when some run pretrains on it
     EXTERNAL = (read_external_patients(PRETRAIN["external"])
@@ -46,7 +59,7 @@ def cohort_inputs(wildcards):
     inputs = {
         "manifest": rules.cohort_manifest.output[0],
         "split": f"{RESULTS}/splits/splits_{wildcards.fold}.csv",
-        "features": expand(f"{RESULTS}/features/{TRAIN_ENCODER}/{{slide}}.zarr", slide=SLIDE_IDS),
+        "features": expand(f"{RESULTS}/features/{wildcards.encoder}/{{slide}}.zarr", slide=SLIDE_IDS),
     }
     if EXPRESSION_FILES:
         inputs["genomics"] = rules.genomics.output.store
@@ -58,7 +71,7 @@ def cohort_inputs(wildcards):
 def training_inputs(wildcards):
     inputs = cohort_inputs(wildcards)
     if RUNS[wildcards.model].pretrained:
-        inputs["pretrained"] = f"{RESULTS}/pretraining/{TRAIN_ENCODER}/{wildcards.model}/fold_{wildcards.fold}/pretrained.pt"
+        inputs["pretrained"] = PRETRAIN_DIR.format(**wildcards) + "/pretrained.pt"
     return inputs
 
 
@@ -110,16 +123,16 @@ rule pretrain:
         settings=lambda wc: run_settings(wc, {"max_tiles": TRAIN["max_tiles"], "progress": False,
                                               **PRETRAIN["settings"]}),
         model=lambda wc: RUNS[wc.model].model,
-        features=f"{RESULTS}/features/{TRAIN_ENCODER}",
+        features=f"{RESULTS}/features/{{encoder}}",
         optional=lambda wc, input: " ".join(f"--{k.replace('_', '-')} {input[k]}"
                                             for k in ("genomics", "reports", "external", "external_genomics")
                                             if k in input.keys()),
         splits=f"{RESULTS}/splits",
         out=PRETRAIN_DIR,
     log:
-        f"{RESULTS}/logs/pretrain/{TRAIN_ENCODER}/{{model}}/fold_{{fold}}.log",
+        f"{RESULTS}/logs/pretrain/{{encoder}}/{{model}}/fold_{{fold}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/pretrain/{TRAIN_ENCODER}/{{model}}/fold_{{fold}}.tsv"
+        f"{RESULTS}/benchmarks/pretrain/{{encoder}}/{{model}}/fold_{{fold}}.tsv"
     conda:
         "../../envs/training.yaml"
     threads: 1
@@ -144,16 +157,17 @@ rule train:
         settings=lambda wc: run_settings(wc, {**TRAIN["settings"], "max_tiles": TRAIN["max_tiles"],
                                               "n_boot": TRAIN["n_boot"]}),
         model=lambda wc: RUNS[wc.model].model,
+        label=lambda wc: run_label(wc.encoder, wc.model),
         task=lambda wc: TASK_SLUGS[wc.task],
-        features=f"{RESULTS}/features/{TRAIN_ENCODER}",
+        features=f"{RESULTS}/features/{{encoder}}",
         optional=lambda wc, input: " ".join(f"--{k} {input[k]}" for k in ("genomics", "reports", "pretrained")
                                             if k in input.keys()),
         splits=f"{RESULTS}/splits",
         out=FOLD_DIR,
     log:
-        f"{RESULTS}/logs/train/{TRAIN_ENCODER}/{{model}}/{{task}}/fold_{{fold}}.log",
+        f"{RESULTS}/logs/train/{{encoder}}/{{model}}/{{task}}/fold_{{fold}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{TRAIN_ENCODER}/{{model}}/{{task}}/fold_{{fold}}.tsv"
+        f"{RESULTS}/benchmarks/train/{{encoder}}/{{model}}/{{task}}/fold_{{fold}}.tsv"
     conda:
         "../../envs/training.yaml"
     threads: 1
@@ -161,14 +175,87 @@ rule train:
         mem_mb=TRAIN["mem_mb"],
         runtime=120,
     shell:
-        "pathmm train --model {params.model} --label {wildcards.model} --task {params.task} --fold {wildcards.fold}"
+        "pathmm train --model {params.model} --label {params.label} --task {params.task} --fold {wildcards.fold}"
         " --manifest {input.manifest:q} --splits {params.splits:q} --features {params.features:q} {params.optional}"
         " --out {params.out:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
+def mstar_stage1_inputs(wildcards):
+    inputs = {"manifest": rules.cohort_manifest.output[0],
+              "features": expand(f"{RESULTS}/features/{MSTAR['base_encoder']}/{{slide}}.zarr", slide=SLIDE_IDS)}
+    if EXPRESSION_FILES:
+        inputs["genomics"] = rules.genomics.output.store
+    if REPORTS:
+        inputs["reports"] = rules.embed_reports.output.store
+    return inputs
+
+
+rule mstar_stage1:
+    """mSTAR stage 1 on every patient (self-supervised: reports and RNA are inputs, no task target), the frozen
+    aggregator that stage 2 teaches the patch encoder against."""
+    input:
+        unpack(mstar_stage1_inputs),
+    output:
+        checkpoint=f"{RESULTS}/mstar/stage1/pretrained.pt",
+        log_csv=f"{RESULTS}/mstar/stage1/pretrain_log.csv",
+    params:
+        settings=json.dumps({"max_tiles": TRAIN["max_tiles"], "progress": False, **PRETRAIN["settings"],
+                             **({"model_options": RUNS[MSTAR["stage1_run"]].options}
+                                if RUNS[MSTAR["stage1_run"]].options else {})}, sort_keys=True),
+        model=RUNS[MSTAR["stage1_run"]].model,
+        features=f"{RESULTS}/features/{MSTAR['base_encoder']}",
+        optional=lambda wc, input: " ".join(f"--{k} {input[k]}" for k in ("genomics", "reports") if k in input.keys()),
+        splits=f"{RESULTS}/splits",
+        out=f"{RESULTS}/mstar/stage1",
+    log:
+        f"{RESULTS}/logs/mstar_stage1.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/mstar_stage1.tsv"
+    conda:
+        "../../envs/training.yaml"
+    resources:
+        mem_mb=PRETRAIN["mem_mb"],
+        runtime=240,
+    shell:
+        "pathmm pretrain --model {params.model} --fold -1 --manifest {input.manifest:q} --splits {params.splits:q}"
+        " --features {params.features:q} {params.optional} --out {params.out:q} --settings {params.settings:q}"
+        " > {log:q} 2>&1"
+
+
+rule mstar_stage2:
+    """mSTAR stage 2: the base patch encoder self-taught on the slides' tiles against the stage-1 aggregator;
+    its weights are the registered mSTAR encoder's, so extraction with it follows."""
+    input:
+        manifest=rules.cohort_manifest.output[0],
+        stage1=rules.mstar_stage1.output.checkpoint,
+        tiles=expand(f"{RESULTS}/tiles/{{slide}}.zarr", slide=SLIDE_IDS),
+    output:
+        weights=f"{RESULTS}/mstar/stage2/{{encoder}}.pt",
+    wildcard_constraints:
+        encoder=MSTAR["encoder"],
+    params:
+        settings=json.dumps({**MSTAR["settings"], "backend": config["slide"]["backend"]}, sort_keys=True),
+        base=MSTAR["base_encoder"],
+        tiles=f"{RESULTS}/tiles",
+    log:
+        f"{RESULTS}/logs/mstar_stage2_{{encoder}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/mstar_stage2_{{encoder}}.tsv"
+    conda:
+        "../../envs/training.yaml"
+    threads: config["features"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=480,
+        gpu=1,
+    shell:
+        "pathmm mstar-stage2 --manifest {input.manifest:q} --tiles {params.tiles:q} --stage1 {input.stage1:q}"
+        " --base-encoder {params.base} --out {output.weights:q} --settings {params.settings:q} > {log:q} 2>&1"
+
+
 DOWNSTREAM = TRAIN["downstream"]
-DOWNSTREAM_RUNS = {kind: [m for m in DOWNSTREAM[kind]["models"] if m in RUNS]
-                   for kind in ("report_generation", "data_efficiency")}
+DOWNSTREAM_KINDS = ("report_generation", "data_efficiency", "linear_probe", "zero_shot")
+DOWNSTREAM_RUNS = {kind: [m for m in DOWNSTREAM[kind]["models"] if m in RUNS] for kind in DOWNSTREAM_KINDS}
 if not REPORTS:
     DOWNSTREAM_RUNS["report_generation"] = []
 
@@ -177,7 +264,8 @@ def downstream_inputs(wildcards):
     inputs = cohort_inputs(wildcards)
     inputs["checkpoint"] = f"{FOLD_DIR}/checkpoint.pt".format(**wildcards)
     if RUNS[wildcards.model].pretrained:
-        inputs["pretrained"] = PRETRAIN_DIR.format(model=wildcards.model, fold=wildcards.fold) + "/pretrained.pt"
+        inputs["pretrained"] = PRETRAIN_DIR.format(encoder=wildcards.encoder, model=wildcards.model,
+                                                   fold=wildcards.fold) + "/pretrained.pt"
     if wildcards.kind == "report_generation":
         inputs["reports_table"] = rules.merge_reports.output[0]
     return inputs
@@ -187,7 +275,7 @@ def downstream_settings(wildcards):
     base = {**TRAIN["settings"], "max_tiles": TRAIN["max_tiles"]}
     if wildcards.kind == "report_generation":
         base["generation"] = DOWNSTREAM["report_generation"]["settings"]
-    else:
+    elif wildcards.kind == "data_efficiency":
         base.update(fractions=DOWNSTREAM["data_efficiency"]["fractions"],
                     per_cancer_type=DOWNSTREAM["data_efficiency"]["per_cancer_type"])
     return run_settings(wildcards, base)
@@ -199,20 +287,21 @@ rule downstream:
     output:
         table=f"{FOLD_DIR}/downstream_{{kind}}.csv",
     wildcard_constraints:
-        kind="report_generation|data_efficiency",
+        kind="|".join(DOWNSTREAM_KINDS),
     params:
         settings=downstream_settings,
         model=lambda wc: RUNS[wc.model].model,
+        label=lambda wc: run_label(wc.encoder, wc.model),
         task=lambda wc: TASK_SLUGS[wc.task],
-        features=f"{RESULTS}/features/{TRAIN_ENCODER}",
+        features=f"{RESULTS}/features/{{encoder}}",
         optional=lambda wc, input: " ".join(f"--{k.replace('_', '-')} {input[k]}"
                                             for k in ("genomics", "reports", "checkpoint", "pretrained",
                                                       "reports_table") if k in input.keys()),
         splits=f"{RESULTS}/splits",
     log:
-        f"{RESULTS}/logs/downstream/{TRAIN_ENCODER}/{{model}}/{{task}}/fold_{{fold}}_{{kind}}.log",
+        f"{RESULTS}/logs/downstream/{{encoder}}/{{model}}/{{task}}/fold_{{fold}}_{{kind}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/downstream/{TRAIN_ENCODER}/{{model}}/{{task}}/fold_{{fold}}_{{kind}}.tsv"
+        f"{RESULTS}/benchmarks/downstream/{{encoder}}/{{model}}/{{task}}/fold_{{fold}}_{{kind}}.tsv"
     conda:
         "../../envs/training.yaml"
     threads: 1
@@ -220,20 +309,22 @@ rule downstream:
         mem_mb=TRAIN["mem_mb"],
         runtime=120,
     shell:
-        "pathmm downstream --kind {wildcards.kind} --model {params.model} --label {wildcards.model}"
+        "pathmm downstream --kind {wildcards.kind} --model {params.model} --label {params.label}"
         " --task {params.task} --fold {wildcards.fold} --manifest {input.manifest:q} --splits {params.splits:q}"
         " --features {params.features:q} {params.optional} --out {output.table:q} --settings {params.settings:q}"
         " > {log:q} 2>&1"
 
 
 def downstream_tables(wildcards=None):
-    return [f"{FOLD_DIR}/downstream_{kind}.csv".format(model=m, task=t, fold=f)
-            for kind, models in DOWNSTREAM_RUNS.items() for m in models for t in TASK_SLUGS for f in FOLDS]
+    return [f"{FOLD_DIR}/downstream_{kind}.csv".format(encoder=e, model=m, task=t, fold=f)
+            for kind, models in DOWNSTREAM_RUNS.items() for e, m in TRAINED if m in models
+            for t in TASK_SLUGS for f in FOLDS]
 
 
 rule evaluate:
     input:
-        folds=expand(f"{FOLD_DIR}/metrics.csv", model=TRAIN["models"], task=list(TASK_SLUGS), fold=FOLDS),
+        folds=[f"{FOLD_DIR}/metrics.csv".format(encoder=e, model=m, task=t, fold=f)
+               for e, m in TRAINED for t in TASK_SLUGS for f in FOLDS],
         downstream=downstream_tables(),
         qc=rules.qc_summary.output,
     output:

@@ -1,0 +1,683 @@
+"""ModalTune (Ramanathan et al., "Fine-Tuning Slide-Level Foundation Models with Multi-Modal Information";
+code: martellab-sri/ModalTune): a **frozen** slide foundation model tuned by Modal Adapters that exchange
+information between its image tokens and genomic + task-prompt tokens, trained against text embeddings of the
+patients' clinical data on several tasks at once.
+
+Architecture (``E`` the slide encoder's width, ``dim`` the adapter-token width, default ``E`` as published):
+
+* **Frozen slide encoder** (:mod:`.slide_encoders`: ``tiny_slide`` by default, ``gigapath_slide`` the
+  published Prov-GigaPath LongNet with ``slide_weights``): ``embed`` -> blocks -> ``finalize``; no parameter of
+  it is trained (``requires_grad`` False) and it stays in eval mode while the model trains (:meth:`train`).
+* **Modality tokens** ``c`` (K = n_tasks + n_pathway_tokens tokens of width ``dim``, plus a learned positional
+  embedding ``token_pos`` used as the query/key position in the attentions): one learned **prompt token per
+  task** (``tasks``, default general / survival / subtype), followed by the **pathway tokens**: one SNN per
+  pathway (:func:`~pathmm_pipeline.models.layers.snn`, ``gene_dim`` wide, as SurvPath's tokeniser) ->
+  ``mixer_depth`` MLP-mixer blocks over the P pathway tokens (pre-norm residual token mixing and channel
+  mixing, expansion 0.5 both, GELU) -> LayerNorm -> Linear(gene_dim, dim) -> a Linear over the token axis
+  compressing P tokens to ``n_pathway_tokens`` (published: 64). Genomics absent: ``n_pathway_tokens`` learned
+  "missing" tokens instead (``extras["missing"] = ["genomics"]``).
+* **Modal Adapters** (ViT-Adapter style): the encoder's blocks are cut into groups of ``adapter_every``
+  (default ``depth // 3``; 4 for GigaPath's 12 layers: the published ``[[0, 3], [4, 7], [8, 11]]``); around each
+  group: (i) from the second adapter on, pre-norm **self-attention** over the modality tokens (residual); (ii)
+  the **injector**: pre-norm cross-attention from the patch tokens (queries; the [CLS] token is left out) to the
+  modality tokens, its output added to the patch tokens times a learnable per-channel gate ``gamma``
+  **initialised at zero** -- at step 0 the encoder's image tokens are exactly what the frozen encoder computes
+  alone; (iii) the frozen blocks of the group; (iv) the **extractor**: pre-norm cross-attention from the
+  modality tokens to the patch tokens (residual), then a pre-norm FFN (residual). ``extra_extractors`` (2, as
+  published) more extractors follow the last adapter. The attentions are multi-head (``heads``) in an inner
+  width ``dim * cffn_ratio`` (the published compressed FFN/attention, ratio 0.25).
+* **Task embeddings**: for task t, ``final_project(final_norm(img + mean(pathway tokens) + prompt_t))``
+  (``out_dim`` wide; the published ``token_agg="sum"``, ``prompt_agg="avg"``) where ``img`` is the encoder's
+  finalised [CLS] token (through ``image_proj`` when ``E != dim``). ``extras["task_embeddings"]`` maps each task
+  to its (1, out_dim) embedding; the harness's head ``classifier = Linear(out_dim, n_outputs)`` reads the one of
+  ``task_prompt`` (default: ``"survival"`` for survival tasks, ``"subtype"`` for classification / binary tasks, else
+  ``"general"``), which is also the returned ``embedding``. The published evaluation (logistic regression /
+  Cox on frozen features) uses the general embedding: :meth:`ModalTune.task_embedding` ``(x, "general")``.
+
+Text-embedded multi-task targets (the published training signal):
+
+* :func:`task_texts` writes each task's clinical fields as text -- ``"survival: follow-up interval 2, death
+  observed"``, ``"subtype: BLCA"``; ``general``: all fields, ``"; "``-joined; a task holds the fields of
+  :data:`TASK_FIELDS` (default: the field of its own name); a task with no known field has no target.
+* a text encoder ``list[str] -> (n, text_dim)`` embeds them: by default :class:`HashingTextEncoder` (a
+  deterministic signed hashing bag of words and bigrams, so pretraining runs offline without any model); the
+  pipeline passes its MiniLM encoder with :meth:`ModalTune.set_text_encoder` (``text_dim`` 384 by default =
+  MiniLM's width);
+* a **fixed random projector** :class:`TextProjector` (seeded by ``projector_seed``, buffers only, never
+  trained; the published 1x1-conv -> LayerNorm -> ReLU -> 1x1-conv) maps them to ``out_dim``;
+* :func:`multitask_kl` = the mean over tasks of :func:`~pathmm_pipeline.training.objectives.kl_softmax`
+  (KL(softmax(target / T) || softmax(pred / T)) * T^2) between the L2-normalised task embedding and the
+  L2-normalised projected text embedding, as published (PromptKD-style distillation).
+
+``ModalTune.pretraining_loss(batch)`` (``pretrainable``): for every patient of the batch that has a slide
+(patients without one are skipped: the frozen encoder needs it), the fields ``subtype`` = the name of
+``batch.cancer_type[i]`` (``cancer_type_names``, default ``"cancer type <i>"``) and, when ``batch.bins[i] >= 0``
+and ``batch.events[i]`` is 0/1, ``survival``; terms ``kl = kl_weight * multitask_kl`` over the (patient, task)
+pairs that have a target, and ``loss`` (= ``kl``). In the fine-tuning forward, ``forward(x, targets=...)``
+(targets from :meth:`ModalTune.targets_for`) puts the same weighted KL in ``extras["aux_loss"]``; the
+harness's plain ``model(x)`` gets ``aux_loss = None``.
+
+Deviations from the published code, all deliberate:
+
+* The published model runs one forward pass per task with a one-hot task token (``Linear(n_tasks, E)`` +
+  LayerNorm) among the gene tokens; here all task prompts are modality tokens of **one** pass (the injected
+  image tokens then see every prompt): a third of the frozen-encoder cost with three tasks. A learned prompt per
+  task equals the published Linear of a one-hot vector up to its shared bias and LayerNorm.
+* The frozen encoder is in eval mode while training (the published code calls ``model.train()``, which runs the
+  frozen LongNet's dropout 0.25 and drop-path 0.1); no drop-path in the extractors.
+* ``img`` is the encoder's *finalised* [CLS] token (GigaPath's two closing LayerNorms); the published adapter
+  uses the [CLS] token before them.
+* The KL is averaged over tasks and patients and weighted by ``kl_weight`` (10, the published factor); the
+  published loss *sums* over the tasks (x 3 with three tasks) and is not averaged over a batch (batch of one).
+* The SNN blocks are SELU (the project's :func:`~pathmm_pipeline.models.layers.snn`), published ELU; the
+  mixer depth defaults to 3 and the widths to the published ``latent_dim`` 256 (``gene_dim``).
+* ``heads`` defaults to 4 (published 12 for the 768-d GigaPath; set ``heads=12`` there); ``dim`` may differ
+  from ``E`` (cross-attentions project between the widths), published ``dim = E``; ``out_dim`` defaults to
+  ``dim`` (published 256).
+* Text targets come from the fields the harness has (cancer type, survival bin and event): the published
+  clinical texts (e.g. months of survival, molecular subtype, CONCH text encoder) need data the pipeline's
+  :class:`~pathmm_pipeline.models.base.PretrainBatch` does not carry. The clinical-prior variant
+  (``clinfeat_dim``) and reports are not implemented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..training.objectives import kl_softmax
+from .base import (InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel, PatientInput,
+                   PretrainBatch, TaskSpec)
+from .layers import MissingEmbedding, snn
+from .registry import register_model
+from .slide_encoders import SlideEncoder, build_slide_encoder
+
+DEFAULT_TASKS = ("general", "survival", "subtype")
+#: the clinical fields each task's text holds; "general" holds every field, any other task the field of its name
+TASK_FIELDS: dict[str, tuple[str, ...]] = {"survival": ("survival",), "subtype": ("subtype",)}
+#: a text encoder: n texts -> an (n, D) array or tensor
+TextEncoderFn = Callable[[list[str]], Any]
+_TASK_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+# ---------------------------------------------------------------------------------------------- text targets
+
+
+def task_texts(fields: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, str]:
+    """The text of each task that has a known field: ``"<field>: <value>"``, joined by ``"; "``.
+
+    ``general`` holds every known field (in ``fields`` order); a task in :data:`TASK_FIELDS` holds those fields;
+    any other task the field of its own name. Fields whose value is None or blank are unknown.
+    """
+    known = {k: str(v).strip() for k, v in fields.items() if v is not None and str(v).strip()}
+    out: dict[str, str] = {}
+    for t in tasks:
+        keys = list(known) if t == "general" else [k for k in TASK_FIELDS.get(t, (t,)) if k in known]
+        if keys:
+            out[t] = "; ".join(f"{k}: {known[k]}" for k in keys)
+    return out
+
+
+def embed_texts(texts: Sequence[str], encoder_fn: TextEncoderFn) -> torch.Tensor:
+    """``encoder_fn(texts)`` as an (n, D) float32 CPU tensor (checked)."""
+    raw = encoder_fn(list(texts))
+    emb = raw.detach().to("cpu", torch.float32) if isinstance(raw, torch.Tensor) else \
+        torch.as_tensor(np.asarray(raw, dtype=np.float32))
+    if emb.dim() != 2 or emb.shape[0] != len(texts):
+        raise ValueError(f"the text encoder returned shape {tuple(emb.shape)} for {len(texts)} texts, expected "
+                         f"({len(texts)}, D)")
+    return emb
+
+
+def text_targets(fields: Mapping[str, Any], tasks: Sequence[str], encoder_fn: TextEncoderFn,
+                 projector: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Each task's text (:func:`task_texts`) embedded by ``encoder_fn`` (one call for all of them) and, with a
+    ``projector`` (:class:`TextProjector`), mapped to its width: ``{task: (1, D)}``; tasks without a known
+    field are absent."""
+    texts = task_texts(fields, tasks)
+    if not texts:
+        return {}
+    emb = embed_texts(list(texts.values()), encoder_fn)
+    if projector is not None:
+        emb = projector(emb)
+    return {t: emb[i:i + 1] for i, t in enumerate(texts)}
+
+
+class HashingTextEncoder:
+    """Deterministic offline text embedding: lower-cased words (numbers keep their decimals) and word bigrams,
+    each hashed (blake2b) to one of ``dim`` buckets with a hashed sign, summed, L2-normalised. Stable across
+    processes and machines; different clinical values give different (near-orthogonal) embeddings."""
+
+    def __init__(self, dim: int = 384, bigrams: bool = True) -> None:
+        if dim < 1:
+            raise ValueError(f"HashingTextEncoder needs dim >= 1, got {dim}")
+        self.dim, self.bigrams = int(dim), bool(bigrams)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            words = re.findall(r"[a-z0-9]+(?:\.[0-9]+)?", str(text).lower())
+            features = words + ([f"{a} {b}" for a, b in zip(words, words[1:])] if self.bigrams else [])
+            for f in features:
+                h = int.from_bytes(hashlib.blake2b(f.encode(), digest_size=8).digest(), "little")
+                out[i, h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
+            norm = float(np.linalg.norm(out[i]))
+            if norm > 0:
+                out[i] /= norm
+        return out
+
+    def __repr__(self) -> str:
+        return f"HashingTextEncoder(dim={self.dim}, bigrams={self.bigrams})"
+
+
+class TextProjector(nn.Module):
+    """The fixed random projector of the text embeddings (published ``Projection_layer``, frozen):
+    ``Linear(d_in, d_out) -> LayerNorm -> ReLU -> Linear(d_out, d_out)``, weights and biases drawn from
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's conv/linear default) with a private generator seeded by
+    ``seed``; stored as buffers (saved with the model, never trained)."""
+
+    def __init__(self, d_in: int, d_out: int, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(int(seed))
+
+        def uniform(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+            return (torch.rand(shape, generator=g) * 2.0 - 1.0) / math.sqrt(fan_in)
+
+        self.d_in, self.d_out = d_in, d_out
+        self.register_buffer("w1", uniform((d_out, d_in), d_in))
+        self.register_buffer("b1", uniform((d_out,), d_in))
+        self.register_buffer("w2", uniform((d_out, d_out), d_out))
+        self.register_buffer("b2", uniform((d_out,), d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device=self.w1.device, dtype=self.w1.dtype)
+        h = F.relu(F.layer_norm(F.linear(x, self.w1, self.b1), (self.d_out,)))
+        return F.linear(h, self.w2, self.b2)
+
+
+def multitask_kl(task_embeddings: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
+                 temperature: float = 1.0, normalize: bool = True) -> torch.Tensor:
+    """Mean over the tasks in both dicts of ``kl_softmax(pred / T, target / T) * T^2`` (rows: patients), each
+    side L2-normalised first when ``normalize`` (as published). Targets are constants (detached)."""
+    tasks = [t for t in targets if t in task_embeddings]
+    if not tasks:
+        raise ValueError(f"multitask_kl: no task in common between the embeddings {sorted(task_embeddings)} and "
+                         f"the targets {sorted(targets)}")
+    terms = []
+    for t in tasks:
+        pred = task_embeddings[t].reshape(-1, task_embeddings[t].shape[-1])
+        target = targets[t].detach().to(device=pred.device, dtype=pred.dtype).reshape(-1, pred.shape[-1])
+        if target.shape != pred.shape:
+            raise ValueError(f"multitask_kl: task '{t}' has embeddings {tuple(pred.shape)} but targets "
+                             f"{tuple(target.shape)}")
+        if normalize:
+            pred, target = F.normalize(pred, dim=-1), F.normalize(target, dim=-1)
+        terms.append(kl_softmax(pred / temperature, target / temperature) * temperature ** 2)
+    return torch.stack(terms).mean()
+
+
+# ---------------------------------------------------------------------------------------------- adapter blocks
+
+
+class _Attention(nn.Module):
+    """Multi-head attention core: q from ``q_dim``, k/v from ``kv_dim``, ``inner`` wide, output ``out_dim``."""
+
+    def __init__(self, q_dim: int, kv_dim: int, inner: int, heads: int, out_dim: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(q_dim, inner)
+        self.to_k = nn.Linear(kv_dim, inner)
+        self.to_v = nn.Linear(kv_dim, inner)
+        self.to_out = nn.Linear(inner, out_dim)
+        for lin in (self.to_q, self.to_k, self.to_v, self.to_out):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, tq, _ = q.shape
+        h = self.heads
+        q, k, v = (p(t).view(b, t.shape[1], h, -1).transpose(1, 2)
+                   for p, t in ((self.to_q, q), (self.to_k, k), (self.to_v, v)))
+        attn = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2), dim=-1) @ v
+        return self.to_out(attn.transpose(1, 2).reshape(b, tq, -1))
+
+
+class CrossAttention(_Attention):
+    """Pre-norm cross-attention without residual (published ``CrossAttentionLayer.forward_pre``):
+    queries ``LN(query) + query_pos``, keys = values = ``LN(memory) + memory_pos``."""
+
+    def __init__(self, q_dim: int, kv_dim: int, inner: int, heads: int) -> None:
+        super().__init__(q_dim, kv_dim, inner, heads, q_dim)
+        self.norm = nn.LayerNorm(q_dim)
+        self.norm_kv = nn.LayerNorm(kv_dim)
+
+    def forward(self, query: torch.Tensor, memory: torch.Tensor, query_pos: torch.Tensor | None = None,
+                memory_pos: torch.Tensor | None = None) -> torch.Tensor:
+        q = self.norm(query)
+        kv = self.norm_kv(memory)
+        if query_pos is not None:
+            q = q + query_pos
+        if memory_pos is not None:
+            kv = kv + memory_pos
+        return self.attend(q, kv, kv)
+
+
+class TokenSelfAttention(_Attention):
+    """Pre-norm self-attention over the modality tokens, returning the update (published
+    ``SelfAttentionLayer.forward_pre``: q = k = LN(c) + pos, v = LN(c))."""
+
+    def __init__(self, dim: int, inner: int, heads: int) -> None:
+        super().__init__(dim, dim, inner, heads, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, c: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        x = self.norm(c)
+        return self.attend(x + pos, x + pos, x)
+
+
+class FeedForward(nn.Module):
+    """Pre-norm FFN returning the update: LN -> Linear(dim, hidden) -> ReLU -> Linear(hidden, dim)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Injector(nn.Module):
+    """Patch tokens += gamma * CrossAttention(patch tokens -> modality tokens); gamma (E,) starts at zero."""
+
+    def __init__(self, image_dim: int, dim: int, inner: int, heads: int) -> None:
+        super().__init__()
+        self.attn = CrossAttention(image_dim, dim, inner, heads)
+        self.gamma = nn.Parameter(torch.zeros(image_dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return x + self.gamma * self.attn(x, c, memory_pos=pos)
+
+
+class Extractor(nn.Module):
+    """Modality tokens += CrossAttention(modality tokens -> patch tokens), then += FFN."""
+
+    def __init__(self, image_dim: int, dim: int, inner: int, heads: int) -> None:
+        super().__init__()
+        self.attn = CrossAttention(dim, image_dim, inner, heads)
+        self.ffn = FeedForward(dim, inner)
+
+    def forward(self, c: torch.Tensor, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        c = c + self.attn(c, x, query_pos=pos)
+        return c + self.ffn(c)
+
+
+class ModalAdapter(nn.Module):
+    """One adapter around a group of frozen blocks: [token self-attention], injector, extractor."""
+
+    def __init__(self, image_dim: int, dim: int, inner: int, heads: int, self_attention: bool) -> None:
+        super().__init__()
+        self.self_attn = TokenSelfAttention(dim, inner, heads) if self_attention else None
+        self.injector = Injector(image_dim, dim, inner, heads)
+        self.extractor = Extractor(image_dim, dim, inner, heads)
+
+
+class MixerBlock(nn.Module):
+    """MLP-mixer block over (1, P, D) tokens: pre-norm residual token mixing, then channel mixing."""
+
+    def __init__(self, n_tokens: int, width: int, expansion: float = 0.5, dropout: float = 0.0) -> None:
+        super().__init__()
+        tok, ch = max(1, int(n_tokens * expansion)), max(1, int(width * expansion))
+        self.token_norm = nn.LayerNorm(width)
+        self.token_mix = nn.Sequential(nn.Linear(n_tokens, tok), nn.GELU(), nn.Dropout(dropout),
+                                       nn.Linear(tok, n_tokens), nn.Dropout(dropout))
+        self.channel_norm = nn.LayerNorm(width)
+        self.channel_mix = nn.Sequential(nn.Linear(width, ch), nn.GELU(), nn.Dropout(dropout),
+                                         nn.Linear(ch, width), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.token_mix(self.token_norm(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channel_mix(self.channel_norm(x))
+
+
+class PathwayTokens(nn.Module):
+    """Pathway SNN tokens -> MLP mixer -> LN -> Linear(gene_dim, dim) -> compressed to ``n_tokens`` tokens."""
+
+    def __init__(self, sizes: Sequence[int], gene_dim: int, dim: int, n_tokens: int, depth: int,
+                 dropout: float) -> None:
+        super().__init__()
+        p = len(sizes)
+        self.snns = nn.ModuleList(snn(s, [gene_dim, gene_dim], dropout) for s in sizes)
+        self.mixer = nn.Sequential(*[MixerBlock(p, gene_dim, 0.5, dropout) for _ in range(depth)])
+        self.norm = nn.LayerNorm(gene_dim)
+        self.proj = nn.Linear(gene_dim, dim)
+        self.compress = nn.Linear(p, n_tokens)
+
+    def forward(self, pathways: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat([net(v) for net, v in zip(self.snns, pathways)]).unsqueeze(0)   # (1, P, gene_dim)
+        x = self.proj(self.norm(self.mixer(x)))                                      # (1, P, dim)
+        return self.compress(x.transpose(1, 2)).transpose(1, 2)                      # (1, n_tokens, dim)
+
+
+@dataclass
+class ModalTuneState:
+    """One pass: the finalised image tokens (1, T, E), the modality tokens after the last extractor (1, K, dim)
+    and the task embeddings (1, n_tasks, out_dim), in ``tasks`` order."""
+
+    image_tokens: torch.Tensor
+    modality_tokens: torch.Tensor
+    task_embeddings: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+
+@register_model("modaltune")
+class ModalTune(PathmmModel):
+    """ModalTune: a frozen slide encoder with Modal Adapters to pathway and task-prompt tokens (see the module
+    docstring). Needs ``wsi`` (with ``wsi_coords``); genomics (``pathways``) is optional.
+
+    Options: ``slide_encoder`` ("tiny_slide"; "gigapath_slide"), ``slide_weights`` (None; a local checkpoint
+    file), ``dim`` (None: the encoder width), ``heads`` (4), ``adapter_every`` (None: depth // 3, at least 1),
+    ``n_pathway_tokens`` (64), ``gene_dim`` (256), ``mixer_depth`` (3), ``cffn_ratio`` (0.25),
+    ``extra_extractors`` (2), ``prompt_self_attention`` (True), ``out_dim`` (None: dim), ``tasks``
+    (("general", "survival", "subtype")), ``task`` (None: from the task kind), ``text_dim`` (384),
+    ``kl_weight`` (10.0), ``temperature`` (1.0), ``projector_seed`` (0), ``cancer_type_names`` (None),
+    ``dropout`` (0.25, SNN and mixer), ``checkpoint_blocks`` (False: recompute the frozen blocks in the backward
+    pass, for long slides), ``modality_dropout`` (0.0), ``text_encoder`` ("hashing": offline; "minilm": the
+    pipeline's report encoder, loaded on first use). The embedding is the selected task embedding (out_dim).
+    """
+
+    uses = frozenset({"wsi", "genomics"})
+    requires = frozenset({"wsi"})
+    genomics_field = "pathways"
+    pretrainable = True
+
+    def __init__(self, dims: InputDims, task: TaskSpec, slide_encoder: str = "tiny_slide",
+                 slide_weights: str | None = None, dim: int | None = None, heads: int = 4,
+                 adapter_every: int | None = None, n_pathway_tokens: int = 64, gene_dim: int = 256,
+                 mixer_depth: int = 3, cffn_ratio: float = 0.25, extra_extractors: int = 2,
+                 prompt_self_attention: bool = True, out_dim: int | None = None,
+                 tasks: Sequence[str] = DEFAULT_TASKS, task_prompt: str | None = None, text_dim: int = 384,
+                 kl_weight: float = 10.0, temperature: float = 1.0, projector_seed: int = 0,
+                 cancer_type_names: Sequence[str] | None = None, dropout: float = 0.25,
+                 checkpoint_blocks: bool = False, modality_dropout: float = 0.0,
+                 text_encoder: str = "hashing") -> None:
+        modalities = {"wsi"} | ({"genomics"} if dims.pathway_sizes is not None else set())
+        super().__init__(dims, task, modalities=frozenset(modalities), modality_dropout=modality_dropout)
+        d_in = self.need_dim(dims.wsi, "wsi", "wsi")
+        self.slide_encoder: SlideEncoder = build_slide_encoder(slide_encoder, d_in, slide_weights)
+        self.slide_encoder_name = slide_encoder
+        image_dim = self.slide_encoder.embed_dim
+        depth = self.slide_encoder.depth
+        dim = image_dim if dim is None else int(dim)
+        out_dim = dim if out_dim is None else int(out_dim)
+        every = max(1, depth // 3) if adapter_every is None else int(adapter_every)
+        inner = int(dim * cffn_ratio)
+        self.tasks = [str(t) for t in tasks]
+        self.task_name = self._choose_task(task, task_prompt)
+        self._check_options(dim, heads, inner, every, depth, n_pathway_tokens, gene_dim, mixer_depth,
+                            extra_extractors, out_dim, text_dim, kl_weight, temperature, dropout)
+        self.dim, self.out_dim, self.image_dim = dim, out_dim, image_dim
+        self.groups = [(s, min(s + every, depth)) for s in range(0, depth, every)]
+        self.kl_weight, self.temperature = float(kl_weight), float(temperature)
+        self.text_dim = int(text_dim)
+        self.checkpoint_blocks = bool(checkpoint_blocks)
+        n_types = dims.n_cancer_types
+        names = [f"cancer type {i}" for i in range(n_types)] if cancer_type_names is None else \
+            [str(n) for n in cancer_type_names]
+        if len(names) != n_types:
+            raise ModelConfigError(f"model '{self.name}': {len(names)} cancer_type_names for "
+                                   f"InputDims.n_cancer_types={n_types}")
+        self.cancer_type_names = names
+
+        # -- modality tokens
+        n_tasks = len(self.tasks)
+        self.prompts = nn.Parameter(nn.init.trunc_normal_(torch.zeros(n_tasks, dim), std=0.02))
+        self.token_pos = nn.Parameter(nn.init.trunc_normal_(torch.zeros(n_tasks + n_pathway_tokens, dim), std=0.02))
+        self.pathway_tokens = (PathwayTokens(dims.pathway_sizes, gene_dim, dim, n_pathway_tokens, mixer_depth,
+                                             dropout) if "genomics" in self.modalities else None)
+        self.missing_pathways = MissingEmbedding(n_pathway_tokens, dim)
+
+        # -- adapters
+        self.adapters = nn.ModuleList(ModalAdapter(image_dim, dim, inner, heads, prompt_self_attention and i > 0)
+                                      for i in range(len(self.groups)))
+        self.extra_extractors = nn.ModuleList(Extractor(image_dim, dim, inner, heads)
+                                              for _ in range(extra_extractors))
+
+        # -- task embeddings, text targets, head
+        self.image_proj = nn.Linear(image_dim, dim) if image_dim != dim else nn.Identity()
+        self.final_norm = nn.LayerNorm(dim)
+        self.final_project = nn.Linear(dim, out_dim)
+        nn.init.trunc_normal_(self.final_project.weight, std=0.02)
+        nn.init.zeros_(self.final_project.bias)
+        self.projector = TextProjector(self.text_dim, out_dim, projector_seed)
+        self.classifier = nn.Linear(out_dim, task.n_outputs)
+        self.embedding_dim = out_dim
+        self._text_encoder: TextEncoderFn = HashingTextEncoder(self.text_dim)
+        self._text_cache: dict[str, torch.Tensor] = {}
+        #: "hashing" (offline, deterministic) or a text encoder of :mod:`pathmm_pipeline.reports.encoders`
+        #: (e.g. "minilm"), loaded on first use so that building the model stays cheap
+        self.text_encoder_name = str(text_encoder)
+        self._text_encoder_loaded = self.text_encoder_name == "hashing"
+
+    def _choose_task(self, task: TaskSpec, task_prompt: str | None) -> str:
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks) or \
+                not all(_TASK_NAME.match(t) for t in self.tasks):
+            raise ModelConfigError(f"model '{self.name}': tasks must be distinct names of letters, digits and "
+                                   f"underscores, got {self.tasks}")
+        if task_prompt is not None:
+            if task_prompt not in self.tasks:
+                raise ModelConfigError(f"model '{self.name}': task_prompt {task_prompt!r} is not one of the "
+                                       f"tasks {self.tasks}")
+            return task_prompt
+        preferred = "survival" if task.kind == "survival" else "subtype"
+        for name in (preferred, "general"):
+            if name in self.tasks:
+                return name
+        return self.tasks[0]
+
+    def _check_options(self, dim: int, heads: int, inner: int, every: int, depth: int, n_pathway_tokens: int,
+                       gene_dim: int, mixer_depth: int, extra_extractors: int, out_dim: int, text_dim: int,
+                       kl_weight: float, temperature: float, dropout: float) -> None:
+        problems = []
+        if dim < 1 or heads < 1 or inner < heads or inner % heads:
+            problems.append(f"the attention width dim * cffn_ratio = {inner} must be a positive multiple of "
+                            f"heads ({heads})")
+        if not 1 <= every <= depth:
+            problems.append(f"adapter_every must be in [1, {depth}] (the slide encoder's depth), got {every}")
+        for what, value in (("n_pathway_tokens", n_pathway_tokens), ("gene_dim", gene_dim),
+                            ("out_dim", out_dim), ("text_dim", text_dim)):
+            if value < 1:
+                problems.append(f"{what} must be >= 1, got {value}")
+        if mixer_depth < 0 or extra_extractors < 0:
+            problems.append(f"mixer_depth and extra_extractors must be >= 0, got {mixer_depth}, {extra_extractors}")
+        if not kl_weight >= 0.0 or not temperature > 0.0:
+            problems.append(f"need kl_weight >= 0 and temperature > 0, got {kl_weight}, {temperature}")
+        if not 0.0 <= dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {dropout}")
+        if problems:
+            raise ModelConfigError(f"model '{self.name}': " + "; ".join(problems))
+
+    # -- frozen encoder --------------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> ModalTune:
+        """Train the adapters; the frozen slide encoder stays in eval mode."""
+        super().train(mode)
+        self.slide_encoder.eval()
+        return self
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        """All but the head and the frozen slide encoder (rebuilt from ``slide_encoder``/``slide_weights``)."""
+        return {k: v for k, v in self.state_dict().items()
+                if not k.startswith(("classifier.", "slide_encoder."))}
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(trainable_parameters=self.trainable_parameters(), slide_encoder=self.slide_encoder_name,
+                    slide_weights=self.slide_encoder.weights_source,
+                    slide_weights_sha256=self.slide_encoder.weights_sha256, tasks=list(self.tasks),
+                    task_prompt=self.task_name, adapter_groups=[list(g) for g in self.groups])
+        return info
+
+    # -- forward --------------------------------------------------------------------------------------------
+
+    def modality_tokens(self, pathways: Sequence[torch.Tensor] | None) -> torch.Tensor:
+        """(1, n_tasks + n_pathway_tokens, dim): the prompts, then the pathway (or missing) tokens."""
+        if pathways is not None and self.pathway_tokens is not None:
+            path = self.pathway_tokens([self.as_input(v.reshape(1, -1)) for v in pathways])
+        else:
+            path = self.missing_pathways().unsqueeze(0)
+        return torch.cat([self.prompts.unsqueeze(0), path], dim=1)
+
+    def encode(self, wsi: torch.Tensor, coords: torch.Tensor,
+               pathways: Sequence[torch.Tensor] | None = None) -> ModalTuneState:
+        """The adapted pass over one slide (``wsi`` (N, D), ``coords`` (N, 2)) and optional pathways."""
+        enc = self.slide_encoder
+        h = enc.embed(wsi, coords)
+        c = self.modality_tokens(pathways)
+        pos = self.token_pos.unsqueeze(0)
+        p = enc.n_prefix
+        blocks = enc.blocks
+        for adapter, (lo, hi) in zip(self.adapters, self.groups):
+            if adapter.self_attn is not None:
+                c = c + adapter.self_attn(c, pos)
+            h = torch.cat([h[:, :p], adapter.injector(h[:, p:], c, pos)], dim=1)
+            for block in blocks[lo:hi]:
+                if self.checkpoint_blocks and h.requires_grad:
+                    h = checkpoint(block, h, use_reentrant=False)
+                else:
+                    h = block(h)
+            c = adapter.extractor(c, h[:, p:], pos)
+        for extractor in self.extra_extractors:
+            c = extractor(c, h[:, p:], pos)
+        h = enc.finalize(h)
+        n = len(self.tasks)
+        img = self.image_proj(h[:, :1])                                   # (1, 1, dim)
+        fused = img + c[:, n:].mean(dim=1, keepdim=True) + c[:, :n]       # (1, n_tasks, dim)
+        return ModalTuneState(h, c, self.final_project(self.final_norm(fused)))
+
+    def forward(self, x: PatientInput, targets: Mapping[str, torch.Tensor] | None = None) -> ModelOutput:
+        """``targets`` (optional): projected text targets ``{task: (1, out_dim)}`` (:meth:`targets_for`); with
+        them ``extras["aux_loss"] = kl_weight * multitask_kl``, else None."""
+        present = self.check_input(x)
+        wsi = self.wsi_features(x)
+        if x.wsi_coords is None:
+            raise ModelInputError(f"model '{self.name}': the slide encoder needs wsi_coords (the patches' level-0 "
+                                  f"(x, y) coordinates), which this patient lacks")
+        coords = x.wsi_coords.reshape(-1, x.wsi_coords.shape[-1]).to(wsi.device)
+        if tuple(coords.shape) != (wsi.shape[0], 2):
+            raise ModelInputError(f"model '{self.name}': wsi_coords has shape {tuple(x.wsi_coords.shape)}, expected "
+                                  f"({wsi.shape[0]}, 2): one (x, y) per patch")
+        state = self.encode(wsi, coords, x.pathways if present.get("genomics") else None)
+        embeddings = {t: state.task_embeddings[:, i] for i, t in enumerate(self.tasks)}
+        z = embeddings[self.task_name]
+        aux = None
+        if targets:
+            aux = self.kl_weight * multitask_kl(embeddings, targets, self.temperature)
+        extras: dict[str, Any] = {
+            "present": present, "missing": [m for m in sorted(self.modalities) if not present[m]],
+            "task_embeddings": embeddings, "task": self.task_name, "aux_loss": aux,
+            "injector_gates": torch.stack([a.injector.gamma.detach().abs().mean() for a in self.adapters]),
+        }
+        return ModelOutput(self.classifier(z), z, extras)
+
+    def task_embeddings(self, x: PatientInput) -> dict[str, torch.Tensor]:
+        """Every task's (1, out_dim) embedding of one patient."""
+        return self(x).extras["task_embeddings"]
+
+    def task_embedding(self, x: PatientInput, task: str = "general") -> torch.Tensor:
+        """One task's (1, out_dim) embedding (``"general"``: the features of the published linear / Cox
+        evaluation). Call under ``torch.no_grad()`` and ``eval()`` for feature extraction."""
+        if task not in self.tasks:
+            raise ModelConfigError(f"model '{self.name}': no task prompt {task!r}; its tasks are {self.tasks}")
+        return self.task_embeddings(x)[task]
+
+    # -- text targets ---------------------------------------------------------------------------------------
+
+    def set_text_encoder(self, encoder_fn: TextEncoderFn | None) -> None:
+        """Use ``encoder_fn`` (``list[str] -> (n, text_dim)``, e.g. the pipeline's MiniLM) for the text targets;
+        None restores the offline :class:`HashingTextEncoder`. Clears the embedding cache."""
+        self._text_encoder = HashingTextEncoder(self.text_dim) if encoder_fn is None else encoder_fn
+        self._text_cache = {}
+        self._text_encoder_loaded = True
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        if not self._text_encoder_loaded:
+            from ..reports.encoders import get_text_encoder
+
+            self.set_text_encoder(get_text_encoder(self.text_encoder_name).embed)
+            self._text_encoder_loaded = True
+        new = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if new:
+            emb = embed_texts(new, self._text_encoder)
+            if emb.shape[1] != self.text_dim:
+                raise ModelConfigError(f"model '{self.name}': the text encoder gives {emb.shape[1]}-d embeddings "
+                                       f"but the model was built with text_dim={self.text_dim} -- build it with "
+                                       f"text_dim={emb.shape[1]}")
+            self._text_cache.update({t: emb[i] for i, t in enumerate(new)})
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    def clinical_fields(self, cancer_type: int, time_bin: int | None = None,
+                        event: float | None = None) -> dict[str, str]:
+        """The fields the harness knows of a patient: ``subtype`` (the cancer type's name) and, when the bin
+        is known (>= 0) and the event is 0/1, ``survival``."""
+        fields = {"subtype": self.cancer_type_names[int(cancer_type)]}
+        if time_bin is not None and event is not None and int(time_bin) >= 0 and float(event) in (0.0, 1.0):
+            fields["survival"] = (f"follow-up interval {int(time_bin) + 1}, "
+                                  f"{'death observed' if float(event) == 1.0 else 'censored'}")
+        return fields
+
+    def targets_for(self, fields: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """``{task: (1, out_dim)}`` projected text targets of one patient's clinical ``fields``."""
+        return text_targets(fields, self.tasks, self._encode_texts, self.projector)
+
+    # -- pretraining ----------------------------------------------------------------------------------------
+
+    def pretraining_loss(self, batch: PretrainBatch) -> dict[str, torch.Tensor]:
+        """``kl`` (weighted) and ``loss`` over the batch's patients with a slide (see the module docstring)."""
+        n = len(batch)
+        if n < 1:
+            raise ModelInputError(f"model '{self.name}': an empty pretraining batch")
+        types = torch.as_tensor(batch.cancer_type).reshape(-1).tolist()
+        if len(types) != n:
+            raise ModelInputError(f"model '{self.name}': {n} patients but {len(types)} cancer types")
+        bins = None if batch.bins is None else torch.as_tensor(batch.bins).reshape(-1).tolist()
+        events = None if batch.events is None else torch.as_tensor(batch.events).reshape(-1).tolist()
+        for what, values in (("bins", bins), ("events", events)):
+            if values is not None and len(values) != n:
+                raise ModelInputError(f"model '{self.name}': {n} patients but {len(values)} {what}")
+        preds: dict[str, list[torch.Tensor]] = {}
+        targs: dict[str, list[torch.Tensor]] = {}
+        for i, x in enumerate(batch.inputs):
+            if x.wsi is None:
+                continue
+            if not 0 <= int(types[i]) < len(self.cancer_type_names):
+                raise ModelInputError(f"model '{self.name}': cancer_type {int(types[i])} outside [0, "
+                                      f"{len(self.cancer_type_names) - 1}]")
+            fields = self.clinical_fields(int(types[i]), None if bins is None else bins[i],
+                                          None if events is None else events[i])
+            targets = self.targets_for(fields)
+            embeddings = self(x).extras["task_embeddings"]
+            for t, y in targets.items():
+                preds.setdefault(t, []).append(embeddings[t])
+                targs.setdefault(t, []).append(y)
+        if preds:
+            kl = multitask_kl({t: torch.cat(v) for t, v in preds.items()},
+                              {t: torch.cat(v) for t, v in targs.items()}, self.temperature)
+        else:  # no patient with a slide: nothing to distil, keep a graph for backward()
+            kl = self.prompts.sum() * 0.0
+        kl = self.kl_weight * kl
+        return {"kl": kl, "loss": kl}

@@ -1,0 +1,255 @@
+"""mSTAR stage 1 (Xu et al., arXiv 2407.15362, "Multimodal Self-TAught pRetraining"): a whole-slide aggregator
+pretrained by slide-level contrastive learning against pathology reports and RNA-seq.
+
+The model (``@register_model("mstar")``):
+
+* **slide aggregator** -- TransMIL (:mod:`.transmil`, its layers reused): ``fc`` (D_wsi -> dim, then ReLU) ->
+  the bag padded to a square by repeating its first patches -> a learned CLS token prepended -> Nystrom layer
+  -> PPEG -> Nystrom layer -> LayerNorm. The **slide embedding** is the CLS output (``dim``); the outputs at
+  the first N (non-padding) positions are the **re-embedded patch features**, each patch seen in the context
+  of its slide (used as the targets of stage 2, :mod:`pathmm_pipeline.mstar.self_taught`).
+* **shared space** (``proj_dim``) -- ``wsi_projection`` (Linear dim -> proj_dim) of the slide embedding;
+  ``report_projection`` (Linear D_text -> proj_dim, or an MLP with ``report_hidden``) of the stored report
+  embedding of the pipeline's frozen text encoder (the mean of ``report_tokens`` when only those are given),
+  which is also the **text projection** of zero-shot classification (prompts embedded by the same text
+  encoder, :mod:`pathmm_pipeline.mstar.zero_shot`); ``genomics_encoder``: an SNN (``genomics_hidden``,
+  SELU + AlphaDropout, as :mod:`.snn`) on ``genes`` followed by Linear -> proj_dim.
+* **fine-tuning** -- the linear head ``classifier`` on the slide embedding; the forward pass reads the WSI
+  only (as the paper fine-tunes its aggregator on slides), the other modalities serve pretraining.
+
+Pretraining (:meth:`MSTAR.pretraining_loss`) on a batch of patients with any modality subsets; the patients
+without a slide cannot take part in any WSI pair and are left out of the step (a batch without any slide gives
+a zero loss):
+
+* **wsi_report** -- symmetric InfoNCE (CLIP) between the projected slide embeddings and the projected report
+  embeddings of the batch's patients that have both (skipped, i.e. 0, with fewer than two such patients);
+* **wsi_genomics** -- the same between slides and expression (``genes``);
+* **triplet** -- the inter-cancer regularisation: batch-all triplet margin loss (``triplet_margin``) on the
+  L2-normalised slide embeddings with the cancer types as labels (0 when the batch has no valid triple).
+
+``loss = w_report * wsi_report + w_genomics * wsi_genomics + w_triplet * triplet``; the terms are returned
+already weighted. The temperature is learned: ``logit_scale`` starts at log(1 / ``init_temperature``) and is
+clamped at log(100), as in CLIP; both InfoNCE terms share it.
+
+Choices where the paper is not specific, and deviations:
+
+* The report side is a projection of the stored embedding of the pipeline's frozen text encoder; the paper
+  fine-tunes a language model (BioBERT-like) on the reports. So the text tower is frozen here and zero-shot
+  prompts must be embedded by the same text encoder as the reports were.
+* The report <-> RNA pair is not contrasted (the brief's WSI-centred pairs); patients without a slide are
+  dropped from the step rather than used for a report <-> RNA term.
+* The triplet term is computed on the aggregator's slide embedding (the representation fine-tuning uses),
+  not on the projected one; batch-all mining.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from ..training.objectives import symmetric_info_nce, triplet_margin_loss
+from .base import (MODALITIES, InputDims, ModelConfigError, ModelError, ModelOutput, PathmmModel, PatientInput,
+                   PretrainBatch, TaskSpec)
+from .layers import snn
+from .registry import register_model
+from .transmil import PPEG, TransLayer, square_pad
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class SlideAggregator(nn.Module):
+    """TransMIL without its head: (N, D_wsi) patch features -> ((1, dim) slide embedding, (N, dim) re-embedded
+    patch features). Same layers and order as :class:`~pathmm_pipeline.models.transmil.TransMIL`."""
+
+    def __init__(self, d_in: int, dim: int = 512, heads: int = 8, num_landmarks: int | None = None,
+                 pinv_iterations: int = 6, dropout: float = 0.1, residual_conv_kernel: int = 33) -> None:
+        super().__init__()
+        layer = dict(dim=dim, heads=heads, num_landmarks=num_landmarks, pinv_iterations=pinv_iterations,
+                     dropout=dropout, residual_conv_kernel=residual_conv_kernel)
+        self.fc = nn.Linear(d_in, dim)
+        self.act = nn.ReLU()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.layer1 = TransLayer(**layer)  # type: ignore[arg-type]
+        self.pos_layer = PPEG(dim)
+        self.layer2 = TransLayer(**layer)  # type: ignore[arg-type]
+        self.norm = nn.LayerNorm(dim)
+        self.dim = dim
+
+    def project(self, features: torch.Tensor, activate: bool = True) -> torch.Tensor:
+        """(N, D_wsi) -> (N, dim): the patch projection (``fc``; with ``activate`` its ReLU too)."""
+        h = self.fc(features)
+        return self.act(h) if activate else h
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.project(features).unsqueeze(0)                   # (1, N, dim)
+        n = h.shape[1]
+        h, side_h, side_w = square_pad(h)
+        h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1)
+        h = self.layer1(h)
+        h = self.pos_layer(h, side_h, side_w)
+        h = self.layer2(h)
+        h = self.norm(h)[0]
+        return h[:1], h[1:1 + n]
+
+
+@register_model("mstar")
+class MSTAR(PathmmModel):
+    """mSTAR's stage-1 slide aggregator (wsi required; genomics as ``genes`` and reports for pretraining).
+
+    Options: ``dim`` (512: TransMIL width), ``heads`` (8), ``num_landmarks`` (dim // 2), ``dropout`` (0.1, in
+    the attention layers), ``proj_dim`` (256: the shared contrastive space), ``genomics_hidden`` ((256, 256):
+    SNN widths), ``genomics_dropout`` (0.25), ``report_hidden`` (None: a linear report/text projection; an int:
+    Linear -> GELU -> Linear through that width), pretraining: ``w_report`` (1.0), ``w_genomics`` (1.0),
+    ``w_triplet`` (1.0), ``triplet_margin`` (0.3), ``init_temperature`` (0.07); ``modalities`` (default: wsi
+    plus those the dims give). The embedding is the slide embedding (dim)."""
+
+    uses = frozenset(MODALITIES)
+    requires = frozenset({"wsi"})
+    genomics_field = "genes"
+    pretrainable = True
+
+    def __init__(self, dims: InputDims, task: TaskSpec, dim: int = 512, heads: int = 8,
+                 num_landmarks: int | None = None, dropout: float = 0.1, proj_dim: int = 256,
+                 genomics_hidden: Sequence[int] = (256, 256), genomics_dropout: float = 0.25,
+                 report_hidden: int | None = None, w_report: float = 1.0, w_genomics: float = 1.0,
+                 w_triplet: float = 1.0, triplet_margin: float = 0.3, init_temperature: float = 0.07,
+                 modalities: Iterable[str] | None = None) -> None:
+        available = {"wsi": dims.wsi, "genomics": dims.genes, "report": dims.report}
+        chosen = ([m for m in MODALITIES if m == "wsi" or available[m] is not None] if modalities is None
+                  else list(modalities))
+        unknown = sorted(set(chosen) - set(MODALITIES))
+        if unknown:
+            raise ModelConfigError(f"model '{self.name}': unknown modality {unknown[0]!r}; modalities are "
+                                   f"{', '.join(MODALITIES)}")
+        if "wsi" not in chosen:
+            raise ModelConfigError(f"model '{self.name}' is a slide aggregator: its modalities must include 'wsi', "
+                                   f"got {sorted(chosen)}")
+        super().__init__(dims, task, modalities=frozenset(chosen))
+        problems = []
+        if dim < 1 or heads < 1 or dim % heads:
+            problems.append(f"dim ({dim}) must be a positive multiple of heads ({heads})")
+        if proj_dim < 1 or not genomics_hidden or min(genomics_hidden) < 1:
+            problems.append("proj_dim and every genomics_hidden width must be >= 1")
+        if report_hidden is not None and report_hidden < 1:
+            problems.append(f"report_hidden must be >= 1 or None, got {report_hidden}")
+        if not 0.0 <= dropout < 1.0 or not 0.0 <= genomics_dropout < 1.0:
+            problems.append("dropout and genomics_dropout must be in [0, 1)")
+        if min(w_report, w_genomics, w_triplet, triplet_margin) < 0:
+            problems.append("w_report, w_genomics, w_triplet and triplet_margin must be >= 0")
+        if not 0.0 < init_temperature <= 1.0:
+            problems.append(f"init_temperature must be in (0, 1], got {init_temperature}")
+        if problems:
+            raise ModelConfigError(f"model '{self.name}': " + "; ".join(problems))
+        self.w_report, self.w_genomics, self.w_triplet = float(w_report), float(w_genomics), float(w_triplet)
+        self.triplet_margin = float(triplet_margin)
+
+        self.aggregator = SlideAggregator(self.need_dim(dims.wsi, "wsi", "wsi"), dim, heads, num_landmarks,
+                                          dropout=dropout)
+        self.wsi_projection = nn.Linear(dim, proj_dim)
+        if "genomics" in self.modalities:
+            n_genes = self.need_dim(dims.genes, "genes", "genomics (flat gene vector)")
+            self.genomics_encoder = nn.Sequential(snn(n_genes, tuple(genomics_hidden), genomics_dropout),
+                                                  nn.Linear(genomics_hidden[-1], proj_dim))
+        if "report" in self.modalities:
+            d_text = self.need_dim(dims.report, "report", "report")
+            self.report_projection = (nn.Linear(d_text, proj_dim) if report_hidden is None else
+                                      nn.Sequential(nn.Linear(d_text, report_hidden), nn.GELU(),
+                                                    nn.Linear(report_hidden, proj_dim)))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.classifier = nn.Linear(dim, task.n_outputs)
+        self.dim, self.proj_dim = dim, proj_dim
+        self.embedding_dim = dim
+
+    # -- the slide side --------------------------------------------------------------------------------------
+
+    def aggregate(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D_wsi) patch features -> ((1, dim) slide embedding, (N, dim) re-embedded patch features)."""
+        return self.aggregator(self.as_input(features.reshape(-1, features.shape[-1])))
+
+    def patch_projection(self, features: torch.Tensor, activate: bool = False) -> torch.Tensor:
+        """(N, D_wsi) -> (N, dim): the aggregator's patch projection ``fc`` (without its ReLU by default: the
+        student side of stage 2)."""
+        return self.aggregator.project(self.as_input(features.reshape(-1, features.shape[-1])), activate)
+
+    def reembed_patches(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D_wsi) -> (N, dim): each patch's output token of the aggregator, in its slide's context."""
+        return self.aggregate(features)[1]
+
+    def slide_embedding(self, x: PatientInput | torch.Tensor) -> torch.Tensor:
+        """(1, dim): the slide embedding of a patient (or of an (N, D_wsi) feature bag)."""
+        if isinstance(x, PatientInput):
+            self.check_input(x)
+            return self.aggregate(self.wsi_features(x))[0]
+        return self.aggregate(x)[0]
+
+    def slide_projection(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(n, dim) slide embeddings -> (n, proj_dim): into the shared space (unnormalised)."""
+        return self.wsi_projection(self.as_input(embedding.reshape(-1, self.dim)))
+
+    # -- the other modalities --------------------------------------------------------------------------------
+
+    def text_projection(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(m, D_text) text-encoder embeddings (reports or prompts) -> (m, proj_dim) in the shared space."""
+        if "report" not in self.modalities:
+            raise ModelConfigError(f"model '{self.name}' was built without reports (InputDims.report is None or "
+                                   f"'report' not in modalities): it has no text projection")
+        e = self.as_input(torch.as_tensor(embedding))
+        if e.shape[-1] != self.dims.report:
+            raise ModelError(f"model '{self.name}': text embeddings of width {e.shape[-1]}, the report projection "
+                             f"takes {self.dims.report} -- embed prompts with the text encoder of the reports")
+        return self.report_projection(e.reshape(-1, e.shape[-1]))
+
+    def genomics_projection(self, genes: torch.Tensor) -> torch.Tensor:
+        """(n, G) scaled expression -> (n, proj_dim)."""
+        if "genomics" not in self.modalities:
+            raise ModelConfigError(f"model '{self.name}' was built without genomics")
+        return self.genomics_encoder(self.as_input(genes.reshape(-1, self.dims.genes)))
+
+    # -- fine-tuning -----------------------------------------------------------------------------------------
+
+    def forward(self, x: PatientInput) -> ModelOutput:
+        present = self.check_input(x)
+        z, patches = self.aggregate(self.wsi_features(x))
+        return ModelOutput(self.classifier(z), z, {"present": present, "missing": [], "used": ["wsi"],
+                                                   "n_patches": int(patches.shape[0])})
+
+    # -- pretraining -----------------------------------------------------------------------------------------
+
+    def pretraining_loss(self, batch: PretrainBatch) -> dict[str, torch.Tensor]:
+        """WSI <-> report and WSI <-> RNA InfoNCE + inter-cancer triplet (see the module docstring)."""
+        if not isinstance(batch, PretrainBatch):
+            raise ModelError(f"model '{self.name}': pretraining_loss takes a PretrainBatch, not "
+                             f"{type(batch).__name__}")
+        n = len(batch)
+        labels = torch.as_tensor(batch.cancer_type).reshape(-1)
+        if n == 0 or labels.numel() != n:
+            raise ModelError(f"model '{self.name}': a pretraining batch needs at least one patient and one "
+                             f"cancer_type per patient; got {n} patients and {labels.numel()} cancer types")
+        with_slide = [i for i, x in enumerate(batch.inputs) if x.present()["wsi"]]
+        if not with_slide:  # e.g. a batch of the external, slide-less patients only: nothing to learn from
+            zero = self.logit_scale * 0.0
+            return {"wsi_report": zero, "wsi_genomics": zero, "triplet": zero, "loss": zero}
+        present = {i: self.check_input(batch.inputs[i]) for i in with_slide}
+        slides = torch.cat([self.aggregate(self.wsi_features(batch.inputs[i]))[0] for i in with_slide])  # (B, dim)
+        shared = self.slide_projection(slides)
+        row = {i: r for r, i in enumerate(with_slide)}
+        zero = slides.sum() * 0.0
+        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE)
+
+        def contrast(modality: str, encode) -> torch.Tensor:
+            have = [i for i in with_slide if present[i].get(modality)]
+            if len(have) < 2:
+                return zero + 0.0 * scale
+            other = torch.cat([encode(batch.inputs[i]) for i in have])
+            return symmetric_info_nce(shared[[row[i] for i in have]], other, scale)
+
+        wsi_report = contrast("report", lambda x: self.report_projection(self.report_vector(x)))
+        wsi_genomics = contrast("genomics", lambda x: self.genomics_encoder(self.gene_vector(x)))
+        triplet = triplet_margin_loss(slides, labels[with_slide].to(slides.device), self.triplet_margin)
+        terms = {"wsi_report": self.w_report * wsi_report, "wsi_genomics": self.w_genomics * wsi_genomics,
+                 "triplet": self.w_triplet * triplet}
+        terms["loss"] = terms["wsi_report"] + terms["wsi_genomics"] + terms["triplet"]
+        return terms
