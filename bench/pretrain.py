@@ -1,4 +1,5 @@
-"""Pretraining step time and peak memory of the multimodal methods against bag size and the number of present
+"""Pretraining step time and peak memory of the multimodal methods (ALTER, MICE, ModalTune's tuning, mSTAR
+stage 1) against bag size and the number of present
 modalities, side by side in one run.
 
 Each (model, bag size, modalities) configuration runs in its own process, so its peak memory is its own: peak
@@ -30,8 +31,9 @@ MODALITY_SETS = {"1 (wsi)": ("wsi",), "2 (wsi+genomics)": ("wsi", "genomics"),
                  "3 (all)": ("wsi", "genomics", "report")}
 SIZES = {
     "demo": {"alter": {"dim": 64, "layers": 1, "heads": 4, "n_features": 32, "max_regions": 128},
-             "mice": {"dim": 64}},
-    "default": {"alter": {}, "mice": {}},
+             "mice": {"dim": 64}, "modaltune": {"n_pathway_tokens": 16, "gene_dim": 64, "mixer_depth": 1},
+             "mstar": {"dim": 128, "proj_dim": 64}},
+    "default": {"alter": {}, "mice": {}, "modaltune": {}, "mstar": {}},
 }
 
 
@@ -58,8 +60,10 @@ def measure(model_name: str, bag: int, modalities: str, batch: int, steps: int, 
 
     def patient(i: int) -> PatientInput:
         grid = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2)
-        fields = {"wsi": torch.randn(bag, 1280), "wsi_coords": grid[:bag] * 256,
-                  "genes": torch.randn(len(genes)), "report_tokens": torch.randn(200, 384)}
+        values = torch.randn(len(genes))
+        fields = {"wsi": torch.randn(bag, 1280), "wsi_coords": grid[:bag] * 256, "genes": values,
+                  "pathways": [values[torch.as_tensor(np.asarray(p))] for p in pathways],
+                  "report_tokens": torch.randn(200, 384), "report": torch.randn(384)}
         x = PatientInput(**fields, cancer_type=i % 2)
         drop = [m for m in ("wsi", "genomics", "report") if m not in keep]
         return x.without(*drop).to(device)

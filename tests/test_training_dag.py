@@ -31,14 +31,17 @@ def run(source_slide, tmp_path_factory):
     config.update(samplesheet=str(sheet), results="results")
     config["segmentation"].update(min_tissue_area_um2=16000.0, min_hole_area_um2=6400.0)  # slides shrunk by 0.4
     config["features"].update(batch_size=16, num_workers=0)
-    config["training"].update(models=["abmil", "late_fusion_concat", "alter", "mice"], folds=2, n_boot=50)
+    config["training"].update(models=["abmil", "late_fusion_concat", "alter", "mice", "umeml", "modaltune", "mstar"],
+                              folds=2, n_boot=50, compare_encoders={"mstar_efficientnet_lite0": ["abmil"]})
+    config["training"]["mstar"]["settings"].update(tiles_per_slide=8, batch_size=8, threads=2)
     config["training"]["settings"].update(epochs=8, patience=4, n_bins=2)  # few events per fold
     config["training"]["pretraining"].update(external=str(sheet.parent / "external" / "patients.csv"))
     config["training"]["pretraining"]["settings"].update(epochs=2, n_bins=2, batch_size=8)
     config["training"]["variants"]["mice"]["options"].update(pretrain_bins=2)
     config["training"]["downstream"] = {
         "report_generation": {"models": ["alter"], "settings": {"epochs": 3, "d_model": 32, "ff_dim": 64}},
-        "data_efficiency": {"models": ["mice"], "fractions": [0.5, 1.0], "per_cancer_type": False}}
+        "data_efficiency": {"models": ["mice"], "fractions": [0.5, 1.0], "per_cancer_type": False},
+        "linear_probe": {"models": ["modaltune"]}, "zero_shot": {"models": ["mstar"]}}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     proc = snakemake(root)
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -54,11 +57,13 @@ def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_report_covers_every_model_and_the_stress_test(run):
     html = (run / "evaluation" / "report.html").read_text()
-    for text in ("abmil", "late_fusion_concat", "alter", "mice", "data:image/png;base64", "Kaplan",
-                 "Missing-modality stress test", "id='pretraining'", "report generation", "data efficiency"):
+    for text in ("abmil", "late_fusion_concat", "alter", "mice", "umeml", "modaltune", "mstar",
+                 "data:image/png;base64", "Kaplan", "Missing-modality stress test", "id='pretraining'",
+                 "report generation", "data efficiency", "linear probe", "zero shot"):
         assert text in html, text
     summary = pd.DataFrame(json.loads((run / "evaluation" / "summary.json").read_text()))
-    assert {"abmil", "late_fusion_concat", "alter", "mice"} <= set(summary["model"])
+    assert {"abmil", "late_fusion_concat", "alter", "mice", "umeml", "modaltune", "mstar",
+            "abmil@mstar_efficientnet_lite0"} <= set(summary["model"])
     stress = pd.read_csv(run / "evaluation" / "stress.csv").set_index("model")
     assert {"without wsi", "without genomics", "without report"} <= set(stress.columns)
     assert stress.loc["mice", "without wsi"] != "n/a" and stress.loc["alter", "without genomics"] != "n/a"
@@ -90,15 +95,32 @@ def test_fine_tuning_starts_from_the_fold_pretraining_which_saw_no_validation_pa
     assert set(generation.method) == {"decoder", "retrieval"} and generation.bleu_4.between(0, 1).all()
 
 
+def test_mstar_stage2_weights_feed_the_feature_stage(run):
+    from pathmm_pipeline.features import load_features
+    from pathmm_pipeline.provenance import read_provenance
+
+    weights = run / "mstar/stage2/mstar_efficientnet_lite0.pt"
+    record = read_provenance(weights)
+    assert any("stage1" in str(v.get("path", "")) for v in record["inputs"].values())
+    stores = sorted((run / "features/mstar_efficientnet_lite0").glob("*.zarr"))
+    assert stores
+    feats = load_features(stores[0])
+    assert feats.features.shape[1] == 1280
+    assert read_provenance(stores[0])["inputs"]["weights"]["sha256"] == record["outputs"]["checkpoint"]["sha256"] \
+        if "checkpoint" in record.get("outputs", {}) else True
+
+
 def test_a_pretraining_change_reruns_pretraining_and_what_follows_only(run):
+    """ALTER's triplet weight is a pretraining parameter: its pretraining, fine-tuning and downstream jobs
+    re-run, and nothing else (no other model, no feature stage)."""
     root = run.parent
     config = yaml.safe_load((root / "config.yaml").read_text())
-    config["training"]["pretraining"]["settings"]["lr"] = 0.001
+    config["training"]["variants"]["alter"]["options"]["w_triplet"] = 0.5
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     from test_workflow import planned_jobs
 
     jobs = planned_jobs(root)
-    assert jobs == {"pretrain": 4, "train": 4, "downstream": 4, "evaluate": 1, "all": 1}, jobs
+    assert jobs == {"pretrain": 2, "train": 2, "downstream": 2, "evaluate": 1, "all": 1}, jobs
 
 
 def test_abmil_finds_the_planted_signal_on_held_out_patients(run):
