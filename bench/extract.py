@@ -54,7 +54,6 @@ def make_tiles(work: Path, n_tiles: int) -> tuple[Path, Path]:
 
 def limit_tiles(tiles_store: Path, n: int, work: Path) -> Path:
     """A copy of the tile store keeping its first ``n`` tiles."""
-    from pathmm_pipeline.provenance import read_provenance
     from pathmm_pipeline.stores import ArraySpec, open_store, write_store
 
     group = open_store(tiles_store)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from pathmm_pipeline import features as features_module
 from pathmm_pipeline.audit import audit

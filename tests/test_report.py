@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from pathmm_pipeline.evaluation import aggregate_folds, evaluate_fold, write_report
 from pathmm_pipeline.evaluation.report import collect_inputs, read_benchmarks

@@ -86,7 +86,7 @@ import torch
 from torch import nn
 
 from ..training.objectives import mask_tokens, masked_token_loss, symmetric_info_nce, triplet_margin_loss
-from .base import (MODALITIES, InputDims, ModelConfigError, ModelError, ModelInputError, ModelOutput, PathmmModel,
+from .base import (MODALITIES, InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel,
                    PatientInput, PretrainBatch, TaskSpec)
 from .moe import Expert, MixtureOfExperts, RoutingStats
 from .registry import register_model
@@ -365,16 +365,8 @@ class ALTER(PathmmModel):
                  n_features: int = 64, gene_layers: int = 1, w_masked: float = 1.0, w_contrastive: float = 1.0,
                  w_triplet: float = 1.0, mask_ratio: float = 0.25, triplet_margin: float = 0.3,
                  modalities: Iterable[str] | None = None, modality_dropout: float = 0.0) -> None:
-        available = {"wsi": dims.wsi, "genomics": dims.genes, "report": dims.report}
-        chosen = [m for m in MODALITIES if available[m] is not None] if modalities is None else list(modalities)
-        unknown = sorted(set(chosen) - set(MODALITIES))
-        if unknown:
-            raise ModelConfigError(f"model '{self.name}': unknown modality {unknown[0]!r}; modalities are "
-                                   f"{', '.join(MODALITIES)}")
-        if not chosen:
-            raise ModelConfigError(f"model '{self.name}' needs at least one of wsi, genomics (genes), report in "
-                                   f"the InputDims; all are None")
-        super().__init__(dims, task, modalities=frozenset(chosen), modality_dropout=modality_dropout)
+        super().__init__(dims, task, modalities=self.modalities_from_dims(dims, modalities),
+                         modality_dropout=modality_dropout)
         self._check_options(dim=dim, heads=heads, layers=layers, fusion_mode=fusion_mode, n_experts=n_experts,
                             top_k=top_k, ff_dim=ff_dim, moe_loss_weight=moe_loss_weight, dropout=dropout,
                             region_size=region_size, max_regions=max_regions, n_features=n_features,
@@ -509,14 +501,7 @@ class ALTER(PathmmModel):
 
     def pretraining_loss(self, batch: PretrainBatch) -> dict[str, torch.Tensor]:
         """Masked modelling + pairwise InfoNCE + cancer-type triplet + MoE balance (see the module docstring)."""
-        if not isinstance(batch, PretrainBatch):
-            raise ModelError(f"model '{self.name}': pretraining_loss takes a PretrainBatch, not "
-                             f"{type(batch).__name__}")
-        n = len(batch)
-        labels = torch.as_tensor(batch.cancer_type).reshape(-1)
-        if n == 0 or labels.numel() != n:
-            raise ModelError(f"model '{self.name}': a pretraining batch needs at least one patient and one "
-                             f"cancer_type per patient; got {n} patients and {labels.numel()} cancer types")
+        labels = self.batch_cancer_types(batch)
         tokens = [self.encode(x, self.check_input(x))[0] for x in batch.inputs]
 
         masked_terms: list[torch.Tensor] = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -263,6 +264,34 @@ class PathmmModel(nn.Module):
         self.embedding_dim = 0
 
     # -- build-time checks ------------------------------------------------------------------------------
+
+    @classmethod
+    def modalities_from_dims(cls, dims: InputDims, modalities: Iterable[str] | None = None) -> frozenset[str]:
+        """The modalities an instance reads: ``modalities`` when given, else those of wsi / genomics (the flat
+        ``genes``) / report whose dims are present. Unknown names, or none at all, are a ModelConfigError."""
+        available = {"wsi": dims.wsi, "genomics": dims.genes, "report": dims.report}
+        chosen = [m for m in MODALITIES if available[m] is not None] if modalities is None else list(modalities)
+        unknown = sorted(set(chosen) - set(MODALITIES))
+        if unknown:
+            raise ModelConfigError(f"model '{cls.name}': unknown modality {unknown[0]!r}; modalities are "
+                                   f"{', '.join(MODALITIES)}")
+        if not chosen:
+            raise ModelConfigError(f"model '{cls.name}' needs at least one of wsi, genomics (genes), report in "
+                                   f"the InputDims; all are None")
+        return frozenset(chosen)
+
+    def batch_cancer_types(self, batch: PretrainBatch) -> torch.Tensor:
+        """The (B,) cancer-type labels of a pretraining batch; a batch without patients or without one label per
+        patient is a ModelError."""
+        if not isinstance(batch, PretrainBatch):
+            raise ModelError(f"model '{self.name}': pretraining_loss takes a PretrainBatch, not "
+                             f"{type(batch).__name__}")
+        n = len(batch)
+        labels = torch.as_tensor(batch.cancer_type).reshape(-1)
+        if n == 0 or labels.numel() != n:
+            raise ModelError(f"model '{self.name}': a pretraining batch needs at least one patient and one "
+                             f"cancer_type per patient; got {n} patients and {labels.numel()} cancer types")
+        return labels
 
     def need_dim(self, value: Any, what: str, modality: str) -> Any:
         """``value`` (a size from the dims), or ModelConfigError saying the model needs it."""

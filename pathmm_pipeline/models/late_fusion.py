@@ -43,16 +43,8 @@ class _LateFusion(PathmmModel):
                  snn_hidden: Sequence[int] = (256, 256), report_hidden: Sequence[int] = (256, 256),
                  dropout: float = 0.25, modalities: Iterable[str] | None = None,
                  modality_dropout: float = 0.0) -> None:
-        available = {"wsi": dims.wsi, "genomics": dims.genes, "report": dims.report}
-        chosen = [m for m in MODALITIES if available[m] is not None] if modalities is None else list(modalities)
-        unknown = sorted(set(chosen) - set(MODALITIES))
-        if unknown:
-            raise ModelConfigError(f"model '{self.name}': unknown modality {unknown[0]!r}; modalities are "
-                                   f"{', '.join(MODALITIES)}")
-        if not chosen:
-            raise ModelConfigError(f"model '{self.name}' needs at least one of wsi, genomics (genes), report in "
-                                   f"the InputDims; all are None")
-        super().__init__(dims, task, modalities=frozenset(chosen), modality_dropout=modality_dropout)
+        super().__init__(dims, task, modalities=self.modalities_from_dims(dims, modalities),
+                         modality_dropout=modality_dropout)
         self.order = [m for m in MODALITIES if m in self.modalities]
         if snn_hidden[-1] != dim or report_hidden[-1] != dim:
             raise ModelConfigError(f"model '{self.name}': snn_hidden and report_hidden must end at dim={dim}")

@@ -134,16 +134,8 @@ class MICE(PathmmModel):
                  moe_loss_weight: float = 0.01, w_synthesis: float = 1.0, alpha: float = 2.0,
                  pretrain_bins: int = 4, freeze_encoders: bool = False, modalities: Iterable[str] | None = None,
                  modality_dropout: float = 0.0) -> None:
-        available = {"wsi": dims.wsi, "genomics": dims.genes, "report": dims.report}
-        chosen = [m for m in MODALITIES if available[m] is not None] if modalities is None else list(modalities)
-        unknown = sorted(set(chosen) - set(MODALITIES))
-        if unknown:
-            raise ModelConfigError(f"model '{self.name}': unknown modality {unknown[0]!r}; modalities are "
-                                   f"{', '.join(MODALITIES)}")
-        if not chosen:
-            raise ModelConfigError(f"model '{self.name}' needs at least one of wsi, genomics (genes), report in "
-                                   f"the InputDims; all are None")
-        super().__init__(dims, task, modalities=frozenset(chosen), modality_dropout=modality_dropout)
+        super().__init__(dims, task, modalities=self.modalities_from_dims(dims, modalities),
+                         modality_dropout=modality_dropout)
         attn_dim = dim if attn_dim is None else attn_dim
         snn_hidden = (dim, dim) if snn_hidden is None else tuple(snn_hidden)
         report_hidden = (dim, dim) if report_hidden is None else tuple(report_hidden)

@@ -220,14 +220,7 @@ class MSTAR(PathmmModel):
 
     def pretraining_loss(self, batch: PretrainBatch) -> dict[str, torch.Tensor]:
         """WSI <-> report and WSI <-> RNA InfoNCE + inter-cancer triplet (see the module docstring)."""
-        if not isinstance(batch, PretrainBatch):
-            raise ModelError(f"model '{self.name}': pretraining_loss takes a PretrainBatch, not "
-                             f"{type(batch).__name__}")
-        n = len(batch)
-        labels = torch.as_tensor(batch.cancer_type).reshape(-1)
-        if n == 0 or labels.numel() != n:
-            raise ModelError(f"model '{self.name}': a pretraining batch needs at least one patient and one "
-                             f"cancer_type per patient; got {n} patients and {labels.numel()} cancer types")
+        labels = self.batch_cancer_types(batch)
         with_slide = [i for i, x in enumerate(batch.inputs) if x.present()["wsi"]]
         if not with_slide:  # e.g. a batch of the external, slide-less patients only: nothing to learn from
             zero = self.logit_scale * 0.0
