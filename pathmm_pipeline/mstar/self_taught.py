@@ -63,7 +63,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path
+from ..settings import SettingsMixin
 from ..encoders import EncoderSpec, get_encoder_spec, load_encoder, register_encoder
 from ..encoders.weights import TORCH_SUFFIXES
 from ..features import TileDataset
@@ -91,7 +92,7 @@ SIMILARITIES = ("cosine", "mse")
 
 
 @dataclass
-class SelfTaughtConfig:
+class SelfTaughtConfig(SettingsMixin):
     """How the patch encoder is self-taught (stage 2).
 
     ``epochs`` (each visits every slide once), ``lr`` / ``weight_decay`` (AdamW on the student),
@@ -100,6 +101,8 @@ class SelfTaughtConfig:
     ``similarity`` ("cosine" or "mse"), ``max_grad_norm``, ``max_steps`` (None: epochs x slides), ``seed``,
     ``device`` ("auto": CUDA when present), ``deterministic``, ``threads``, ``progress``, and how slides are
     read (``backend``, ``fallback``, as in extraction)."""
+
+    settings_name = "self-taught"
 
     epochs: int = 1
     lr: float = 1e-5
@@ -138,16 +141,6 @@ class SelfTaughtConfig:
         if problems:
             raise ValueError("SelfTaughtConfig: " + "; ".join(problems))
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SelfTaughtConfig:
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown self-taught setting(s): {sorted(unknown)} -- known: "
-                             f"{sorted(cls.__dataclass_fields__)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def similarity_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "cosine") -> torch.Tensor:

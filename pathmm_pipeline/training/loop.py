@@ -33,7 +33,7 @@ import os
 import resource
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from ..atomic import write_text_atomic
 from ..genomics.normalize import GeneScaler
+from ..settings import SettingsMixin
 from ..models import MODALITIES, InputDims, MissingModalityError, PathmmModel, TaskSpec, build_model
 from .checkpoint import save_checkpoint
 from .dataset import CohortItem, MultimodalCohort
@@ -59,8 +60,10 @@ LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds",
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(SettingsMixin):
     """How a fold is trained (``training:`` in a config). See the module docstring."""
+
+    settings_name = "training"
 
     epochs: int = 20
     lr: float = 2e-4
@@ -104,15 +107,6 @@ class TrainConfig:
         if problems:
             raise ValueError("TrainConfig: " + "; ".join(problems))
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {sorted(unknown)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

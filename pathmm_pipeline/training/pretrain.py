@@ -43,6 +43,7 @@ from ..errors import InputError, ProvenanceError
 from ..genomics.normalize import GeneScaler
 from ..genomics.stage import GenomicsData, load_genomics
 from ..models import InputDims, PathmmModel, PretrainBatch, TaskSpec, build_model, get_model_class
+from ..settings import SettingsMixin
 from ..provenance import build_provenance, hash_file, write_sidecar
 from .checkpoint import _dims, _options, _plain
 from .dataset import MultimodalCohort
@@ -57,8 +58,10 @@ EXTERNAL_COLUMNS = ("patient_id", "cancer_type", "survival_time", "survival_even
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(SettingsMixin):
     """How a method is pretrained (``training.pretraining`` in a config)."""
+
+    settings_name = "pretraining"
 
     epochs: int = 20
     lr: float = 2e-4
@@ -86,16 +89,6 @@ class PretrainConfig:
         if problems:
             raise ValueError("PretrainConfig: " + "; ".join(problems))
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown pretraining setting(s): {sorted(unknown)} -- known: "
-                             f"{sorted(cls.__dataclass_fields__)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
