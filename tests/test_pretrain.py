@@ -163,3 +163,22 @@ def test_pretrained_checkpoint_of_other_dims_or_model_is_refused(toy: ToyCohort,
         apply_pretrained(other, tmp_path / "nope.pt")
     with pytest.raises(ValueError, match="no pretraining objective"):
         pretrain("abmil", cohort, fold.train, PretrainConfig(epochs=1, progress=False))
+
+
+def test_bad_external_tables_are_refused_naming_the_file(tmp_path) -> None:
+    from pathmm_pipeline.training.pretrain import read_external_patients
+
+    with pytest.raises(InputError, match="not found"):
+        read_external_patients(tmp_path / "absent.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient_id,cancer_type,survival_time\nX1,BLCA,3\n")
+    with pytest.raises(InputError, match=r"bad\.csv.*missing column\(s\) survival_event, expression_path"):
+        read_external_patients(bad)
+    dup = tmp_path / "dup.csv"
+    dup.write_text("patient_id,cancer_type,survival_time,survival_event,expression_path\n"
+                   "X1,BLCA,3,1,e.tsv\nX1,BLCA,4,0,e.tsv\n")
+    with pytest.raises(InputError, match=r"dup\.csv.*duplicated patient id"):
+        read_external_patients(dup)
+    good = tmp_path / "good.csv"
+    good.write_text("patient_id,cancer_type,survival_time,survival_event,expression_path\nX1,BLCA,3,1,e.tsv\n")
+    assert read_external_patients(good).expression_path.iloc[0] == str(tmp_path / "e.tsv")
