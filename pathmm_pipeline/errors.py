@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class PathmmError(Exception):
     """Base class: every error the pipeline raises on purpose derives from it."""
@@ -44,3 +46,11 @@ class SampleSheetError(InputError):
 
 class ProvenanceError(PathmmError):
     """A store has no provenance, or its provenance does not verify."""
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to ``name``, or ``""`` when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

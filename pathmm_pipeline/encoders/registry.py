@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from typing import TypeVar, overload
 
 import torch
 
-from ..errors import ConfigError, PathmmError
+from ..errors import ConfigError, PathmmError, did_you_mean
 from ..provenance import hash_file
 from .weights import (StateDictMismatch, WeightsError, describe_mismatch, download_hub_weights, read_state_dict,
                       resolve_weights, strip_prefixes)
@@ -132,9 +131,7 @@ def get_encoder_spec(name: str) -> EncoderSpec:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        guess = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UnknownEncoderError(f"unknown encoder {name!r}{guess} -- registered encoders: "
+        raise UnknownEncoderError(f"unknown encoder {name!r}{did_you_mean(name, _REGISTRY)} -- registered encoders: "
                                   f"{', '.join(list_encoders())}; set features.encoders in config.yaml to "
                                   f"some of these (`pathmm encoders` describes them)") from None
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..errors import ConfigError, PathmmError
+from ..errors import ConfigError, PathmmError, did_you_mean
 from .base import MODALITIES, InputDims, ModelConfigError, PathmmModel, TaskSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
@@ -74,9 +73,7 @@ def get_model_class(name: str) -> type[PathmmModel]:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        guess = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UnknownModelError(f"unknown model {name!r}{guess} -- registered models: "
+        raise UnknownModelError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)} -- registered models: "
                                 f"{', '.join(list_models())}") from None
 
 

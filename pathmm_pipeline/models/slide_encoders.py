@@ -51,7 +51,6 @@ exact one GigaPath was trained with -- pass coordinates scaled to 0.5 mpp for pu
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -65,7 +64,7 @@ from torch import nn
 
 from ..encoders.weights import (WeightsError, describe_mismatch, is_hub_reference, read_state_dict,
                                 resolve_weights, strip_prefixes)
-from ..errors import ConfigError, PathmmError
+from ..errors import ConfigError, PathmmError, did_you_mean
 from ..provenance import hash_file
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
@@ -505,9 +504,8 @@ def get_slide_encoder_spec(name: str) -> SlideEncoderSpec:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        guess = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UnknownSlideEncoderError(f"unknown slide encoder {name!r}{guess} -- registered slide encoders: "
+        raise UnknownSlideEncoderError(f"unknown slide encoder {name!r}{did_you_mean(name, _REGISTRY)} -- "
+                                       f"registered slide encoders: "
                                        f"{', '.join(list_slide_encoders())}") from None
 
 
