@@ -12,7 +12,7 @@ rule cohort_manifest:
     conda:
         "../../envs/preprocess.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=memory(2000),
         runtime=10,
     shell:
         "pathmm manifest {input.samplesheet:q} --out {output:q} --settings {params.settings:q} > {log:q} 2>&1"
@@ -31,7 +31,7 @@ rule qc_summary:
     conda:
         "../../envs/preprocess.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=memory(2000),
         runtime=10,
     shell:
         "pathmm qc-summary --tiles {input.tiles:q} --segmentation {input.segmentation:q} --out {output:q} > {log:q} 2>&1"

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from pathmm_pipeline.errors import PathmmError
+from pathmm_pipeline.resources import inputs_size_mb, job_memory_mb
 from pathmm_pipeline.samplesheet import load_samplesheet, slide_entries
 
 RESULTS = config["results"]
@@ -80,3 +81,20 @@ def extraction_settings_json(encoder):
     settings = {k: config["features"][k] for k in keys}
     settings.update(encoder=encoder, weights=encoder_weights(encoder))
     return json.dumps(settings, sort_keys=True)
+
+
+def memory(base_mb, scale_with=(), per_input_mb=0.0):
+    """A rule's mem_mb: ``base_mb`` plus ``per_input_mb`` per MiB of the named inputs, grown on each retry by
+    ``resources.retry_memory_growth`` (a job SLURM killed for memory asks for more when restarted)."""
+
+    def mem_mb(wildcards, input, attempt):
+        paths = []
+        for key in scale_with:
+            if key in input.keys():
+                value = input[key]
+                paths.extend([value] if isinstance(value, str) else value)
+        return job_memory_mb(base_mb, attempt, input_mb=inputs_size_mb(paths), per_input_mb=per_input_mb,
+                             retry_growth=config["resources"]["retry_memory_growth"],
+                             cap_mb=config["resources"]["max_mem_mb"])
+
+    return mem_mb

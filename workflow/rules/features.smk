@@ -17,7 +17,7 @@ rule extract_features:
         "../../envs/features.yaml"
     threads: config["features"]["threads"]
     resources:
-        mem_mb=config["features"]["mem_mb"],
+        mem_mb=memory(config["features"]["mem_mb"], scale_with=("weights",), per_input_mb=3),
         runtime=120,
     shell:
         "pathmm extract {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"

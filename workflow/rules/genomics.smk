@@ -12,7 +12,7 @@ rule genomics:
     conda:
         "../../envs/preprocess.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=memory(4000, scale_with=("expression",), per_input_mb=6),
         runtime=30,
     shell:
         "pathmm genomics --expression {input.expression:q} --out {output.store:q} --settings {params.settings:q}"

@@ -12,7 +12,7 @@ rule clean_report:
     conda:
         "../../envs/preprocess.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=memory(2000),
         runtime=10,
     shell:
         "pathmm clean-report {input.report:q} --patient {wildcards.patient} --out {output:q}"
@@ -31,7 +31,7 @@ rule merge_reports:
     conda:
         "../../envs/preprocess.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=memory(2000),
         runtime=10,
     shell:
         "pathmm merge-reports {input:q} --out {output:q} > {log:q} 2>&1"
@@ -52,7 +52,7 @@ rule embed_reports:
         "../../envs/reports.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=memory(4000),
         runtime=60,
     shell:
         "pathmm embed-reports {input.table:q} --out {output.store:q} --settings {params.settings:q} > {log:q} 2>&1"

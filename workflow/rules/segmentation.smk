@@ -17,7 +17,7 @@ rule segment_tissue:
         "../../envs/preprocess.yaml"
     threads: 1
     resources:
-        mem_mb=config["resources"]["segment_mem_mb"],
+        mem_mb=memory(config["resources"]["segment_mem_mb"]),
         runtime=20,
     shell:
         "pathmm segment {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"

@@ -16,7 +16,7 @@ rule tile_slide:
         "../../envs/preprocess.yaml"
     threads: 1
     resources:
-        mem_mb=config["resources"]["tile_mem_mb"],
+        mem_mb=memory(config["resources"]["tile_mem_mb"]),
         runtime=20,
     shell:
         "pathmm tile {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"

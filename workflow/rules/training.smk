@@ -48,7 +48,7 @@ rule make_splits:
     conda:
         "../../envs/training.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=memory(2000),
         runtime=10,
     shell:
         "pathmm splits {input.manifest:q} --out {params.out:q} --settings {params.settings:q} > {log:q} 2>&1"
@@ -104,7 +104,7 @@ rule external_genomics:
     conda:
         "../../envs/preprocess.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=memory(4000),
         runtime=30,
     shell:
         "pathmm genomics --expression {input.expression:q} --out {output.store:q} --settings {params.settings:q}"
@@ -137,7 +137,7 @@ rule pretrain:
         "../../envs/training.yaml"
     threads: 1
     resources:
-        mem_mb=PRETRAIN["mem_mb"],
+        mem_mb=memory(PRETRAIN["mem_mb"], scale_with=("features",), per_input_mb=2),
         runtime=240,
     shell:
         "pathmm pretrain --model {params.model} --fold {wildcards.fold} --manifest {input.manifest:q}"
@@ -172,7 +172,7 @@ rule train:
         "../../envs/training.yaml"
     threads: 1
     resources:
-        mem_mb=TRAIN["mem_mb"],
+        mem_mb=memory(TRAIN["mem_mb"], scale_with=("features",), per_input_mb=2),
         runtime=120,
     shell:
         "pathmm train --model {params.model} --label {params.label} --task {params.task} --fold {wildcards.fold}"
@@ -214,7 +214,7 @@ rule mstar_stage1:
     conda:
         "../../envs/training.yaml"
     resources:
-        mem_mb=PRETRAIN["mem_mb"],
+        mem_mb=memory(PRETRAIN["mem_mb"], scale_with=("features",), per_input_mb=2),
         runtime=240,
     shell:
         "pathmm pretrain --model {params.model} --fold -1 --manifest {input.manifest:q} --splits {params.splits:q}"
@@ -245,7 +245,7 @@ rule mstar_stage2:
         "../../envs/training.yaml"
     threads: config["features"]["threads"]
     resources:
-        mem_mb=8000,
+        mem_mb=memory(8000),
         runtime=480,
         gpu=1,
     shell:
@@ -306,7 +306,7 @@ rule downstream:
         "../../envs/training.yaml"
     threads: 1
     resources:
-        mem_mb=TRAIN["mem_mb"],
+        mem_mb=memory(TRAIN["mem_mb"], scale_with=("features",), per_input_mb=2),
         runtime=120,
     shell:
         "pathmm downstream --kind {wildcards.kind} --model {params.model} --label {params.label}"
@@ -339,7 +339,7 @@ rule evaluate:
     conda:
         "../../envs/training.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=memory(4000),
         runtime=30,
     shell:
         "pathmm report {params.folds} --results {RESULTS:q} --out {output.html:q} > {log:q} 2>&1"
