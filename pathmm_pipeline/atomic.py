@@ -7,6 +7,7 @@ earlier good output is replaced only once the new one is whole.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import uuid
@@ -28,15 +29,22 @@ def _tmp_sibling(final: Path) -> Path:
 
 def move_into_place(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` onto ``final``; an existing ``final`` is only removed once ``tmp`` is in place."""
+    tmp, final = Path(tmp), Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    if tmp.parent != final.parent:  # built on scratch: copy next to the target first, then rename
+    if tmp.parent != final.parent:  # built on scratch: bring it next to the target first, then rename
         near = _tmp_sibling(final)
-        if tmp.is_dir():
-            shutil.copytree(tmp, near)
-            shutil.rmtree(tmp)
-        else:
-            shutil.copy2(tmp, near)
-            tmp.unlink()
+        try:
+            os.rename(tmp, near)  # scratch on the target's filesystem: a rename, nothing copied
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # another filesystem: copy under a temporary name (a kill mid-copy leaves only that), then rename
+            if tmp.is_dir():
+                shutil.copytree(tmp, near)
+                shutil.rmtree(tmp)
+            else:
+                shutil.copy2(tmp, near)
+                tmp.unlink()
         tmp = near
     if final.is_dir() and not final.is_symlink():
         old = final.with_name(f"{final.name}{TMP_MARK}old-{uuid.uuid4().hex[:8]}")

@@ -2,9 +2,10 @@
 through a DataLoader with worker processes, into a per-slide, per-encoder Zarr feature store.
 
 The same code runs on CUDA (autocast in the encoder's precision, pinned memory, non-blocking copies) and on
-the CPU. Extraction writes into ``<store>.tmp-partial`` and records how many tiles are done after every flushed
-chunk; a killed job resumes from there when re-run with the same inputs and settings (otherwise it restarts),
-and only a finished store is renamed into place.
+the CPU. Extraction writes into ``<store>.tmp-partial`` (or, with ``PATHMM_SCRATCH`` set, into a partial store
+in that node-local scratch folder, named after the target) and records how many tiles are done after every
+flushed chunk; a killed job resumes from there when re-run with the same inputs and settings (otherwise it
+restarts), and only a finished store is moved into place.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import zarr
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .atomic import TMP_MARK, move_into_place
+from .atomic import TMP_MARK, move_into_place, scratch_root
 from .encoders import LoadedEncoder, load_encoder, resolve_weights
 from .provenance import _jsonable, build_provenance, hash_path
 from .slides import open_slide
@@ -162,10 +163,13 @@ def _open_partial(partial: Path, key: str, n: int, dim: int, dtype: str,
                   chunk_rows: int) -> tuple[zarr.Group, int]:
     """Reopen a partial store made with the same key (returning tiles done), or start a fresh one."""
     if (partial / "zarr.json").exists():
-        group = zarr.open_group(str(partial), mode="r+", zarr_format=3)
-        if group.attrs.get("resume_key") == key and group["features"].shape == (n, dim):
-            return group, int(group.attrs.get("n_done", 0))
-        log.info("%s: partial store from other inputs or settings, restarting", partial)
+        try:
+            group = zarr.open_group(str(partial), mode="r+", zarr_format=3)
+            if group.attrs.get("resume_key") == key and group["features"].shape == (n, dim):
+                return group, int(group.attrs.get("n_done", 0))
+            log.info("%s: partial store from other inputs or settings, restarting", partial)
+        except Exception as exc:  # noqa: BLE001 - a job killed mid-metadata-write: the partial is unreadable
+            log.warning("%s: unreadable partial store (%s), restarting", partial, exc)
     if partial.exists():
         shutil.rmtree(partial)
     group = zarr.open_group(str(partial), mode="w", zarr_format=3)
@@ -173,6 +177,18 @@ def _open_partial(partial: Path, key: str, n: int, dim: int, dtype: str,
                        dimension_names=("tile", "feature"))
     group.attrs.update({"resume_key": key, "n_done": 0})
     return group, 0
+
+
+def partial_path(store_path: str | os.PathLike[str]) -> Path:
+    """Where the unfinished store of ``store_path`` is written: beside it, or in ``PATHMM_SCRATCH`` when set
+    (named after the target's absolute path, so two targets with the same name never share a partial)."""
+    store_path = Path(store_path)
+    scratch = scratch_root()
+    if scratch is None:
+        return store_path.with_name(store_path.name + PARTIAL_SUFFIX)
+    scratch.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(str(store_path.absolute()).encode()).hexdigest()[:12]
+    return scratch / f"{store_path.name}{PARTIAL_SUFFIX}-{key}"
 
 
 def extract_features(slide_path: str | os.PathLike[str], tiles_store: str | os.PathLike[str],
@@ -192,7 +208,7 @@ def extract_features(slide_path: str | os.PathLike[str], tiles_store: str | os.P
         inputs["weights"] = str(encoder.weights_source)
     params = {"settings": asdict(settings), "backend": backend, "fallback": fallback, "mpp_override": mpp_override}
     n, dim = len(tiles.coords), spec.embed_dim
-    partial = store_path.with_name(store_path.name + PARTIAL_SUFFIX)
+    partial = partial_path(store_path)
     chunk_rows = CHUNK_ROWS
     group, done = _open_partial(partial, _resume_key(inputs, params), n, dim, settings.dtype, chunk_rows)
     if done:
@@ -238,12 +254,13 @@ def extract_features(slide_path: str | os.PathLike[str], tiles_store: str | os.P
     }
     record = build_provenance("features", inputs, params, extra={"encoder": attrs["encoder"],
                                                                   "tiles_per_second": rate, "device": str(device)})
+    # overwrite: a job killed after creating these arrays, before the store was complete, is resumed here
     coords = group.create_array("coords", shape=tiles.coords.shape, dtype="int64",
-                                chunks=(max(1, min(65536, n)), 2), dimension_names=("tile", "xy"))
+                                chunks=(max(1, min(65536, n)), 2), dimension_names=("tile", "xy"), overwrite=True)
     if n:
         coords[...] = tiles.coords
     fractions = group.create_array("tissue_fraction", shape=(n,), dtype="float32", chunks=(max(1, min(65536, n)),),
-                                   dimension_names=("tile",))
+                                   dimension_names=("tile",), overwrite=True)
     if n:
         fractions[...] = tiles.tissue_fraction
     for key in ("resume_key", "n_done"):

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
-from ..atomic import write_text_atomic
+from ..atomic import TMP_MARK, write_text_atomic
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,11 @@ def train_and_evaluate(model: str, task: str, fold_index: int, manifest: str | o
     """Train one model for one task on one fold, then evaluate it (with the missing-modality stress test) on the
     fold's held-out patients. Writes ``checkpoint.pt`` (+ provenance), ``log.csv``/``log.json`` and
     ``metrics.csv``/``predictions.csv`` into ``out_dir``. ``label`` names the run in the tables (a variant
-    name; default the model's); ``pretrained`` a pretraining checkpoint to start from."""
+    name; default the model's); ``pretrained`` a pretraining checkpoint to start from.
+
+    The run writes into ``<out_dir>.tmp-train`` (its epoch logs are there while it trains) and its files are
+    moved into ``out_dir`` only once training and evaluation are done (:func:`publish_fold`): a killed run
+    leaves no output that looks complete, and an earlier run's outputs stay as they were until then."""
     from ..evaluation.run import evaluate_fold
     from .loop import TrainConfig, train_fold
     from .splits import read_splits
@@ -184,17 +189,58 @@ def train_and_evaluate(model: str, task: str, fold_index: int, manifest: str | o
                      Path(genomics) if genomics else None, Path(reports) if reports else None, task, cohort_options)
     fold = read_splits(splits_dir)[fold_index]
     kind, _ = parse_task(task)
-    result = train_fold(model, kind, cohort, fold, config, out_dir=out, split_file=splits_dir,
-                        pretrained=pretrained, label=label)
-    evaluation = evaluate_fold(result, cohort, stress=True, n_boot=n_boot, seed=config.seed)
-    evaluation.metrics["task"] = task
-    evaluation.predictions["task"] = task
-    if label is not None:
-        evaluation.metrics["model"] = label
-        evaluation.predictions["model"] = label
-    evaluation.save(out)
+    staging = staging_dir(out)
+    if staging.exists():  # left by a killed run of this fold
+        shutil.rmtree(staging)
+    try:
+        result = train_fold(model, kind, cohort, fold, config, out_dir=staging, split_file=splits_dir,
+                            pretrained=pretrained, label=label)
+        evaluation = evaluate_fold(result, cohort, stress=True, n_boot=n_boot, seed=config.seed)
+        evaluation.metrics["task"] = task
+        evaluation.predictions["task"] = task
+        if label is not None:
+            evaluation.metrics["model"] = label
+            evaluation.predictions["model"] = label
+        evaluation.save(staging)
+        publish_fold(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     log.info("%s %s fold %d: best epoch %d, %s", model, task, fold_index, result.best_epoch,
              evaluation.metrics.query("modalities == 'all'").to_dict("records")[:2])
+    return out
+
+
+def staging_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """Where a training run writes before its outputs are moved into ``out_dir``: ``<out_dir>.tmp-train``."""
+    out = Path(os.path.abspath(out_dir))
+    return out.with_name(f"{out.name}{TMP_MARK}train")
+
+
+def publish_fold(staging: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """Move a finished run's files from ``staging`` into ``out_dir`` (each by a rename), then remove ``staging``.
+
+    The logs and predictions go first, then the checkpoint and its provenance sidecar (re-pointed at the
+    checkpoint's new path), ``metrics.csv`` last: a kill in between leaves a new checkpoint beside an old
+    sidecar, which does not verify, never a mix that does."""
+    from ..provenance import SIDECAR_SUFFIX, write_sidecar
+
+    staging, out = Path(staging), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, metrics = "checkpoint.pt", "metrics.csv"
+    sidecar = checkpoint + SIDECAR_SUFFIX
+    first = sorted(p.name for p in staging.iterdir() if p.name not in (checkpoint, sidecar, metrics))
+    for name in first:
+        os.replace(staging / name, out / name)
+    if (staging / checkpoint).exists():
+        record = json.loads((staging / sidecar).read_text())
+        os.replace(staging / checkpoint, out / checkpoint)
+        entry = record["outputs"]["checkpoint"]
+        entry.update(path=str((out / checkpoint).resolve()), given_path=str(out / checkpoint))
+        write_sidecar(out / checkpoint, record)
+    if (staging / metrics).exists():
+        os.replace(staging / metrics, out / metrics)
+    shutil.rmtree(staging)
     return out
 
 
