@@ -23,6 +23,7 @@ class StoreAudit:
     code: dict[str, Any]
     params: dict[str, Any]
     inputs: dict[str, str]
+    input_hashes: dict[str, str] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     error: str | None = None
 
@@ -32,7 +33,8 @@ class StoreAudit:
 
     def as_json(self) -> dict[str, Any]:
         return {"path": self.path, "stage": self.stage, "created_utc": self.created_utc, "ok": self.ok,
-                "code": self.code, "params": self.params, "inputs": self.inputs, "error": self.error,
+                "code": self.code, "params": self.params, "inputs": self.inputs,
+                "input_sha256": self.input_hashes, "error": self.error,
                 "findings": [f.__dict__ for f in self.findings]}
 
 
@@ -74,7 +76,7 @@ def audit_store(path: Path) -> StoreAudit:
     findings = verify_provenance(path)
     return StoreAudit(str(path), record.get("stage"), record.get("created_utc"), record.get("code", {}),
                       record.get("params", {}), {role: e["path"] for role, e in record.get("inputs", {}).items()},
-                      findings)
+                      {role: e.get("sha256", "") for role, e in record.get("inputs", {}).items()}, findings)
 
 
 def audit(root: str | os.PathLike[str]) -> tuple[list[StoreAudit], list[Path]]:
@@ -120,6 +122,20 @@ def format_table(results: list[StoreAudit], stale: list[Path]) -> str:
         lines += ["", "Left-over temporaries of interrupted jobs (safe to delete):"] + [f"  - {p}" for p in stale]
     n_ok = sum(r.ok for r in results)
     lines += ["", f"{n_ok} of {len(results)} store(s) verified"]
+    return "\n".join(lines)
+
+
+def format_details(result: StoreAudit) -> str:
+    """One store in full: status, stage, code identity, parameters and every input with its recorded hash."""
+    changed = {f.role: f.problem for f in result.findings if f.kind == "input"}
+    lines = [f"{'OK' if result.ok else 'FAIL'}  {result.path}", f"  stage: {result.stage}  created: {result.created_utc}",
+             "  code: " + ", ".join(f"{k}={v}" for k, v in sorted(result.code.items()) if v not in (None, ""))]
+    lines.append("  params: " + json.dumps(result.params, sort_keys=True, default=str))
+    for role, path in result.inputs.items():
+        state = changed.get(role, "same")
+        lines.append(f"  input {role}: {path}  sha256={result.input_hashes.get(role, '')[:16]}  [{state}]")
+    if result.error:
+        lines.append(f"  error: {result.error}")
     return "\n".join(lines)
 
 

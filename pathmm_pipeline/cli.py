@@ -195,13 +195,15 @@ def cmd_qc_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit, audit_json, format_table, lineage
+    from .audit import audit, audit_json, format_details, format_table, lineage
 
     results, stale = audit(args.path)
     if args.json:
         print(audit_json(results, stale))
     else:
         print(format_table(results, stale))
+        if args.details:
+            print("\n" + "\n\n".join(format_details(r) for r in results))
         if args.lineage:
             for r in results:
                 print("\n".join(lineage(r.path)))
@@ -369,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--lineage", action="store_true", help="print each store's chain back to its raw inputs")
+    p.add_argument("--details", action="store_true",
+                   help="print each store's code identity, parameters and input hashes")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("info", help="describe a slide: levels, mpp and where it came from")

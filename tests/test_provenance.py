@@ -123,10 +123,18 @@ def test_audit_cli_exit_status_json_and_lineage(tmp_path, capsys):
     chain = lineage(tmp_path / "second.zarr")
     assert chain[0].startswith("unit:") and any("first.zarr" in line for line in chain)
     assert any(line.strip().startswith("raw:") and "input.txt" in line for line in chain)
+    assert main(["audit", str(tmp_path / "second.zarr"), "--details"]) == 0
+    out = capsys.readouterr().out
+    assert "params: {" in out and "input upstream:" in out and "[same]" in out and "pathmm=" in out
+    assert report["stores"][0]["input_sha256"]
     (tmp_path / "input.txt").write_text("changed")
     assert main(["audit", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "is changed" in out and "FAIL" in out
+    assert main(["audit", str(tmp_path / "first.zarr"), "--details", "--json"]) == 1
+    assert not json.loads(capsys.readouterr().out)["ok"]
+    assert main(["audit", str(tmp_path / "first.zarr"), "--details"]) == 1
+    assert "[changed]" in capsys.readouterr().out
 
 
 def test_upstream_hashes_are_reused_only_when_file_unchanged(tmp_path, monkeypatch):

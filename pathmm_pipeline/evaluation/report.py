@@ -499,3 +499,28 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     parts.append("</body></html>")
     write_text_atomic(out_html, "\n".join(parts))
     return out_html
+
+
+def write_report_provenance(out_html: str | os.PathLike[str], fold_dirs: Sequence[str | os.PathLike[str]],
+                            results_dir: str | os.PathLike[str], tables: Sequence[str | os.PathLike[str]],
+                            params: Mapping[str, Any]) -> Path:
+    """The evaluation report's provenance sidecar: every fold checkpoint it aggregates (each with its own
+    provenance, so ``pathmm audit --lineage`` goes report -> models -> features -> tiles -> mask -> slide) and
+    the QC table are its inputs; the summary tables written beside it are its outputs."""
+    from ..provenance import build_provenance, write_sidecar
+
+    root = Path(results_dir)
+    inputs: dict[str, str | os.PathLike[str]] = {}
+    for fold_dir in fold_dirs:
+        checkpoint = Path(fold_dir) / "checkpoint.pt"
+        try:
+            role = str(checkpoint.parent.relative_to(root / "training"))
+        except ValueError:
+            role = str(checkpoint.parent)
+        inputs[f"model:{role}"] = checkpoint
+    qc = root / "qc" / "slides.parquet"
+    if qc.is_file():
+        inputs["qc"] = qc
+    outputs = {Path(t).name: t for t in tables if Path(t).is_file()}
+    record = build_provenance("evaluate", inputs, dict(params), outputs=outputs)
+    return write_sidecar(out_html, record)

@@ -366,7 +366,8 @@ def read_downstream(fold_dirs: Sequence[str | os.PathLike[str]]) -> dict[str, pd
 def write_run_report(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.PathLike[str],
                      out_html: str | os.PathLike[str], title: str = "pathmm evaluation report") -> Path:
     """Aggregate every fold of every model and task into the HTML report and its CSV tables."""
-    from ..evaluation.report import collect_inputs, read_pretraining_logs, write_report
+    from ..evaluation.report import (collect_inputs, read_pretraining_logs, write_report,
+                                     write_report_provenance)
     from ..evaluation.run import aggregate_folds, read_fold_evaluation
 
     if not fold_dirs:
@@ -383,4 +384,7 @@ def write_run_report(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: s
                  downstream=read_downstream(fold_dirs))
     write_text_atomic(out_html.parent / "summary.json",
                       json.dumps(json.loads(tables.summary.to_json(orient="records")), indent=1))
+    write_report_provenance(out_html, fold_dirs, root, [out_html.parent / "summary.json",
+                                                        out_html.parent / "summary.csv"],
+                            {"title": title, "n_folds": len(fold_dirs)})
     return out_html
