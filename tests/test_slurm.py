@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 CONF = Path("/etc/slurm/slurm.conf")
 DBD_CONF = Path("/etc/slurm/slurmdbd.conf")
+STATE = Path("/var/spool/pathmm-slurm")  # outlives pytest's rotating temporary folders, as the daemons do
 PACKAGES = ("slurm-wlm", "munge", "slurm-client", "slurmdbd", "mariadb-server")
 ACCOUNT = "pathmm"
 
@@ -38,7 +39,8 @@ def _sh(*cmd: str, check: bool = True, timeout: int = 300) -> subprocess.Complet
 
 def _cluster_up() -> bool:
     """The cluster this module configures is up: an idle node, accounting answering, memory enforced."""
-    if shutil.which("sinfo") is None or not CONF.is_file() or "job_comment" not in CONF.read_text():
+    if shutil.which("sinfo") is None or not CONF.is_file() or "job_comment" not in CONF.read_text() or \
+            f"StateSaveLocation={STATE}/state" not in CONF.read_text() or not (STATE / "state").is_dir():
         return False
     nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
     accounting = subprocess.run(["sacct", "-n", "-X", "-S", "now-1minutes"], capture_output=True, text=True)
@@ -180,29 +182,30 @@ PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> None:
-    start_cluster(tmp_path_factory.mktemp("slurm"))
+def cluster() -> None:
+    start_cluster(STATE)
 
 
 FEATURE_MEM_MB = 400  # EfficientNet-Lite0 extraction peaks at ~1.5 GB: killed on the first attempt
 RETRY_GROWTH = 6.0
+MAX_MEM_MB = 8000  # no request beyond this node size, however often a job is retried
 
 
 @pytest.fixture(scope="module")
 def workflow(cluster, source_slide, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A reduced demo (6 patients with slides, expression and reports; ABMIL; 2 folds) through profiles/slurm to
+    """A reduced demo (6 patients, expression and reports; ABMIL; 2 folds) through profiles/slurm to
     the evaluation report."""
     from pathmm_pipeline.demo import build_demo_cohort
 
     root = tmp_path_factory.mktemp("slurm_wf")
-    sheet = build_demo_cohort(root / "cohort", n_patients=6, seed=5, source_slide=source_slide, slide_scale=0.4)
+    sheet = build_demo_cohort(root / "cohort", n_patients=4, seed=5, source_slide=source_slide, slide_scale=0.4)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config.update(samplesheet=str(sheet), results="results")
     config["segmentation"].update(min_tissue_area_um2=16000.0, min_hole_area_um2=6400.0)  # slides shrunk by 0.4
     config["features"].update(batch_size=16, num_workers=0, threads=1, mem_mb=FEATURE_MEM_MB)
-    config["resources"].update(retry_memory_growth=RETRY_GROWTH)
+    config["resources"].update(retry_memory_growth=RETRY_GROWTH, max_mem_mb=MAX_MEM_MB)
     config["training"].update(models=["abmil"], folds=2, n_boot=20, compare_encoders={}, downstream={})
-    config["training"]["settings"].update(epochs=3, patience=2, n_bins=2)
+    config["training"]["settings"].update(epochs=3, patience=2, n_bins=1)  # 1 event per training fold
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     # the site overrides a user passes: partition and account, and no GPU partition on this cluster
@@ -213,7 +216,8 @@ def workflow(cluster, source_slide, tmp_path_factory) -> tuple[Path, subprocess.
          "--default-resources", "slurm_partition=cpu", f"slurm_account={ACCOUNT}", "runtime=10",
          "--set-resources", "extract_features:slurm_partition=cpu", "extract_features:gres=",
          "extract_features:cpus_per_task=1", "--set-threads", "extract_features=1",
-         "--group-components", "preprocess=2",  # a group asks for its members' cores together: 2 fit this node
+         # a group asks for its members' cores together: 2 fit this node (the option replaces the profile's list)
+         "--group-components", "preprocess=2", "reports=2",
          "--jobs", "4", "--latency-wait", "5"],
         capture_output=True, text=True, env=env, timeout=1500)
     return root, proc
@@ -251,10 +255,19 @@ def test_the_dag_runs_through_slurm_to_the_evaluation_report(workflow):
     for fold in (0, 1):
         assert (results / "training" / "efficientnet_lite0" / "abmil" / "survival" / f"fold_{fold}" /
                 "metrics.csv").is_file()
-    from pathmm_pipeline.audit import audit
+    from pathmm_pipeline.audit import audit, lineage
 
     stores, stale = audit(results)
     assert stores and all(s.ok for s in stores) and stale == []
+    assert any(s.stage == "evaluate" and s.path.endswith("report.html") for s in stores)
+    # the report's chain goes back to every raw slide: report -> models -> features -> tiles -> mask -> slide
+    chain = "\n".join(lineage(results / "evaluation" / "report.html"))
+    assert chain.startswith("evaluate:")
+    for stage in ("train:", "features:", "tiling:", "segmentation:", "manifest:"):
+        assert stage in chain, stage
+    sheet = pd.read_csv(root / "cohort" / "samplesheet.csv")
+    for slide in sheet.slide_path:
+        assert f"raw: {(root / 'cohort' / slide).resolve()}" in chain, slide
 
 
 def test_every_job_went_through_slurm_with_its_rule_resources(workflow):
@@ -262,11 +275,13 @@ def test_every_job_went_through_slurm_with_its_rule_resources(workflow):
     jobs = jobs_of(root)
     assert len(jobs), "no SLURM job of this workflow in the accounting database"
     rules = jobs.Comment.str.replace(r"^rule_", "", regex=True).str.split("_wildcards").str[0]
-    for rule in ("cohort_manifest", "extract_features", "genomics", "clean_report", "embed_reports",
+    for rule in ("cohort_manifest", "extract_features", "genomics", "merge_reports", "embed_reports",
                  "make_splits", "train", "evaluate"):
         assert rules.str.startswith(rule).any(), (rule, sorted(set(rules)))
     # segmentation and tiling of a slide share one submission (the profile's `preprocess` group)
     assert rules.str.startswith("preprocess_segment_tissue_tile_slide").any(), sorted(set(rules))
+    n_patients = pd.read_csv(root / "cohort" / "samplesheet.csv").patient_id.nunique()
+    assert 0 < (rules == "reports_clean_report").sum() < n_patients, sorted(rules)  # reports share submissions
     assert set(jobs.Account) == {ACCOUNT} and set(jobs.Partition) == {"cpu"}
     done = jobs[jobs.State == "COMPLETED"]
     first_attempts = jobs.Comment.str.startswith("rule_extract_features") & (jobs.State != "COMPLETED")
