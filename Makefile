@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := demo_cohort
 CORES ?= 2
+# Test processes: the end-to-end files spend much of their time waiting on Snakemake and SLURM, so two workers
+# finish sooner than one even on two cores. TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
 
 # No model hub or data set is downloaded at run time: everything comes from local files or PyPI packages.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -32,7 +35,7 @@ demo: $(STAMP) $(DEMO)/samplesheet.csv
 	@echo "Done: see results/ (pathmm audit results checks every store)"
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations 15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

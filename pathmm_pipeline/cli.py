@@ -167,7 +167,8 @@ def cmd_downstream(args: argparse.Namespace) -> int:
 def cmd_mstar_stage2(args: argparse.Namespace) -> int:
     from .training.stage import mstar_stage2
 
-    mstar_stage2(args.manifest, args.tiles, args.stage1, args.base_encoder, args.out, args.settings)
+    mstar_stage2(args.manifest, args.tiles, args.stage1, args.base_encoder, args.out, args.settings,
+                 base_weights=args.base_weights)
     return 0
 
 
@@ -337,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", type=Path, required=True, help="folder of the tile stores (<slide_id>.zarr)")
     p.add_argument("--stage1", type=Path, required=True, help="the stage-1 pretraining checkpoint")
     p.add_argument("--base-encoder", required=True, help="registered patch encoder to self-teach")
+    p.add_argument("--base-weights", default="default",
+                   help="its starting weights: 'default' (the registry's), a local file or a hub id")
     p.add_argument("--out", type=Path, required=True, help="weights file to write (.pt)")
     p.add_argument("--settings", type=_settings, default={}, help="SelfTaughtConfig fields as JSON")
     p.set_defaults(func=cmd_mstar_stage2)

@@ -3,6 +3,7 @@ bags) and grown on every retry, so a job that SLURM killed for memory asks for m
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterable
@@ -12,13 +13,20 @@ MB = 1024 * 1024
 
 
 def path_size_mb(path: str | os.PathLike[str]) -> float:
-    """Size in MiB of a file, or of every file under a folder (a Zarr store); 0 for a path not yet written."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size / MB
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / MB
-    return 0.0
+    """Size in MiB of a file, or of every file under a folder (a Zarr store); 0 for a path not yet written.
+    A folder's walk is remembered while the folder itself is unchanged (stores are replaced by a rename)."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return 0.0
+    if not Path(path).is_dir():
+        return stat.st_size / MB
+    return _folder_size_mb(str(path), stat.st_ino, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=65536)
+def _folder_size_mb(path: str, inode: int, mtime_ns: int) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / MB
 
 
 def inputs_size_mb(paths: Iterable[str | os.PathLike[str]]) -> float:

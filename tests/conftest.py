@@ -103,3 +103,14 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+#: the longest files first, so that parallel workers (``make test`` runs two, ``--dist loadfile``) start them
+#: at once rather than leaving one for the end
+LONGEST_FIRST = ("test_training_dag.py", "test_slurm.py", "test_faults.py", "test_workflow.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the longest test files first (stable otherwise)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -203,7 +203,9 @@ def workflow(cluster, source_slide, tmp_path_factory) -> tuple[Path, subprocess.
     config.update(samplesheet=str(sheet), results="results")
     config["segmentation"].update(min_tissue_area_um2=16000.0, min_hole_area_um2=6400.0)  # slides shrunk by 0.4
     config["features"].update(batch_size=16, num_workers=0, threads=1, mem_mb=FEATURE_MEM_MB)
-    config["resources"].update(retry_memory_growth=RETRY_GROWTH, max_mem_mb=MAX_MEM_MB)
+    # each job builds its stores in its own scratch folder (a stand-in for node-local ${TMPDIR})
+    config["resources"].update(retry_memory_growth=RETRY_GROWTH, max_mem_mb=MAX_MEM_MB,
+                               scratch=str(root / "scratch" / "job-$SLURM_JOB_ID"))
     config["training"].update(models=["abmil"], folds=2, n_boot=20, compare_encoders={}, downstream={})
     config["training"]["settings"].update(epochs=3, patience=2, n_bins=1)  # 1 event per training fold
     (root / "config.yaml").write_text(yaml.safe_dump(config))
@@ -309,3 +311,19 @@ def test_a_job_killed_for_memory_is_retried_with_more(workflow):
         assert "exceeded memory limit" in log.lower(), log[-2000:]
     ratio = retried.req_mb.to_numpy() / killed.req_mb.to_numpy()
     assert (abs(ratio - RETRY_GROWTH) < 0.05).all(), ratio
+
+
+def test_jobs_build_their_stores_in_their_own_scratch_folder(workflow):
+    """With ``resources.scratch`` set, every job that writes a store builds it under its own (per SLURM job)
+    scratch folder and moves it into place: each completed extraction job made its folder and left it empty."""
+    root, proc = workflow
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    jobs = jobs_of(root)
+    used = {p.name.removeprefix("job-"): p for p in (root / "scratch").iterdir()}
+    assert set(used) <= set(jobs.JobID), (sorted(used), sorted(jobs.JobID))
+    done = jobs[jobs.State == "COMPLETED"]
+    extraction = set(done[done.Comment.str.startswith("rule_extract_features")].JobID)
+    preprocessing = set(done[done.Comment.str.startswith("rule_preprocess")].JobID)
+    assert extraction and extraction <= set(used) and preprocessing <= set(used)
+    for job_id in set(used) & set(done.JobID):
+        assert list(used[job_id].iterdir()) == [], list(used[job_id].iterdir())

@@ -323,11 +323,13 @@ def test_another_encoder_extracts_and_trains_on_it_only(run):
 
 
 def test_editing_one_report_reruns_its_report_stages_and_the_report_readers(run):
-    """One report edited: its clean_report job, the merge and the embedding re-run, and then every job whose
-    inputs include the report-embedding store. That is every fold job (the training cohort opens the
-    embedding store for every model and records it in the checkpoint's provenance, so even WSI-only ABMIL is
-    re-run) and mSTAR stage 1 (it learns from the reports), hence stage 2, the mSTAR encoder and its
-    extraction on every slide. No slide stage on the base encoder, no genomics, no manifest or splits."""
+    """One report edited: its clean_report job, the merge and the embedding re-run, then the runs of the models
+    that read reports (``uses``: ALTER, MICE, mSTAR; not ABMIL or ModalTune, whose jobs do not even list the
+    report store) and mSTAR stage 1 (it learns from the reports), hence stage 2, the mSTAR encoder, its
+    extraction on every slide and ABMIL trained on it. No slide stage on the base encoder, no genomics, no
+    manifest or splits."""
+    from pathmm_pipeline.models import get_model_class
+
     root = run.parent
     sheet = samplesheet(root)
     patient = sheet.patient_id.iloc[0]
@@ -337,11 +339,13 @@ def test_editing_one_report_reruns_its_report_stages_and_the_report_readers(run)
         counts, jobs = dry_run(root)
     assert planned_jobs(root) == {}
     slides = sorted(sheet.slide_id)
+    readers = tuple(m for m in MODELS if "report" in get_model_class(m).uses)
+    assert readers == ("alter", "mice", "mstar")
     expected = {job("clean_report", patient=patient), job("merge_reports"), job("embed_reports")}
-    expected |= mstar_chain(slides) | training_jobs()
+    expected |= mstar_chain(slides) | training_jobs(models=readers)
     assert jobs == expected, (jobs - expected, expected - jobs)
     assert slides_of(jobs, "extract_features", BASE) == set()
     assert not {r for r, _ in jobs} & (SLIDE_STAGES | {"genomics", "external_genomics", "qc_summary"})
     assert counts == {"clean_report": 1, "merge_reports": 1, "embed_reports": 1, "mstar_stage1": 1,
-                      "mstar_stage2": 1, "extract_features": 20, "pretrain": 8, "train": 12, "downstream": 8,
+                      "mstar_stage2": 1, "extract_features": 20, "pretrain": 6, "train": 8, "downstream": 6,
                       "evaluate": 1, "all": 1}, counts

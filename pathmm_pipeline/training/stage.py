@@ -310,10 +310,11 @@ def run_downstream(kind: str, model: str, task: str, fold_index: int, manifest: 
 
 def mstar_stage2(manifest: str | os.PathLike[str], tiles_dir: str | os.PathLike[str],
                  stage1: str | os.PathLike[str], base_encoder: str, out: str | os.PathLike[str],
-                 settings: dict[str, Any]) -> Path:
+                 settings: dict[str, Any], base_weights: str | None = "default") -> Path:
     """mSTAR stage 2: self-teach ``base_encoder`` on the tiles of every tiled slide of the manifest against the
     frozen stage-1 aggregator ``stage1`` (a pretraining checkpoint); writes the weights (+ provenance) at
-    ``out`` for the registered mSTAR encoder to load (:mod:`pathmm_pipeline.mstar.self_taught`)."""
+    ``out`` for the registered mSTAR encoder to load (:mod:`pathmm_pipeline.mstar.self_taught`); the student
+    starts from ``base_weights`` (as :func:`~pathmm_pipeline.encoders.load_encoder`)."""
     from ..mstar.self_taught import SelfTaughtConfig, train_patch_encoder
     from ..stores import open_store
 
@@ -327,7 +328,8 @@ def mstar_stage2(manifest: str | os.PathLike[str], tiles_dir: str | os.PathLike[
     if not entries:
         raise InputError(tiles_dir, "no tiled slide", "run tiling first; mSTAR stage 2 trains on tiles")
     config = SelfTaughtConfig(**{"progress": False, **settings})
-    path = train_patch_encoder(entries, stage1, base_encoder, config, out, aggregator_checkpoint=stage1)
+    path = train_patch_encoder(entries, stage1, base_encoder, config, out, aggregator_checkpoint=stage1,
+                               base_weights=base_weights)
     log.info("mSTAR stage 2: %s self-taught on %d slides -> %s", base_encoder, len(entries), path)
     return path
 

@@ -18,6 +18,10 @@ SLIDE_IDS = sorted(SLIDES)
 
 ENCODERS = config["features"]["encoders"]
 
+if config["resources"]["scratch"]:  # each job builds its stores on node-local disk (pathmm_pipeline.atomic)
+    _scratch = config["resources"]["scratch"].replace("{", "{{").replace("}", "}}")  # the prefix is formatted
+    shell.prefix(f'set -euo pipefail; export PATHMM_SCRATCH="{_scratch}"; ')
+
 
 def _patient_files(column):
     """patient_id -> file for a per-patient column (the sample sheet checked that slides agree)."""

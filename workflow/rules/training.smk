@@ -54,16 +54,20 @@ rule make_splits:
         "pathmm splits {input.manifest:q} --out {params.out:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
-def cohort_inputs(wildcards):
-    """The stores a training or pretraining job reads for one fold."""
+def cohort_inputs(wildcards, model_reads_only=True):
+    """The stores a training or pretraining job reads for one fold: the genomics and report stores only for a
+    model that reads that modality (``uses``), so that an edited report re-runs no slide-only model."""
     inputs = {
         "manifest": rules.cohort_manifest.output[0],
         "split": f"{RESULTS}/splits/splits_{wildcards.fold}.csv",
         "features": expand(f"{RESULTS}/features/{wildcards.encoder}/{{slide}}.zarr", slide=SLIDE_IDS),
     }
-    if EXPRESSION_FILES:
+    from pathmm_pipeline.models import get_model_class
+
+    reads = get_model_class(RUNS[wildcards.model].model).uses if model_reads_only else {"genomics", "report"}
+    if EXPRESSION_FILES and "genomics" in reads:
         inputs["genomics"] = rules.genomics.output.store
-    if REPORTS:
+    if REPORTS and "report" in reads:
         inputs["reports"] = rules.embed_reports.output.store
     return inputs
 
@@ -229,6 +233,7 @@ rule mstar_stage2:
         manifest=rules.cohort_manifest.output[0],
         stage1=rules.mstar_stage1.output.checkpoint,
         tiles=expand(f"{RESULTS}/tiles/{{slide}}.zarr", slide=SLIDE_IDS),
+        base_weights=lambda wc: encoder_weights_files(MSTAR["base_encoder"]),
     output:
         weights=f"{RESULTS}/mstar/stage2/{{encoder}}.pt",
     wildcard_constraints:
@@ -236,6 +241,7 @@ rule mstar_stage2:
     params:
         settings=json.dumps({**MSTAR["settings"], "backend": config["slide"]["backend"]}, sort_keys=True),
         base=MSTAR["base_encoder"],
+        base_weights=encoder_weights(MSTAR["base_encoder"]),
         tiles=f"{RESULTS}/tiles",
     log:
         f"{RESULTS}/logs/mstar_stage2_{{encoder}}.log",
@@ -250,7 +256,8 @@ rule mstar_stage2:
         gpu=1,
     shell:
         "pathmm mstar-stage2 --manifest {input.manifest:q} --tiles {params.tiles:q} --stage1 {input.stage1:q}"
-        " --base-encoder {params.base} --out {output.weights:q} --settings {params.settings:q} > {log:q} 2>&1"
+        " --base-encoder {params.base} --base-weights {params.base_weights:q} --out {output.weights:q}"
+        " --settings {params.settings:q} > {log:q} 2>&1"
 
 
 DOWNSTREAM = TRAIN["downstream"]
@@ -261,7 +268,7 @@ if not REPORTS:
 
 
 def downstream_inputs(wildcards):
-    inputs = cohort_inputs(wildcards)
+    inputs = cohort_inputs(wildcards, model_reads_only=wildcards.kind != "report_generation")
     inputs["checkpoint"] = f"{FOLD_DIR}/checkpoint.pt".format(**wildcards)
     if RUNS[wildcards.model].pretrained:
         inputs["pretrained"] = PRETRAIN_DIR.format(encoder=wildcards.encoder, model=wildcards.model,
