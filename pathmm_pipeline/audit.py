@@ -88,22 +88,30 @@ def audit(root: str | os.PathLike[str]) -> tuple[list[StoreAudit], list[Path]]:
     return [audit_store(p) for p in find_stores(root)], stale
 
 
-def lineage(path: str | os.PathLike[str], depth: int = 0, seen: set[str] | None = None) -> list[str]:
-    """Indented lines of the chain from ``path`` back to its raw inputs (slide, expression, report)."""
+def lineage_tree(path: str | os.PathLike[str], seen: set[str] | None = None) -> dict[str, Any]:
+    """The chain from ``path`` back to its raw inputs as nested dicts: ``{"stage", "path", "inputs": {role:
+    tree}}``; a raw file (no provenance) has stage ``None``; a store reached twice is expanded once."""
     seen = seen if seen is not None else set()
     path = Path(path)
     try:
         record = read_provenance(path)
-        label = f"{record.get('stage')}: {path}"
     except ProvenanceError:
-        record, label = None, f"raw: {path}"
-    lines = ["  " * depth + label]
-    if record is None or str(path) in seen:
-        return lines
+        return {"stage": None, "path": str(path), "inputs": {}}
+    node: dict[str, Any] = {"stage": record.get("stage"), "path": str(path), "inputs": {}}
+    if str(path) in seen:
+        return node
     seen.add(str(path))
-    for role, entry in record.get("inputs", {}).items():
-        lines += lineage(entry["path"], depth + 1, seen)
-    return lines
+    node["inputs"] = {role: lineage_tree(entry["path"], seen) for role, entry in record.get("inputs", {}).items()}
+    return node
+
+
+def lineage(path: str | os.PathLike[str]) -> list[str]:
+    """Indented lines of the chain from ``path`` back to its raw inputs (slide, expression, report)."""
+    def lines(node: dict[str, Any], depth: int) -> list[str]:
+        head = ["  " * depth + f"{node['stage'] or 'raw'}: {node['path']}"]
+        return head + [line for child in node["inputs"].values() for line in lines(child, depth + 1)]
+
+    return lines(lineage_tree(path), 0)
 
 
 def format_table(results: list[StoreAudit], stale: list[Path]) -> str:
@@ -139,7 +147,8 @@ def format_details(result: StoreAudit) -> str:
     return "\n".join(lines)
 
 
-def audit_json(results: list[StoreAudit], stale: list[Path]) -> str:
-    """The audit as JSON."""
-    return json.dumps({"stores": [r.as_json() for r in results], "stale_temporaries": [str(p) for p in stale],
-                       "ok": all(r.ok for r in results)}, indent=2)
+def audit_json(results: list[StoreAudit], stale: list[Path], with_lineage: bool = False) -> str:
+    """The audit as JSON (with each store's lineage tree when ``with_lineage``)."""
+    stores = [r.as_json() | ({"lineage": lineage_tree(r.path)} if with_lineage else {}) for r in results]
+    return json.dumps({"stores": stores, "stale_temporaries": [str(p) for p in stale],
+                       "ok": bool(results) and all(r.ok for r in results)}, indent=2)

@@ -200,7 +200,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     results, stale = audit(args.path)
     if args.json:
-        print(audit_json(results, stale))
+        print(audit_json(results, stale, with_lineage=args.lineage))
     else:
         print(format_table(results, stale))
         if args.details:

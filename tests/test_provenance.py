@@ -123,6 +123,11 @@ def test_audit_cli_exit_status_json_and_lineage(tmp_path, capsys):
     chain = lineage(tmp_path / "second.zarr")
     assert chain[0].startswith("unit:") and any("first.zarr" in line for line in chain)
     assert any(line.strip().startswith("raw:") and "input.txt" in line for line in chain)
+    assert main(["audit", str(tmp_path / "second.zarr"), "--json", "--lineage"]) == 0
+    tree = json.loads(capsys.readouterr().out)["stores"][0]["lineage"]
+    upstream = tree["inputs"]["upstream"]
+    assert tree["stage"] == "unit" and upstream["path"].endswith("first.zarr") and upstream["stage"] == "unit"
+    assert any(node["stage"] is None and node["path"].endswith("input.txt") for node in upstream["inputs"].values())
     assert main(["audit", str(tmp_path / "second.zarr"), "--details"]) == 0
     out = capsys.readouterr().out
     assert "params: {" in out and "input upstream:" in out and "[same]" in out and "pathmm=" in out
