@@ -47,12 +47,32 @@ def move_into_place(tmp: Path, final: Path) -> None:
                 tmp.unlink()
         tmp = near
     if final.is_dir() and not final.is_symlink():
+        if _exchange(tmp, final):  # one atomic swap: the target is never absent; tmp now holds the old store
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         old = final.with_name(f"{final.name}{TMP_MARK}old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
+        os.replace(final, old)  # without renameat2: a moment where the old store sits under a .tmp- name
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's ``renameat2(RENAME_EXCHANGE)``; False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
 
 
 def _remove(path: Path) -> None:

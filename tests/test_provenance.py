@@ -159,3 +159,22 @@ def test_upstream_hashes_are_reused_only_when_file_unchanged(tmp_path, monkeypat
     assert prov.prime_hash_cache(first) == 0  # size/mtime changed: not trusted
     monkeypatch.undo()
     assert [f.problem for f in verify_provenance(first)] == ["changed"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_replacing_a_store_swaps_it_whole(tmp_path, monkeypatch, exchange):
+    """An existing store is replaced by one atomic swap where the kernel offers renameat2 (the target never
+    absent), else by two renames; either way only the new store remains and no temporary is left."""
+    import pathmm_pipeline.atomic as atomic
+
+    swaps: list[bool] = []
+    real = atomic._exchange
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: swaps.append(real(a, b) if exchange else False) or swaps[-1])
+    final = tmp_path / "s.zarr"
+    (final / "old").mkdir(parents=True)
+    new = tmp_path / f"s.zarr{atomic.TMP_MARK}new"
+    (new / "new").mkdir(parents=True)
+    atomic.move_into_place(new, final)
+    assert sorted(p.name for p in final.iterdir()) == ["new"]
+    assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+    assert swaps == [exchange and sys.platform == "linux"]
