@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PATHMM_CACHE ?= $(CURDIR)/.cache/pathmm
 
-.PHONY: install demo demo-cohort test test-fast bench clean-results
+.PHONY: install demo demo-cohort test test-fast bench bad-corpus clean-results
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The bad-input corpus of the README's troubleshooting table, to try by hand (the tests build their own copy)
+bad-corpus: $(STAMP)
+	$(PY) -c "from pathmm_pipeline.badcorpus import build_bad_corpus as b; print(len(b('tests/data/bad')), 'inputs in tests/data/bad')"
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py
