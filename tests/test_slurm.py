@@ -34,7 +34,11 @@ ACCOUNT = "pathmm"
 
 
 def _sh(*cmd: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=timeout)
+    """Run a command; on failure raise with what it printed (the exception alone says only the exit status)."""
+    done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)!r} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    return done
 
 
 def _cluster_up() -> bool:
@@ -69,7 +73,7 @@ def _install() -> None:
         _sh("apt-get", "update", "-qq", timeout=600)
         subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], check=True, capture_output=True, text=True,
                        timeout=900, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    except (subprocess.SubprocessError, OSError) as exc:
+    except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
         pytest.skip(f"could not install {' '.join(PACKAGES)} with apt-get: {exc}")
 
 
@@ -90,14 +94,22 @@ def _start_munge() -> None:
     Path("/run/munge").mkdir(parents=True, exist_ok=True)
     shutil.chown("/run/munge", "munge", "munge")
     if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
-        subprocess.run(["runuser", "-u", "munge", "--", "munged"], capture_output=True)
+        # --force: a socket left in /run by a munged that is gone (a machine restored from an image) is not in use
+        _sh("runuser", "-u", "munge", "--", "munged", "--force")
 
 
 def _start_accounting(state: Path) -> None:
     """MariaDB (the socket on localhost), a database user for slurmdbd, slurmdbd, and this cluster, account and
     user registered in it."""
     socket = Path("/run/mysqld/mysqld.sock")
-    if not socket.exists():
+
+    def answers() -> bool:
+        return subprocess.run(["mariadb-admin", f"--socket={socket}", "ping"], capture_output=True).returncode == 0
+
+    if not answers():
+        # A machine restored from an image keeps /run: a socket and pid file left by a server that is gone.
+        socket.unlink(missing_ok=True)
+        socket.with_name("mysqld.pid").unlink(missing_ok=True)
         socket.parent.mkdir(parents=True, exist_ok=True)
         shutil.chown(socket.parent, "mysql", "mysql")
         if not Path("/var/lib/mysql/mysql").is_dir():
@@ -105,8 +117,8 @@ def _start_accounting(state: Path) -> None:
         with open(state / "log" / "mariadb.log", "w") as log:
             subprocess.Popen(["mariadbd", "--user=mysql", "--datadir=/var/lib/mysql", f"--socket={socket}",
                               "--bind-address=127.0.0.1"], stdout=log, stderr=log, start_new_session=True)
-        if not _wait_for(socket.exists, 30):
-            pytest.skip(f"MariaDB did not start within 30 s: {_logs(state)}")
+        if not _wait_for(answers, 60):
+            pytest.skip(f"MariaDB did not answer within 60 s: {_logs(state)}")
     _sh("mariadb", "-e", "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'pathmm';"
         " GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;")
     DBD_CONF.write_text(f"""AuthType=auth/munge
