@@ -210,6 +210,8 @@ def workflow(cluster, source_slide, tmp_path_factory) -> tuple[Path, subprocess.
     from pathmm_pipeline.demo import build_demo_cohort
 
     root = tmp_path_factory.mktemp("slurm_wf")
+    # sacct reads from here on: the accounting database outlives pytest's folders, whose names come round again
+    (root / "started").write_text(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5)))
     sheet = build_demo_cohort(root / "cohort", n_patients=4, seed=5, source_slide=source_slide, slide_scale=0.4)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config.update(samplesheet=str(sheet), results="results")
@@ -240,7 +242,8 @@ def workflow(cluster, source_slide, tmp_path_factory) -> tuple[Path, subprocess.
 def jobs_of(root: Path) -> pd.DataFrame:
     """Accounting records (sacct) of this workflow's jobs, one row per job allocation."""
     fields = ["JobID", "JobName", "Comment", "State", "ReqMem", "MaxRSS", "Account", "Partition", "WorkDir"]
-    text = _sh("sacct", "-a", "-P", "-n", "-S", "now-2hours", "--format", ",".join(fields)).stdout
+    started = (root / "started").read_text().strip()
+    text = _sh("sacct", "-a", "-P", "-n", "-S", started, "--format", ",".join(fields)).stdout
     rows = [dict(zip(fields, line.split("|"))) for line in text.splitlines() if line.strip()]
     table = pd.DataFrame(rows, columns=fields)
     steps = table[table.JobID.str.contains(r"\.")]  # MaxRSS lives on the job's steps
