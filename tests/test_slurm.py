@@ -5,8 +5,9 @@ the accounting database with `sacct` (rule, state, memory asked for and used, at
 
 Memory is enforced (`JobAcctGatherParams=OverMemoryKill`): the feature extraction asks for too little on its first
 attempt, SLURM kills it, and the profile's retry asks for more (the rules grow `mem_mb` on every attempt). Skipped,
-with the reason, only where SLURM cannot be installed or started (no root, no apt-get, the daemons not coming
-up)."""
+with the reason, only where SLURM cannot be installed (no root, no apt-get, the install failing); a daemon that does
+not come up fails the tests with its log. Daemons left dead with their sockets and pid files in place (a machine
+restored from an image) are started again."""
 
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ def _start_accounting(state: Path) -> None:
             subprocess.Popen(["mariadbd", "--user=mysql", "--datadir=/var/lib/mysql", f"--socket={socket}",
                               "--bind-address=127.0.0.1"], stdout=log, stderr=log, start_new_session=True)
         if not _wait_for(answers, 60):
-            pytest.skip(f"MariaDB did not answer within 60 s: {_logs(state)}")
+            pytest.fail(f"MariaDB did not answer within 60 s: {_logs(state)}")
     _sh("mariadb", "-e", "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'pathmm';"
         " GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;")
     DBD_CONF.write_text(f"""AuthType=auth/munge
@@ -136,7 +137,7 @@ LogFile={state}/log/slurmdbd.log
     subprocess.run(["slurmdbd"], capture_output=True)
     if not _wait_for(lambda: subprocess.run(["sacctmgr", "-n", "show", "cluster"], capture_output=True)
                      .returncode == 0, 30):
-        pytest.skip(f"slurmdbd did not answer within 30 s: {_logs(state)}")
+        pytest.fail(f"slurmdbd did not answer within 30 s: {_logs(state)}")
     for entity in (("cluster", "pathmm"), ("account", ACCOUNT, "Cluster=pathmm"),
                    ("user", "root", f"Account={ACCOUNT}", "Cluster=pathmm")):
         subprocess.run(["sacctmgr", "-i", "add", *entity], capture_output=True)
@@ -190,7 +191,7 @@ PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
     time.sleep(2)
     subprocess.run(["slurmd"], capture_output=True)
     if not _wait_for(_cluster_up, 60):
-        pytest.skip(f"the local SLURM cluster did not come up within 60 s: {_logs(state)}")
+        pytest.fail(f"the local SLURM cluster did not come up within 60 s: {_logs(state)}")
 
 
 @pytest.fixture(scope="module")
