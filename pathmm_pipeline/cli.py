@@ -142,7 +142,8 @@ def cmd_splits(args: argparse.Namespace) -> int:
 
     s = args.settings
     write_cohort_splits(args.manifest, args.out, k=s.get("k", 5), stratify=s.get("stratify", ["event"]),
-                        seed=s.get("seed", 0), published=s.get("published"))
+                        seed=s.get("seed", 0), published=s.get("published"),
+                        inner_fraction=s.get("inner_fraction", 0.2), inner_seed=s.get("inner_seed", 0))
     return 0
 
 

@@ -206,13 +206,13 @@ def test_abmil_learns_the_planted_signal(toy, splits):
     assert NO_SLIDES[0] not in result.train_patients + result.val_patients
     assert result.scaler is None  # a WSI-only model fits no gene scaler
     evaluation = evaluate_fold(result, cohort, n_boot=100)
-    c = evaluation.metrics.set_index(["subset", "metric"]).loc[("all", "c_index")]
+    c = evaluation.metrics.set_index(["subset", "cancer_type", "metric"]).sort_index().loc[("all", "all", "c_index")]
     print(f"held-out C-index {c.value:.3f} [{c.lower:.3f}, {c.upper:.3f}] on {int(c.n_patients)} patients")
     assert c.value > 0.65
     assert result.history.train_loss.iloc[-1] < result.history.train_loss.iloc[0]
     # the stress test of a WSI-only model: removing WSI leaves nothing, one row per metric, with a note
     stress = evaluation.stress()
-    assert set(stress.subset) == {"without wsi"} and stress.value.isna().all()
+    assert set(stress.subset) == {"withheld wsi"} and stress.value.isna().all()
     assert stress.note.str.contains("not evaluable").all()
 
 
@@ -222,7 +222,7 @@ def test_two_runs_are_identical(toy, splits):
                                                                                             "dropout": 0.25}))
     b = train_fold("late_fusion_concat", "survival", cohort, splits[1], quick(model_options={**FUSION_SMALL,
                                                                                             "dropout": 0.25}))
-    cols = ["train_loss", "val_loss", "val_metric", "lr"]
+    cols = ["train_loss", "inner_val_loss", "inner_val_metric", "lr"]
     assert a.history[cols].equals(b.history[cols])
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -230,17 +230,28 @@ def test_two_runs_are_identical(toy, splits):
     assert a.history.lr.iloc[0] < a.history.lr.max() and a.history.lr.iloc[-1] < a.history.lr.max()
 
 
-def test_early_stopping_triggers(toy, splits):
+def test_early_stopping_triggers_on_the_inner_split_only(toy, splits):
     cohort = toy.cohort()
-    config = quick(epochs=20, patience=2, min_delta=100.0, min_epochs=1, model_options=ABMIL_SMALL)
+    config = quick(epochs=20, patience=2, min_delta=100.0, min_epochs=1, model_options=ABMIL_SMALL,
+                   selection="inner")
     result = train_fold("abmil", "survival", cohort, splits[0], config)
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 0
     assert result.history.best.tolist() == [True, False, False]
-    metric = quick(epochs=20, patience=2, monitor="val_metric", optimizer="radam", model_options=ABMIL_SMALL)
+    # the inner split is a stratified fifth of the fold's training patients, never a held-out one
+    assert result.inner_val_patients and set(result.inner_val_patients) <= set(splits[0].train)
+    assert not set(result.inner_val_patients) & set(result.train_patients)
+    assert abs(len(result.inner_val_patients) - 0.2 * len(splits[0].train)) <= 3
+    metric = quick(epochs=20, patience=2, monitor="val_metric", optimizer="radam", model_options=ABMIL_SMALL,
+                   selection="inner")
     result = train_fold("abmil", "survival", cohort, splits[0], metric)
-    best = result.history.val_metric.max()
-    assert result.history.loc[result.history.epoch == result.best_epoch, "val_metric"].item() == best
+    best = result.history.inner_val_metric.max()
+    assert result.history.loc[result.history.epoch == result.best_epoch, "inner_val_metric"].item() == best
     assert result.stopped_early == (len(result.history) < 20)
+    # under "last" nothing stops early, nothing is validated and the last epoch is kept
+    last = train_fold("abmil", "survival", cohort, splits[0], quick(epochs=4, patience=1, min_delta=100.0,
+                                                                    model_options=ABMIL_SMALL))
+    assert not last.stopped_early and last.best_epoch == 3 and last.history.inner_val_loss.isna().all()
+    assert last.inner_val_patients == [] and set(last.train_patients) == set(splits[0].train) - set(NO_SLIDES)
 
 
 def test_validation_expression_does_not_leak_into_training(toy, splits, tmp_path):
@@ -257,7 +268,9 @@ def test_validation_expression_does_not_leak_into_training(toy, splits, tmp_path
     assert np.array_equal(a.scaler.mean_, b.scaler.mean_) and np.array_equal(a.scaler.std_, b.scaler.std_)
     assert np.array_equal(a.time_bins, b.time_bins)
     assert set(a.scaler.train_patients) <= set(fold.train)
-    assert a.history.val_loss.tolist() != b.history.val_loss.tolist()  # the validation data did change
+    _, la, _ = predict_logits(a.model, toy.cohort().with_scaler(a.scaler), a.val_patients)
+    _, lb, _ = predict_logits(b.model, toy.cohort(genomics=other).with_scaler(b.scaler), b.val_patients)
+    assert not np.array_equal(la, lb)  # the held-out data did change
 
 
 def test_checkpoint_carries_verifiable_provenance(toy, splits, tmp_path):
@@ -269,7 +282,7 @@ def test_checkpoint_carries_verifiable_provenance(toy, splits, tmp_path):
                         split_file=tmp_path / "splits")
     assert result.checkpoint == out / "checkpoint.pt" and result.checkpoint.is_file()
     log = pd.read_csv(out / "log.csv")
-    assert list(log.columns) == ["epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds", "best"]
+    assert list(log.columns) == ["epoch", "train_loss", "inner_val_loss", "inner_val_metric", "lr", "seconds", "best"]
     assert len(log) == 2 and json.loads((out / "log.json").read_text())["epochs"][1]["epoch"] == 1
     assert verify_checkpoint(result.checkpoint) == [] and verify_provenance(result.checkpoint) == []
     record = read_provenance(result.checkpoint)
@@ -301,18 +314,35 @@ def test_stress_test_one_row_per_removed_modality(toy, splits, tmp_path):
     evaluation = evaluate_fold(result, cohort, n_boot=50)
     stress = evaluation.stress()
     c_rows = stress[stress.metric == "c_index"]
-    assert sorted(c_rows.subset) == ["without genomics", "without report", "without wsi"]
-    assert c_rows.set_index("removed").loc["wsi", "modalities"] == "genomics+report"
-    assert c_rows.value.notna().all()
+    withheld = c_rows[c_rows.subset.str.startswith("withheld")]
+    assert sorted(withheld.subset) == ["withheld genomics", "withheld report", "withheld wsi"]
+    assert withheld.set_index("removed").loc["wsi", "modalities"] == "genomics+report"
+    assert withheld.value.notna().all()
     # a validation patient left with no modality (P007 has genomics only) is skipped and counted, not an error
     only_genomics = [p for p in result.val_patients if p in NO_SLIDES and p in NO_REPORT]
-    assert sorted(evaluation.skipped["without genomics"]) == only_genomics
-    assert c_rows.set_index("removed").loc["genomics", "n_patients"] == len(result.val_patients) - len(only_genomics)
+    assert sorted(evaluation.skipped["withheld genomics"]) == only_genomics
+    assert withheld.set_index("removed").loc["genomics", "n_patients"] == (len(result.val_patients)
+                                                                          - len(only_genomics))
+    # really missing modalities are scored apart: the held-out patients who lack each one, as they are
+    missing = c_rows[c_rows.subset.str.startswith("missing")].set_index("subset")
+    lacking = {m: [p for p in result.val_patients if not cohort.presence(p)[m]] for m in ("wsi", "genomics", "report")}
+    for m, ids in lacking.items():
+        if ids:
+            assert missing.loc[f"missing {m}", "n_patients"] == len(ids) and missing.loc[f"missing {m}", "removed"] == ""
+    complete = c_rows.set_index("subset").loc["complete"]
+    assert complete.n_patients == len(result.val_patients) - len(set().union(*map(set, lacking.values())))
     assert set(evaluation.metrics.metric) == {"c_index", "td_auc", "ibs", "logrank_p"}
-    assert len(evaluation.metrics) == 4 * 4
+    # per cancer type: the pooled C-index beside one per type, each with its bootstrap interval
+    types = evaluation.metrics[(evaluation.metrics.subset == "all") & (evaluation.metrics.cancer_type != "all")]
+    assert set(types.cancer_type) == {"A", "B"} and set(types.metric) == {"c_index"}
+    assert types.n_patients.sum() == len(result.val_patients) and (types.lower <= types.value).all()
     tables = aggregate_folds([evaluation], [result])
     wide = tables.summary_wide()
-    assert len(wide) == 4 and set(wide.subset) == {"all", "without wsi", "without genomics", "without report"}
+    n_subsets = 1 + 3 + 1 + sum(bool(v) for v in lacking.values())
+    assert len(wide) == n_subsets and {"all", "withheld wsi", "withheld genomics", "withheld report",
+                                       "complete"} <= set(wide.subset)
+    per_type = tables.per_cancer_type()
+    assert list(per_type.cancer_type[:3]) == ["all", "A", "B"]
     assert "c_index" in wide.columns and tables.training.n_val.iloc[0] == len(result.val_patients)
     # a fold's evaluation written by one job and read back by the aggregating job gives the same tables
     again = aggregate_folds([read_fold_evaluation(evaluation.save(tmp_path / "eval"))], [result])
@@ -325,6 +355,8 @@ def test_other_tasks_train_and_evaluate(toy, splits, task, metric):
     cohort = toy.cohort(label_column="grade")
     result = train_fold("late_fusion_concat", task, cohort, splits[0], quick(epochs=2))
     evaluation = evaluate_fold(result, cohort, n_boot=20, stress=False)
-    assert np.isfinite(evaluation.metrics.set_index("metric").loc[metric, "value"])
+    pooled = evaluation.metrics[evaluation.metrics.cancer_type == "all"]
+    assert np.isfinite(pooled.set_index("metric").loc[metric, "value"])
+    assert set(evaluation.metrics.cancer_type) == {"all", "A", "B"}
     if task == "cox":
         assert result.time_bins is None and result.task.is_cox

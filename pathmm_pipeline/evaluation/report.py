@@ -55,7 +55,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{font-size:.85em}details{margin:.5em 0}nav a{margin-right:1em}
 """
 
-SECTIONS = (("results", "Results"), ("stress", "Missing modalities"), ("km", "Kaplan-Meier"),
+SECTIONS = (("protocol", "Protocol"), ("results", "Results"), ("types", "Per cancer type"),
+            ("stress", "Missing modalities"), ("km", "Kaplan-Meier"),
             ("training", "Training curves"), ("pretraining", "Pretraining"), ("downstream", "Downstream tasks"),
             ("qc", "Cohort QC"), ("provenance", "Provenance"), ("cost", "Cost"))
 
@@ -126,7 +127,8 @@ def km_plot(curves: Any, title: str) -> str | None:
 
 
 def training_plot(history: pd.DataFrame, title: str, metric: str) -> str | None:
-    """Loss (train solid, val dashed) and validation metric per epoch, one colour per fold."""
+    """Loss (train solid, inner validation dashed) and the inner-validation metric per epoch, one colour per
+    fold. The held-out patients are never part of it (under ``last`` only the training loss exists)."""
     plt = _matplotlib()
     if plt is None:
         return None
@@ -134,19 +136,20 @@ def training_plot(history: pd.DataFrame, title: str, metric: str) -> str | None:
     for i, (fold, h) in enumerate(history.groupby("fold")):
         color = plt.cm.tab10(i % 10)
         a.plot(h.epoch, h.train_loss, color=color, label=f"fold {fold} train")
-        a.plot(h.epoch, h.val_loss, color=color, linestyle="--", label=f"fold {fold} val")
-        b.plot(h.epoch, h.val_metric, color=color, label=f"fold {fold}")
-        if "best" in h:
+        if h.inner_val_loss.notna().any():
+            a.plot(h.epoch, h.inner_val_loss, color=color, linestyle="--", label=f"fold {fold} inner val")
+            b.plot(h.epoch, h.inner_val_metric, color=color, label=f"fold {fold}")
+        if "best" in h and h.inner_val_metric.notna().any():
             best = h[h.best.astype(bool)]
             if len(best):
                 last = best.iloc[-1]
-                b.scatter([last.epoch], [last.val_metric], color=color, marker="*", s=60, zorder=3)
+                b.scatter([last.epoch], [last.inner_val_metric], color=color, marker="*", s=60, zorder=3)
     a.set_xlabel("epoch")
     a.set_ylabel("loss")
     a.set_title(f"{title}: loss", fontsize=10)
     b.set_xlabel("epoch")
-    b.set_ylabel(f"validation {metric}")
-    b.set_title(f"{title}: validation {metric} (* = kept epoch)", fontsize=10)
+    b.set_ylabel(f"inner-validation {metric}")
+    b.set_title(f"{title}: inner-validation {metric} (* = kept epoch)", fontsize=10)
     for ax in (a, b):
         ax.grid(alpha=0.3)
     a.legend(fontsize=7, ncol=2)
@@ -343,14 +346,16 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
                  title: str = "pathmm run report", csv_dir: str | os.PathLike[str] | None = None,
                  verify_provenance: bool = False, max_thumbnails: int = 200, thumb_px: int = 160,
                  notes: Sequence[str] = (), pretraining: pd.DataFrame | None = None,
-                 downstream: Mapping[str, pd.DataFrame] | None = None) -> Path:
+                 downstream: Mapping[str, pd.DataFrame] | None = None,
+                 protocol: Mapping[str, Any] | None = None) -> Path:
     """Write the HTML report at ``out_html`` and its tables as CSV (see the module docstring); returns the path.
 
     ``qc``: the QC summary (``results/qc/slides.parquet`` or a DataFrame); ``thumbnails``: the segmentation
     folder (its ``*.qc.png``) or image paths; ``benchmarks``: ``results/benchmarks``; ``provenance``: the
     inputs to list (label -> path, or paths; :func:`collect_inputs` finds a results folder's); ``pretraining``:
     the pretraining history (model, fold, epoch and one column per loss term; :func:`read_pretraining_logs`);
-    ``downstream``: title -> table of downstream-task results (report generation, data efficiency, ...)."""
+    ``downstream``: title -> table of downstream-task results (report generation, data efficiency, ...);
+    ``protocol``: how the run was evaluated (:func:`protocol_html`: splits, inner validation, pretraining)."""
     from ..provenance import code_identity
 
     out_html = Path(out_html)
@@ -386,28 +391,54 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     ]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
 
+    # 0. protocol ----------------------------------------------------------------------------------------
+    parts.append("<h2 id='protocol'>Protocol</h2>")
+    parts.append(protocol_html(results, protocol or {}))
+
     # 1. results -----------------------------------------------------------------------------------------
     parts.append("<h2 id='results'>Results</h2>")
-    parts.append("<p>Mean ± sample standard deviation over folds, on each fold's validation patients. "
-                 "<b>subset</b> <code>all</code>: every modality the model reads; <code>without X</code>: the "
-                 "missing-modality stress test, X withheld at inference. C-index: Harrell's; td_auc: mean "
-                 "cumulative/dynamic AUC; ibs: integrated Brier score (lower is better); logrank_p: risk groups "
-                 "cut at the training median risk.</p>")
+    parts.append("<p>Mean ± sample standard deviation over folds, on each fold's held-out patients, all cancer "
+                 "types pooled. <b>selection</b>: how the kept epoch was chosen (<code>last</code>: the last "
+                 "epoch; <code>inner</code>: on an inner split of the training patients). <b>subset</b> "
+                 "<code>all</code>: every modality the model reads; <code>withheld X</code>: X removed from every "
+                 "held-out patient at inference; <code>missing X</code>: the held-out patients who really lack X; "
+                 "<code>complete</code>: those with every modality the model reads. C-index: Harrell's; td_auc: "
+                 "mean cumulative/dynamic AUC; ibs: integrated Brier score (lower is better); logrank_p: risk "
+                 "groups cut at the training median risk.</p>")
     parts.append(_table(results.summary_wide()))
+    patients = results.patients_table()
+    if not patients.empty:
+        parts.append("<h3>Patients per run</h3><p>Held-out patients evaluated and left out over all folds (a "
+                     "model that requires a modality cannot take a patient who lacks it, e.g. a slide-less "
+                     "patient for a WSI-only model), and patients trained on.</p>")
+        parts.append(_table(patients))
     parts.append("<details><summary>Per-fold values (with bootstrap intervals for the C-index)</summary>")
-    fold_cols = [c for c in ("model", "task", "fold", "subset", "metric", "value", "lower", "upper", "n_patients",
-                             "n_events", "note") if c in results.folds]
+    fold_cols = [c for c in ("model", "task", "selection", "fold", "subset", "cancer_type", "metric", "value",
+                             "lower", "upper", "n_patients", "n_events", "n_left_out", "note")
+                 if c in results.folds]
     parts.append(_table(results.folds[fold_cols] if fold_cols else results.folds, max_rows=500))
     parts.append("</details>")
+
+    # 1a. per cancer type ---------------------------------------------------------------------------------
+    parts.append("<h2 id='types'>Per cancer type</h2>")
+    types = results.per_cancer_type()
+    if not types.empty:
+        parts.append("<p>Each run's primary metrics on each cancer type's held-out patients beside the pooled "
+                     "value (<code>all</code>): mean ± std over folds, the mean of the per-fold bootstrap 95% "
+                     "interval bounds, and the patients and events summed over folds.</p>")
+        parts.append(_table(types.drop(columns=["mean", "std"])))
+    else:
+        parts.append("<p class='meta'>(one cancer type)</p>")
 
     # 1b. missing modalities -----------------------------------------------------------------------------
     parts.append("<h2 id='stress'>Missing-modality stress test</h2>")
     stress = results.stress_table()
     if not stress.empty:
         parts.append("<p>Each model's primary metric (mean ± std over folds) with every modality it reads "
-                     "(<code>all</code>) and with one modality withheld from every validation patient at "
-                     "inference (<code>without X</code>). Models that cannot run without a modality have no "
-                     "value there.</p>")
+                     "(<code>all</code>); on the held-out patients who have all of them (<code>complete</code>) "
+                     "and on those who <b>really lack</b> one (<code>missing X</code>); and with one modality "
+                     "<b>withheld</b> from every held-out patient at inference (<code>withheld X</code>). Models "
+                     "that cannot run without a modality have no value there.</p>")
         parts.append(_table(stress))
     else:
         parts.append("<p class='meta'>(no results)</p>")
@@ -499,6 +530,34 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     parts.append("</body></html>")
     write_text_atomic(out_html, "\n".join(parts))
     return out_html
+
+
+def protocol_html(results: ResultsTables, protocol: Mapping[str, Any]) -> str:
+    """The evaluation protocol as a reader checks it: the splits, each run's selection rule, and how every
+    pretraining stage was kept apart from the held-out patients."""
+    lines = ["<ul>"]
+    splits = protocol.get("splits")
+    if splits:
+        lines.append(f"<li><b>Splits</b>: {html.escape(str(splits))}. Every number is computed on each fold's "
+                     "held-out patients only.</li>")
+    runs = (results.training.groupby("selection")["model"].unique() if not results.training.empty
+            and "selection" in results.training else pd.Series(dtype=object))
+    for selection, models in runs.items():
+        rule = ("the last epoch of a fixed schedule is kept; no validation data is read while training"
+                if selection == "last" else
+                f"an inner-validation split of each fold's training patients "
+                f"({html.escape(str(protocol.get('inner', 'inner_<k>.csv beside each split file')))}) chooses the "
+                "epoch and stops early; the held-out fold is read only by the final evaluation")
+        lines.append(f"<li><b>selection: {html.escape(str(selection))}</b> ({len(models)} run(s): "
+                     f"{html.escape(', '.join(map(str, models)))}): {rule}.</li>")
+    lines.append("<li><b>Fitted on training patients only</b>: gene scalers, survival time bins, class weights, "
+                 "report-decoder vocabulary and feature statistics, probe scalers and penalties (searched on an "
+                 "inner split under <code>inner</code>, fixed under <code>last</code>), Kaplan-Meier cut-offs and "
+                 "the IPCW censoring distribution.</li>")
+    for line in protocol.get("pretraining", ()):
+        lines.append(f"<li><b>Pretraining</b>: {html.escape(str(line))}</li>")
+    lines.append("</ul>")
+    return "".join(lines)
 
 
 def write_report_provenance(out_html: str | os.PathLike[str], fold_dirs: Sequence[str | os.PathLike[str]],

@@ -94,8 +94,9 @@ def zero_shot_classify(slide_embeddings: Any, class_prompts: Mapping[Any, Sequen
 
 def few_shot_curve(train_embeddings: Any, train_labels: Sequence[Any], test_embeddings: Any,
                    test_labels: Sequence[Any], ks: Sequence[int] = (1, 2, 4, 8), seeds: int = 5, *,
-                   C: float = 1.0, max_iter: int = 1000) -> pd.DataFrame:
-    """Balanced accuracy of a logistic regression trained on k slides per class, over ``seeds`` draws per k.
+                   C: float = 1.0, max_iter: int = 1000, fitted: list[Any] | None = None) -> pd.DataFrame:
+    """Balanced accuracy of a logistic regression trained on k slides per class, over ``seeds`` draws per k
+    (``fitted``, when given, collects ``(k, seed, classifier)`` of every fit).
 
     Returns one row per k: ``k``, ``n_train`` (mean training-set size), ``balanced_accuracy_mean``,
     ``balanced_accuracy_std`` (population std over draws), ``n_runs``."""
@@ -122,6 +123,8 @@ def few_shot_curve(train_embeddings: Any, train_labels: Sequence[Any], test_embe
                                    for c in classes])
             clf = LogisticRegression(C=C, max_iter=max_iter)
             clf.fit(x_train[pick], y_train[pick])
+            if fitted is not None:
+                fitted.append((int(k), seed, clf))
             scores.append(balanced_accuracy_score(y_test, clf.predict(x_test)))
             sizes.append(len(pick))
         rows.append({"k": int(k), "n_train": float(np.mean(sizes)), "balanced_accuracy_mean": float(np.mean(scores)),

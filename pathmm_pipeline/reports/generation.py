@@ -521,14 +521,16 @@ def load_report_texts(reports_parquet: str | Path, patient_ids: Sequence[str]) -
 
 def evaluate_generation(train_embeddings: ArrayLike, train_texts: Sequence[str], test_embeddings: ArrayLike,
                         test_texts: Sequence[str], config: GenerationConfig | None = None,
-                        test_ids: Sequence[str] | None = None,
-                        train_ids: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, float]]]:
+                        test_ids: Sequence[str] | None = None, train_ids: Sequence[str] | None = None,
+                        return_decoder: bool = False) -> tuple[Any, ...]:
     """Train on the training patients, generate for the test patients, score decoder and retrieval baseline.
 
     Returns a per-patient DataFrame (``patient_id``, ``reference``, ``generated``, ``retrieved``,
     ``retrieved_from``, ``retrieval_cosine``, then ``decoder_<score>`` and ``retrieval_<score>`` for every key
     of :data:`~pathmm_pipeline.evaluation.text_metrics.SCORE_KEYS`) and the corpus scores
     ``{"decoder": {...}, "retrieval": {...}}``. The frame's ``attrs`` record the config, tokenizer and metrics.
+    With ``return_decoder`` the trained decoder comes third. The decoder's schedule is fixed (no epoch is
+    chosen on any patient) and its vocabulary and feature statistics come from the training patients only.
     """
     import pandas as pd
 
@@ -563,7 +565,7 @@ def evaluate_generation(train_embeddings: ArrayLike, train_texts: Sequence[str],
                         "n_test": int(test_x.shape[0]), "train_history": list(decoder.history)})
     log.info("report generation on %d test patients: decoder %s; nearest-report baseline %s", len(test_ids),
              _fmt(corpus["decoder"]), _fmt(corpus["retrieval"]))
-    return frame, corpus
+    return (frame, corpus, decoder) if return_decoder else (frame, corpus)
 
 
 def _fmt(scores: dict[str, float]) -> str:

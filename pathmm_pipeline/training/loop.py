@@ -1,25 +1,33 @@
 """Training one model on one fold: :func:`train_fold`.
 
-* **Data**: for a model that reads genomics, the fold's cohort view has its gene scaler fitted on the fold's
-  training patients only (:meth:`~.dataset.MultimodalCohort.for_fold`; other models get none); survival time bins come from the training patients'
-  uncensored times (:func:`~.losses.make_time_bins`), class weights from the training labels. Nothing about
-  the validation patients enters training except the choice of the epoch (early stopping), which is the
-  usual, optimistic, practice of the published baselines' code when they stop early at all.
+* **Data**: for a model that reads genomics, the fold's cohort view has its gene scaler fitted on the
+  patients the model is fitted on only (:meth:`~.dataset.MultimodalCohort.for_fold`; other models get none);
+  survival time bins come from their uncensored times (:func:`~.losses.make_time_bins`), class weights from
+  their labels. **Nothing of the held-out patients (``fold.val``) is read while training**: not their inputs,
+  not their outcomes, not for any choice.
+* **Selection** (``selection``, :mod:`.selection`): ``last`` trains ``epochs`` epochs and keeps the last;
+  ``inner`` takes an inner-validation split out of the fold's *training* patients (the written
+  ``inner_<k>.csv`` when the stage passes it, else :func:`~.selection.inner_split`), trains on the rest and
+  uses the inner split for early stopping and the best epoch.
 * **Patients**: those of the fold that are in the cohort, have the model's required modalities, at least one
   modality the model reads, and the task's target; the others are listed in ``FoldResult.dropped``.
 * **Optimisation**: AdamW or RAdam; bag batches of one patient, gradients accumulated over ``grad_accum``
   patients (each patient's loss divided by the window's size, so a window's gradient is the mean); linear
   warm-up then cosine decay, stepped per optimizer step; optional gradient clipping. The Cox loss needs a
   batch: it is computed over each accumulation window (``grad_accum >= 2``).
-* **Early stopping** on ``val_loss`` (lower is better) or ``val_metric`` (C-index for survival, macro AUC for
-  classification, AUC for binary; higher is better), with ``patience`` epochs and ``min_epochs``; the best
-  epoch's weights are restored at the end and saved.
+* **Sampling**: each epoch visits the training patients in a seeded random order; ``weighted_sampling``
+  instead draws as many patients with replacement, each with weight inverse to the size of its stratum
+  (survival bin x event, or class), as SurvPath's reference code does.
+* **Early stopping** (``inner`` only) on the inner split's ``val_loss`` (lower is better) or ``val_metric``
+  (C-index for survival, macro AUC for classification, AUC for binary; higher is better), with ``patience``
+  epochs and ``min_epochs``; the best epoch's weights are restored at the end and saved.
 * **Determinism**: a seeded run on the CPU is bit-for-bit repeatable (model init, patient order per epoch,
   dropout, tile sampling); deterministic algorithms are switched on for the run (warn-only) and the caller's
   RNG state is restored afterwards. CUDA runs the same code (``device="auto"`` picks it), with cuDNN
   deterministic and ``CUBLAS_WORKSPACE_CONFIG`` set.
 * **Outputs** (``out_dir``): ``log.csv`` and ``log.json`` rewritten atomically after every epoch (epoch, train
-  loss, val loss, val metric, lr, seconds), ``checkpoint.pt`` (+ its provenance sidecar, :mod:`.checkpoint`).
+  loss, inner-validation loss and metric (NaN under ``last``), lr, seconds), ``checkpoint.pt`` (+ its
+  provenance sidecar, :mod:`.checkpoint`).
 """
 
 from __future__ import annotations
@@ -51,12 +59,13 @@ from .checkpoint import save_checkpoint
 from .dataset import CohortItem, MultimodalCohort
 from .losses import (binary_bce_with_pos_weight, class_weights, cox_ph_loss, discretize, make_time_bins,
                      nll_survival_loss, pos_weight_from_labels, risk_from_logits, weighted_cross_entropy)
+from .selection import SELECTIONS, inner_split, strata_table
 from .splits import Fold
 
 MONITORS = ("val_loss", "val_metric")
 OPTIMIZERS = ("adamw", "radam")
 TASK_NAMES = ("survival", "cox", "classification", "binary")
-LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_metric", "lr", "seconds", "best")
+LOG_COLUMNS = ("epoch", "train_loss", "inner_val_loss", "inner_val_metric", "lr", "seconds", "best")
 
 
 @dataclass
@@ -77,6 +86,10 @@ class TrainConfig(SettingsMixin):
     alpha_surv: float = 0.0
     class_weighting: bool = True
     aux_loss_weight: float = 1.0
+    weighted_sampling: bool = False
+    selection: str = "last"
+    inner_fraction: float = 0.2
+    inner_seed: int = 0
     monitor: str = "val_loss"
     patience: int | None = 10
     min_delta: float = 0.0
@@ -96,6 +109,10 @@ class TrainConfig(SettingsMixin):
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.selection not in SELECTIONS:
+            problems.append(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if not 0 < self.inner_fraction < 1:
+            problems.append(f"inner_fraction must be in (0, 1), got {self.inner_fraction}")
         if self.monitor not in MONITORS:
             problems.append(f"monitor must be one of {MONITORS}, got {self.monitor!r}")
         if self.grad_accum < 1:
@@ -141,6 +158,10 @@ class FoldResult:
     log_csv: Path | None = None
     log_json: Path | None = None
     split_file: str | None = None
+    #: ``last`` or ``inner``; the inner-validation patients the epoch was chosen on (empty under ``last``)
+    selection: str = "last"
+    inner_val_patients: list[str] = field(default_factory=list)
+    inner_split_file: str | None = None
 
     @property
     def best(self) -> dict[str, Any]:
@@ -388,14 +409,55 @@ def _fold_hash(fold: Fold) -> str:
 
 
 # ------------------------------------------------------------------------------------------- training
+def epoch_order(patients: Sequence[str], epoch: int, config: TrainConfig,
+                strata: Sequence[Any] | None = None) -> list[str]:
+    """The patients of one epoch: a seeded permutation, or (``weighted_sampling``) as many draws with
+    replacement, each patient weighted by the inverse size of its stratum (``strata``: one key per patient)."""
+    rng = np.random.default_rng([config.seed, epoch])
+    if not config.weighted_sampling or strata is None:
+        return [patients[i] for i in rng.permutation(len(patients))]
+    keys = [str(k) for k in strata]
+    counts = {k: keys.count(k) for k in set(keys)}
+    weights = np.array([1.0 / counts[k] for k in keys])
+    draws = rng.choice(len(patients), size=len(patients), replace=True, p=weights / weights.sum())
+    return [patients[int(i)] for i in draws]
+
+
+def _sampling_strata(objective: "Objective", targets: dict[str, torch.Tensor]) -> list[Any] | None:
+    if "bin" in targets:
+        return [f"{int(b)}|{int(e)}" for b, e in zip(targets["bin"], targets["event"])]
+    if "label" in targets:
+        return [int(v) for v in targets["label"]]
+    return None
+
+
+def _selection_split(cohort: MultimodalCohort, fold: Fold, config: TrainConfig,
+                     inner: tuple[Sequence[str], Sequence[str]] | None) -> tuple[list[str], list[str]]:
+    """``(fit patients, inner-validation patients)`` of a fold under the configured selection protocol."""
+    train = [p for p in fold.train if p in cohort]
+    if config.selection == "last":
+        return train, []
+    if inner is not None:
+        rest, val = [str(p) for p in inner[0]], [str(p) for p in inner[1]]
+        outside = sorted((set(rest) | set(val)) - set(fold.train))
+        if outside:
+            raise ValueError(f"fold {fold.index}: inner split patient(s) {outside[:5]} are not training patients")
+        return [p for p in rest if p in cohort], [p for p in val if p in cohort]
+    return inner_split(strata_table(cohort.table), train, config.inner_fraction, config.inner_seed, key=fold.index)
+
+
 def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, fold: Fold,
                config: TrainConfig | None = None, *, out_dir: str | os.PathLike[str] | None = None,
                split_file: str | os.PathLike[str] | None = None,
-               pretrained: str | os.PathLike[str] | None = None, label: str | None = None) -> FoldResult:
-    """Train ``model_name`` for ``task`` on ``fold.train`` and validate on ``fold.val`` each epoch.
+               pretrained: str | os.PathLike[str] | None = None, label: str | None = None,
+               inner: tuple[Sequence[str], Sequence[str]] | None = None,
+               inner_split_file: str | os.PathLike[str] | None = None) -> FoldResult:
+    """Train ``model_name`` for ``task`` on ``fold.train``; ``fold.val`` (the held-out patients) is never read.
 
-    ``cohort`` is the whole cohort (unscaled); the fold's scaler is fitted here on ``fold.train``.
+    ``cohort`` is the whole cohort (unscaled); the fold's scaler is fitted here on the patients fitted on.
     ``split_file``: the fold's split file (or the folder holding ``splits_<k>.csv``), recorded with its hash.
+    ``inner``: ``(inner train, inner val)`` for ``selection="inner"`` (default: carved here by
+    :func:`~.selection.inner_split`); ``inner_split_file`` the file they were read from, recorded likewise.
     With ``out_dir``, the epoch logs and the checkpoint are written there. ``pretrained``: a pretraining
     checkpoint (:mod:`.pretrain`) of the same model whose weights initialise everything but the task head; it
     is recorded among the checkpoint's inputs. See the module docstring.
@@ -418,18 +480,25 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
         if pretrained is not None:
             from .pretrain import apply_pretrained  # pretrain imports this module
             pretrained_info = apply_pretrained(model, pretrained)
+        fit_ids, inner_ids = _selection_split(cohort, fold, config, inner)
         if "genomics" in model.modalities and cohort.genomics is not None:
-            # the gene scaler is fitted on the fold's training patients only
-            view = cohort.for_fold([p for p in fold.train if p in cohort])
+            # the gene scaler is fitted on the patients the model is fitted on, never on held-out ones
+            view = cohort.for_fold(fit_ids)
         else:
             view = cohort.with_scaler(None)
-        train_ids, dropped_train = eligible_patients(view, model, spec, fold.train)
-        val_ids, dropped_val = eligible_patients(view, model, spec, fold.val)
+        train_ids, dropped_train = eligible_patients(view, model, spec, fit_ids)
+        select_ids, dropped_inner = eligible_patients(view, model, spec, inner_ids)
+        val_ids, dropped_val = eligible_patients(view, model, spec, [p for p in fold.val if p in cohort])
         dropped = {**{p: f"train: {r}" for p, r in dropped_train.items()},
+                   **{p: f"inner val: {r}" for p, r in dropped_inner.items()},
                    **{p: f"val: {r}" for p, r in dropped_val.items()}}
         if len(train_ids) < 2:
             raise ValueError(f"fold {fold.index}: only {len(train_ids)} training patient(s) usable by model "
                              f"'{model_name}' for task '{task_name}' (dropped: {dict(list(dropped.items())[:5])})")
+        if config.selection == "inner" and not select_ids:
+            raise ValueError(f"fold {fold.index}: selection 'inner' but no inner-validation patient is usable by "
+                             f"model '{model_name}' (dropped: {dict(list(dropped_inner.items())[:5])}) -- raise "
+                             f"inner_fraction or use selection 'last'")
         if spec.is_cox and config.grad_accum < 2:
             raise ValueError("the Cox loss is computed over each accumulation window: set grad_accum >= 2")
         objective = Objective(spec, view, train_ids, config)
@@ -439,11 +508,13 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
         scheduler = cosine_with_warmup(optimizer, steps_per_epoch * config.epochs,
                                        round(config.warmup_epochs * steps_per_epoch), config.min_lr_ratio)
         train_targets = objective.targets(view, train_ids)
+        strata = _sampling_strata(objective, train_targets)
         index = {p: i for i, p in enumerate(train_ids)}
-        val_targets = objective.targets(view, val_ids) if val_ids else {}
+        select_targets = objective.targets(view, select_ids) if select_ids else {}
         m_name = metric_name(spec)
-        header = {"model": model_name, "task": task_name, "fold": fold.index, "monitor": config.monitor,
-                  "metric": m_name, "n_train": len(train_ids), "n_val": len(val_ids), "device": str(device)}
+        header = {"model": model_name, "task": task_name, "fold": fold.index, "selection": config.selection,
+                  "monitor": config.monitor if config.selection == "inner" else None, "metric": m_name,
+                  "n_train": len(train_ids), "n_inner_val": len(select_ids), "device": str(device)}
 
         rows: list[dict[str, Any]] = []
         best_value, best_epoch, best_state, since = math.inf, -1, None, 0
@@ -455,7 +526,7 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             model.train()
-            order = [train_ids[i] for i in np.random.default_rng([config.seed, epoch]).permutation(len(train_ids))]
+            order = epoch_order(train_ids, epoch, config, strata)
             losses: list[float] = []
             optimizer.zero_grad(set_to_none=True)
             for w in range(0, len(order), config.grad_accum):
@@ -485,30 +556,32 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
                 optimizer.zero_grad(set_to_none=True)
             train_loss = float(np.mean(losses))
 
-            val_loss = val_metric = float("nan")
-            if val_ids:
-                kept, logits, _ = predict_logits(model, view, val_ids, device)
+            inner_loss = inner_metric = float("nan")
+            if select_ids:
+                kept, logits, _ = predict_logits(model, view, select_ids, device)
                 with torch.no_grad():
-                    val_loss = float(objective(torch.as_tensor(logits, dtype=torch.float32),
-                                               {k: v for k, v in val_targets.items()}))
-                val_metric = score_metric(spec, logits, view, kept)
-            monitored = val_loss if config.monitor == "val_loss" else -val_metric
-            improved = bool(np.isfinite(monitored) and monitored < best_value - config.min_delta) or best_epoch < 0
-            if not val_ids:
-                improved = True  # nothing to select on: keep the last epoch
+                    inner_loss = float(objective(torch.as_tensor(logits, dtype=torch.float32),
+                                                 {k: v for k, v in select_targets.items()}))
+                inner_metric = score_metric(spec, logits, view, kept)
+                monitored = inner_loss if config.monitor == "val_loss" else -inner_metric
+                improved = bool(np.isfinite(monitored) and monitored < best_value - config.min_delta) or best_epoch < 0
+            else:
+                monitored, improved = float("nan"), True  # ``last``: every epoch replaces the previous one
             if improved:
                 best_value = monitored if np.isfinite(monitored) else best_value
                 best_epoch, since = epoch, 0
                 best_state = copy.deepcopy({k: v.detach().to("cpu") for k, v in model.state_dict().items()})
             else:
                 since += 1
-            rows.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_metric": val_metric,
-                         "lr": lr, "seconds": time.perf_counter() - t0, "best": improved})
-            epochs.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", **{m_name: f"{val_metric:.3f}"})
+            rows.append({"epoch": epoch, "train_loss": train_loss, "inner_val_loss": inner_loss,
+                         "inner_val_metric": inner_metric, "lr": lr, "seconds": time.perf_counter() - t0,
+                         "best": improved})
+            epochs.set_postfix(train=f"{train_loss:.3f}", inner_val=f"{inner_loss:.3f}",
+                               **{m_name: f"{inner_metric:.3f}"})
             if out is not None:
                 log_csv, log_json = _write_logs(out, rows, {**header, "best_epoch": best_epoch})
-            if (config.patience is not None and epoch + 1 >= config.min_epochs and since >= config.patience
-                    and epoch + 1 < config.epochs):
+            if (select_ids and config.patience is not None and epoch + 1 >= config.min_epochs
+                    and since >= config.patience and epoch + 1 < config.epochs):
                 stopped_early = True
                 break
         epochs.close()
@@ -527,22 +600,29 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
             scaler=view.scaler, train_patients=train_ids, val_patients=val_ids, dropped=dropped, config=config,
             seconds=seconds, peak_rss_mb=_peak_rss_mb(), peak_gpu_mb=peak_gpu, device=str(device),
             label_classes=[str(c) for c in cohort.label_classes], cancer_types=list(cohort.cancer_types),
-            split_file=None if split_file is None else str(split_file))
+            split_file=None if split_file is None else str(split_file), selection=config.selection,
+            inner_val_patients=select_ids,
+            inner_split_file=None if inner_split_file is None else str(inner_split_file))
         if out is not None:
             result.log_csv, result.log_json = _write_logs(out, rows, header)
-            inputs: dict[str, Any] = view.input_paths([*train_ids, *val_ids])
+            inputs: dict[str, Any] = view.input_paths([*train_ids, *select_ids, *val_ids])
             if split_file is not None and Path(split_file).is_file():
                 inputs["split_file"] = split_file
+            if inner_split_file is not None and Path(inner_split_file).is_file():
+                inputs["inner_split_file"] = inner_split_file
             if pretrained is not None:
                 inputs["pretrained"] = pretrained
             fold_record = {"index": fold.index, "train": train_ids, "val": val_ids, "dropped": dropped,
-                           "split_file": result.split_file, "split_sha256": _fold_hash(fold)}
+                           "split_file": result.split_file, "split_sha256": _fold_hash(fold),
+                           "selection": config.selection, "inner_val": select_ids,
+                           "inner_split_file": result.inner_split_file}
             result.checkpoint = save_checkpoint(
                 out / "checkpoint.pt", model, model_name=model_name, model_options=config.model_options,
                 dims=dims, task=spec, task_name=task_name, train_config=config.to_dict(), fold=fold_record,
                 time_bins=objective.edges, scaler=view.scaler, history=rows, best_epoch=best_epoch, inputs=inputs,
                 label_classes=result.label_classes, cancer_types=result.cancer_types,
-                extra={"label": label or model_name,
+                extra={"label": label or model_name, "selection": config.selection,
+                       "trained_on": sorted(set(train_ids) | set(select_ids)),
                        "cohort": view.describe(), "stopped_early": stopped_early, "seconds": seconds,
                        "pretrained": None if pretrained_info is None else
                        {k: pretrained_info[k] for k in ("path", "n_loaded", "missing")},

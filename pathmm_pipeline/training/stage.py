@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..atomic import TMP_MARK, write_text_atomic
 from ..errors import InputError
+from .selection import strata_table
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,16 @@ def patients_table(manifest: str | os.PathLike[str]) -> pd.DataFrame:
     slides = pd.read_parquet(manifest)
     patients = slides.drop_duplicates("patient_id").set_index("patient_id")
     patients.index = patients.index.astype(str)
-    if "survival_event" in patients:
-        patients["event"] = pd.to_numeric(patients["survival_event"], errors="coerce").fillna(0).astype(int)
-    return patients
+    return strata_table(patients)
 
 
 def write_cohort_splits(manifest: str | os.PathLike[str], out_dir: str | os.PathLike[str], k: int = 5,
                         stratify: str | Sequence[str] | None = ("event",), seed: int = 0,
-                        published: str | os.PathLike[str] | None = None) -> Path:
-    """Write the cohort's patient-level k-fold split files once (or copy-validate published ones)."""
+                        published: str | os.PathLike[str] | None = None, inner_fraction: float = 0.2,
+                        inner_seed: int = 0) -> Path:
+    """Write the cohort's patient-level k-fold split files once (or copy-validate published ones), and beside
+    each the inner-validation split of its training patients (``inner_<k>.csv``, :mod:`.selection`)."""
+    from .selection import write_inner_splits
     from .splits import make_splits, read_splits, write_splits
 
     patients = patients_table(manifest)
@@ -107,6 +109,7 @@ def write_cohort_splits(manifest: str | os.PathLike[str], out_dir: str | os.Path
         columns = stratify if isinstance(stratify, str) else tuple(stratify or ())
         split_set = make_splits(patients, k=k, stratify=columns or None, seed=seed)
     write_splits(split_set, out_dir, overwrite=True)
+    write_inner_splits(split_set, patients, out_dir, inner_fraction, inner_seed)
     return Path(out_dir)
 
 
@@ -188,13 +191,14 @@ def train_and_evaluate(model: str, task: str, fold_index: int, manifest: str | o
     cohort = _cohort(Path(manifest), Path(features_dir) if features_dir else None,
                      Path(genomics) if genomics else None, Path(reports) if reports else None, task, cohort_options)
     fold = read_splits(splits_dir)[fold_index]
+    inner, inner_file = fold_inner_split(splits_dir, fold, config.selection)
     kind, _ = parse_task(task)
     staging = staging_dir(out)
     if staging.exists():  # left by a killed run of this fold
         shutil.rmtree(staging)
     try:
         result = train_fold(model, kind, cohort, fold, config, out_dir=staging, split_file=splits_dir,
-                            pretrained=pretrained, label=label)
+                            pretrained=pretrained, label=label, inner=inner, inner_split_file=inner_file)
         evaluation = evaluate_fold(result, cohort, stress=True, n_boot=n_boot, seed=config.seed)
         evaluation.metrics["task"] = task
         evaluation.predictions["task"] = task
@@ -209,6 +213,17 @@ def train_and_evaluate(model: str, task: str, fold_index: int, manifest: str | o
     log.info("%s %s fold %d: best epoch %d, %s", model, task, fold_index, result.best_epoch,
              evaluation.metrics.query("modalities == 'all'").to_dict("records")[:2])
     return out
+
+
+def fold_inner_split(splits_dir: str | os.PathLike[str], fold: Any, selection: str
+                     ) -> tuple[tuple[list[str], list[str]] | None, Path | None]:
+    """The written inner split of ``fold`` (and its file) when ``selection`` is ``inner``, else ``(None, None)``."""
+    from .selection import inner_split_path, read_inner_split
+
+    if selection != "inner":
+        return None, None
+    path = inner_split_path(splits_dir, fold.index)
+    return read_inner_split(path, fold.index, fold.train), path
 
 
 def staging_dir(out_dir: str | os.PathLike[str]) -> Path:
@@ -250,45 +265,46 @@ def run_downstream(kind: str, model: str, task: str, fold_index: int, manifest: 
                    genomics: str | os.PathLike[str] | None = None, reports: str | os.PathLike[str] | None = None,
                    *, label: str | None = None, checkpoint: str | os.PathLike[str] | None = None,
                    pretrained: str | os.PathLike[str] | None = None,
-                   reports_table: str | os.PathLike[str] | None = None) -> Path:
-    """One downstream task (``report_generation`` or ``data_efficiency``, :mod:`.downstream`) of one run on one
-    fold, written as ``out_csv`` (and, for report generation, the per-patient texts beside it)."""
+                   reports_table: str | os.PathLike[str] | None = None):
+    """One downstream evaluation (:mod:`.downstream`: ``report_generation``, ``data_efficiency``,
+    ``linear_probe``, ``zero_shot``) of one run on one fold, written as ``out_csv`` (and, for report
+    generation, the per-patient texts beside it). ``settings`` are the run's TrainConfig fields (its
+    ``selection`` protocol governs every choice) plus the kind's own (``generation``, ``fractions``,
+    ``per_cancer_type``). Returns the :class:`~.downstream.DownstreamResult`."""
     from .checkpoint import load_checkpoint
-    from .downstream import DEFAULT_FRACTIONS, data_efficiency, report_generation
+    from .downstream import (DEFAULT_FRACTIONS, data_efficiency, linear_probe, report_generation,
+                             zero_and_few_shot)
     from .loop import TrainConfig
+    from .pretrain import load_pretrained_model
     from .splits import read_splits
 
     settings = dict(settings)
     cohort_options = {k: settings.pop(k) for k in ("max_tiles",) if k in settings}
     cohort_options["seed"] = settings.get("seed", 0)
     settings.pop("n_boot", None)
+    generation = settings.pop("generation", {})
+    fractions = settings.pop("fractions", DEFAULT_FRACTIONS)
+    per_type = settings.pop("per_cancer_type", True)
+    config = TrainConfig.from_dict({**settings, "progress": False})
     cohort = _cohort(Path(manifest), Path(features_dir) if features_dir else None,
                      Path(genomics) if genomics else None, Path(reports) if reports else None, task, cohort_options)
     fold = read_splits(splits_dir)[fold_index]
     out_csv = Path(out_csv)
+    kind_name, _ = parse_task(task)
     if kind == "report_generation":
         if checkpoint is None or reports_table is None:
             raise InputError(out_csv, "report generation needs the fold's checkpoint and the cleaned reports table",
                              "pass --checkpoint and --reports-table")
         loaded = load_checkpoint(checkpoint)
         view = cohort.with_scaler(loaded.scaler) if loaded.scaler is not None else cohort
-        table = report_generation(loaded.model, view, fold, reports_table, settings.get("generation", {}),
-                                  out_dir=out_csv.parent, label=label)
+        result = report_generation(loaded.model, view, fold, reports_table, generation, out_dir=out_csv.parent,
+                                   label=label, selection=config.selection)
     elif kind == "data_efficiency":
-        fractions = settings.pop("fractions", DEFAULT_FRACTIONS)
-        per_type = settings.pop("per_cancer_type", True)
-        settings.pop("generation", None)
-        config = TrainConfig.from_dict({**settings, "progress": False})
-        kind_name, _ = parse_task(task)
-        table = data_efficiency(model, kind_name, cohort, fold, config, pretrained=pretrained,
-                                fractions=fractions, per_cancer_type=per_type, label=label)
+        result = data_efficiency(model, kind_name, cohort, fold, config, pretrained=pretrained,
+                                 fractions=fractions, per_cancer_type=per_type, label=label)
     elif kind in ("linear_probe", "zero_shot"):
-        from .downstream import linear_probe, zero_and_few_shot
-        from .pretrain import load_pretrained_model
-
         # the frozen features of the pretrained (tuned) model, as the methods evaluate them; else the fine-tuned
-        source = pretrained if pretrained is not None else checkpoint
-        if source is None:
+        if pretrained is None and checkpoint is None:
             raise InputError(out_csv, f"{kind} needs the fold's pretraining checkpoint or fine-tuned checkpoint",
                              "pass --pretrained or --checkpoint")
         if pretrained is not None:
@@ -298,14 +314,15 @@ def run_downstream(kind: str, model: str, task: str, fold_index: int, manifest: 
             loaded = load_checkpoint(checkpoint)
             net = loaded.model
             view = cohort.with_scaler(loaded.scaler) if loaded.scaler is not None else cohort
-        kind_name, _ = parse_task(task)
-        table = (linear_probe(net, view, fold, kind_name, label=label) if kind == "linear_probe"
-                 else zero_and_few_shot(net, view, fold, label=label))
+        result = (linear_probe(net, view, fold, kind_name, label=label, selection=config.selection,
+                               inner_fraction=config.inner_fraction, inner_seed=config.inner_seed)
+                  if kind == "linear_probe" else zero_and_few_shot(net, view, fold, label=label,
+                                                                   selection=config.selection))
     else:
         raise InputError(kind, "unknown downstream task",
                          "use report_generation, data_efficiency, linear_probe or zero_shot")
-    write_text_atomic(out_csv, table.to_csv(index=False))
-    return out_csv
+    write_text_atomic(out_csv, result.table.to_csv(index=False))
+    return result
 
 
 def mstar_stage2(manifest: str | os.PathLike[str], tiles_dir: str | os.PathLike[str],
