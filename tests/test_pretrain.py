@@ -19,7 +19,7 @@ from pathmm_pipeline.training.checkpoint import read_checkpoint
 from pathmm_pipeline.training.objectives import symmetric_info_nce
 from pathmm_pipeline.training.pretrain import (PretrainConfig, align_genomics, apply_pretrained, external_cohort,
                                                pretrain, read_pretrained)
-from test_training import D_WSI, N_GENES, ToyCohort, build_toy_cohort, expression_frame, genomics_store
+from toy_cohort import D_WSI, N_GENES, ToyCohort, build_toy_cohort, expression_frame, genomics_store
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

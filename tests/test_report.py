@@ -93,19 +93,24 @@ def test_report_has_every_section_embedded_images_and_csvs(run, assets):
     n_png = text.count("data:image/png;base64,")
     assert n_png == len(MODELS) + len(MODELS) + 1  # KM per model, training curves per model, tiles per slide
     assert text.count("data:image/jpeg;base64,") == 3  # the three segmentation thumbnails, scaled down
-    assert "log-rank" in text and "±" in text and "without wsi" in text
+    assert "log-rank" in text and "±" in text and "withheld wsi" in text and "missing genomics" in text
+    assert "id='protocol'" in text and "selection: last" in text and "id='types'" in text
 
     csv_dir = out.parent
     for name in CSVS:
         assert (csv_dir / f"{name}.csv").is_file(), name
     wide = pd.read_csv(csv_dir / "summary_wide.csv")
     subsets = {m: set(wide[wide.model == m].subset) for m in MODELS}
-    assert subsets["abmil"] == {"all", "without wsi"}
-    assert subsets["late_fusion_concat"] == {"all", "without wsi", "without genomics", "without report"}
+    assert subsets["abmil"] == {"all", "withheld wsi"}
+    assert {"all", "withheld wsi", "withheld genomics", "withheld report", "complete", "missing genomics",
+            "missing report"} <= subsets["late_fusion_concat"]
+    assert set(wide.selection) == {"last"}
     summary = pd.read_csv(csv_dir / "summary.csv")
-    c = summary[(summary.model == "late_fusion_concat") & (summary.subset == "all") & (summary.metric == "c_index")]
+    pooled = (summary.subset == "all") & (summary.cancer_type == "all")
+    c = summary[(summary.model == "late_fusion_concat") & pooled & (summary.metric == "c_index")]
     folds = pd.read_csv(csv_dir / "folds.csv")
-    values = folds[(folds.model == "late_fusion_concat") & (folds.subset == "all") & (folds.metric == "c_index")].value
+    values = folds[(folds.model == "late_fusion_concat") & (folds.subset == "all") & (folds.cancer_type == "all")
+                   & (folds.metric == "c_index")].value
     assert c["n_folds"].item() == 2 and np.isclose(c["mean"].item(), values.mean())
     assert np.isclose(c["std"].item(), values.std(ddof=1))
 
@@ -119,7 +124,7 @@ def test_report_has_every_section_embedded_images_and_csvs(run, assets):
     assert prov.loc["checkpoint", "stage"] == "train" and prov.loc["absent", "status"] == "missing"
     assert prov.loc["feature store", "code_version"] == "0.1.0"
     history = pd.read_csv(csv_dir / "training_history.csv")
-    assert len(history) == 2 * 2 * 2 and {"train_loss", "val_loss", "val_metric", "lr"} <= set(history.columns)
+    assert len(history) == 2 * 2 * 2 and {"train_loss", "inner_val_loss", "inner_val_metric", "lr"} <= set(history.columns)
 
 
 def test_benchmarks_and_inputs_are_found_in_a_results_folder(run, assets):
