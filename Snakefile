@@ -25,7 +25,7 @@ rule all:
     default_target: True
     input:
         rules.cohort_manifest.output,
-        rules.qc_summary.output,
+        rules.qc_summary.output if SLIDE_IDS else [],
         expand(rules.segment_tissue.output, slide=SLIDE_IDS),
         expand(rules.extract_features.output, slide=SLIDE_IDS, encoder=ENCODERS),
         rules.genomics.output if EXPRESSION_FILES else [],

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .errors import PathmmError
+from .errors import InputError, PathmmError
 
 log = logging.getLogger("pathmm")
 
@@ -44,7 +44,8 @@ def _slide_args(parser: argparse.ArgumentParser) -> None:
 def cmd_demo_cohort(args: argparse.Namespace) -> int:
     from .demo import build_demo_cohort
 
-    sheet = build_demo_cohort(args.out, n_patients=args.patients, seed=args.seed, source_slide=args.source_slide)
+    sheet = build_demo_cohort(args.out, n_patients=args.patients, seed=args.seed, source_slide=args.source_slide,
+                              n_slide_less=args.slide_less)
     print(sheet)
     return 0
 
@@ -165,10 +166,26 @@ def cmd_downstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tcga_cohort(args: argparse.Namespace) -> int:
+    from .demo.tcga_cohort import build_tcga_cohort
+
+    path = build_tcga_cohort(args.source, args.out, results=args.results)
+    print(f"wrote {path.parent} -- run: snakemake --configfile workflow/config/tcga_genomics.yaml {path}")
+    return 0
+
+
 def cmd_mstar_stage2(args: argparse.Namespace) -> int:
     from .training.stage import mstar_stage2
 
+    patients = None
+    if args.fold is not None:
+        from .training.splits import read_splits
+
+        if args.splits is None:
+            raise InputError("--fold", "needs --splits", "pass the folder of splits_<k>.csv")
+        patients = read_splits(args.splits)[args.fold].train
     mstar_stage2(args.manifest, args.tiles, args.stage1, args.base_encoder, args.out, args.settings,
+                 patients=patients,
                  base_weights=args.base_weights)
     return 0
 
@@ -233,7 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--source-slide", type=Path, default=None, help="a local copy of CMU-1-Small-Region.svs")
+    p.add_argument("--slide-less", type=int, default=4, help="further patients without any slide (expression, "
+                   "a report for every other one)")
     p.set_defaults(func=cmd_demo_cohort)
+
+    p = sub.add_parser("tcga-cohort", help="a slide-less cohort (sample sheet, expression, published splits, "
+                                           "cohort.yaml) from a TCGA folder in SurvPath's layout")
+    p.add_argument("source", help="folder with rna_xena.csv, metadata.csv, clinical.csv, splits_5fold/ -- or "
+                                  "blca / stad (the cohorts shipped with the package)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--results", default=None, help="results folder cohort.yaml names (default results_tcga_<name>)")
+    p.set_defaults(func=cmd_tcga_cohort)
 
     p = sub.add_parser("validate", help="validate config.yaml and its sample sheet")
     p.add_argument("--config", type=Path, default=Path("config.yaml"))
@@ -343,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="its starting weights: 'default' (the registry's), a local file or a hub id")
     p.add_argument("--out", type=Path, required=True, help="weights file to write (.pt)")
     p.add_argument("--settings", type=_settings, default={}, help="SelfTaughtConfig fields as JSON")
+    p.add_argument("--splits", type=Path, default=None, help="folder of splits_<k>.csv (with --fold)")
+    p.add_argument("--fold", type=int, default=None,
+                   help="self-teach on this fold's training patients' slides only (default: every slide)")
     p.set_defaults(func=cmd_mstar_stage2)
 
     p = sub.add_parser("pretrain", help="pretrain a multimodal model on one fold's training patients")

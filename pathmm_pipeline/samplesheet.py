@@ -1,7 +1,8 @@
 """The cohort sample sheet: read (CSV or Parquet), validate every row, and resolve file references.
 
-One row per slide. Patient-level fields (cancer type, survival, labels) repeat on each of a patient's slides
-and must agree. Paths are relative to the sample sheet's folder unless absolute. Every problem found is
+One row per slide; a patient without any slide has one row with ``slide_id`` and ``slide_path`` empty and takes
+part through expression and/or a report (models that need a slide leave such patients out, with a count).
+Patient-level fields (cancer type, survival, labels) repeat on each of a patient's slides and must agree. Paths are relative to the sample sheet's folder unless absolute. Every problem found is
 reported at once, each naming its row (the line number in a CSV) and column.
 """
 
@@ -104,10 +105,16 @@ def load_samplesheet(path: str | os.PathLike[str], cancer_types: list[str], extr
             hint = f" (did you mean '{close[0]}'?)" if close else " (declare extra label columns under 'labels' in config.yaml)"
             problems.append(f"unknown column '{column}'{hint}")
     missing = [c for c in schema["required"] if c not in frame.columns]
+    pair = [c for c in ("slide_id", "slide_path") if c in frame.columns]
+    if len(pair) == 1:  # slides need both columns; a cohort without slides may leave both out
+        missing.append(({"slide_id", "slide_path"} - set(pair)).pop())
     problems += [f"missing required column '{c}'" for c in missing]
     if missing:
         raise SampleSheetError(path, problems)
 
+    for column in ("slide_id", "slide_path"):  # a cohort without any slide may leave both columns out
+        if column not in frame:
+            frame[column] = None
     frame = _coerce(frame, path, problems)
     validator = jsonschema.Draft202012Validator({**schema, "additionalProperties": True})
     records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
@@ -117,7 +124,9 @@ def load_samplesheet(path: str | os.PathLike[str], cancer_types: list[str], extr
             value = record.get(column)
             problems.append(f"{_row_label(path, i)}: column '{column}' {_describe(error, value)}")
 
-    duplicates = frame["slide_id"][frame["slide_id"].duplicated(keep=False)]
+    problems += _slide_less_problems(frame, path)
+    named = frame["slide_id"].dropna()
+    duplicates = named[named.duplicated(keep=False)]
     for slide_id, rows in duplicates.groupby(duplicates).groups.items():
         labels = ", ".join(_row_label(path, int(r)) for r in rows)
         problems.append(f"duplicate slide_id '{slide_id}' in {labels}")
@@ -160,6 +169,38 @@ def load_samplesheet(path: str | os.PathLike[str], cancer_types: list[str], extr
     return frame.reset_index(drop=True)
 
 
+def _present(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _slide_less_problems(frame: pd.DataFrame, path: Path) -> list[str]:
+    """Rows without a slide: slide_id and slide_path empty together, one such row per patient and only for a
+    patient with no slide row, who must then bring expression or a report (else nothing describes them)."""
+    problems = []
+    has_slide = [_present(a) for a in frame["slide_id"]]
+    has_path = [_present(b) for b in frame["slide_path"]]
+    for i, (a, b) in enumerate(zip(has_slide, has_path)):
+        if a != b:
+            problems.append(f"{_row_label(path, i)}: slide_id and slide_path must both be given (a slide) or both "
+                            "be empty (a patient without slides)")
+    slide_less = frame[[not a and not b for a, b in zip(has_slide, has_path)]]
+    with_slides = set(frame.patient_id[[a and b for a, b in zip(has_slide, has_path)]])
+    for patient, rows in slide_less.groupby("patient_id").groups.items():
+        labels = ", ".join(_row_label(path, int(r)) for r in rows)
+        if patient in with_slides:
+            problems.append(f"patient '{patient}' has slides and a row without a slide ({labels}): drop that row")
+        elif len(rows) > 1:
+            problems.append(f"patient '{patient}' has more than one row without a slide ({labels})")
+    nothing = []
+    for i, row in slide_less.iterrows():
+        if not any(_present(row.get(c)) for c in ("expression_path", "report_path")):
+            nothing.append(str(row.patient_id))
+    if nothing:
+        problems.append(f"patient(s) {', '.join(sorted(set(nothing)))} have no slide, no expression_path and no "
+                        "report_path: no modality to learn from")
+    return problems
+
+
 def _describe(error: jsonschema.ValidationError, value: Any) -> str:
     if error.validator == "minimum" and isinstance(value, (int, float)):
         return f"must be >= {error.validator_value}, got {value}"
@@ -177,6 +218,8 @@ def slide_entries(frame: pd.DataFrame) -> dict[str, SlideEntry]:
     """slide_id -> :class:`SlideEntry` for a validated sample sheet."""
     entries = {}
     for row in frame.itertuples(index=False):
+        if not _present(row.slide_id):  # a patient without slides
+            continue
         mpp = getattr(row, "mpp", None)
         entries[row.slide_id] = SlideEntry(
             slide_id=row.slide_id, patient_id=row.patient_id, path=row.slide_path,

@@ -43,8 +43,30 @@ def cohort(demo_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sheet(cohort: Path) -> pd.DataFrame:
+def full_sheet(cohort: Path) -> pd.DataFrame:
     return pd.read_csv(cohort / "samplesheet.csv", dtype=str, keep_default_na=False)
+
+
+@pytest.fixture(scope="module")
+def sheet(full_sheet: pd.DataFrame) -> pd.DataFrame:
+    """The slide rows (the patients with slides)."""
+    return full_sheet[full_sheet.slide_path != ""].reset_index(drop=True)
+
+
+def test_slide_less_patients_have_expression_and_every_other_one_a_report(cohort, full_sheet, sheet):
+    """Four real patients outside the slide cohort (and outside the external pretraining corpus) enter without
+    a slide, as TCGA cases with expression but no diagnostic slide; the pipeline accepts the sheet."""
+    from pathmm_pipeline.samplesheet import load_samplesheet, slide_entries
+
+    rows = full_sheet[full_sheet.slide_path == ""]
+    assert len(rows) == 4 and (rows.slide_id == "").all() and rows.patient_id.is_unique
+    assert not set(rows.patient_id) & set(sheet.patient_id)
+    assert (rows.expression_path == "expression.tsv").all()
+    assert list(rows.report_path != "") == [True, False, True, False]
+    external = pd.read_csv(cohort / "external" / "patients.csv")
+    assert not set(rows.patient_id) & set(external.patient_id)
+    loaded = load_samplesheet(cohort / "samplesheet.csv", ["BLCA", "STAD"])
+    assert set(slide_entries(loaded)) == set(sheet.slide_id)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +195,7 @@ def test_measured_haematoxylin_increases_with_planted_fraction(cohort, truth):
 def test_reports_carry_planted_identifiers_and_clinical_terms(cohort, sheet):
     planted = json.loads((cohort / "reports" / "planted_identifiers.json").read_text())
     terms = json.loads((cohort / "reports" / "clinical_terms.json").read_text())
-    assert set(planted) == set(sheet["patient_id"])
+    assert set(sheet["patient_id"]) < set(planted)  # and the slide-less patients with a report
     for row in sheet.drop_duplicates("patient_id").itertuples():
         text = (cohort / row.report_path).read_text()
         for header in ("CLINICAL HISTORY:", "GROSS DESCRIPTION:", "MICROSCOPIC DESCRIPTION:", "DIAGNOSIS:",
@@ -190,12 +212,12 @@ def test_reports_carry_planted_identifiers_and_clinical_terms(cohort, sheet):
         assert "-\n" in text and ".  " in text  # OCR damage: hyphenated line break, doubled spaces
 
 
-def test_expression_table_is_xena_style(cohort, sheet):
+def test_expression_table_is_xena_style(cohort, full_sheet):
     table = pd.read_csv(cohort / "expression.tsv", sep="\t", index_col=0)
     assert table.index.name == "sample"
-    patients = list(dict.fromkeys(sheet["patient_id"]))
-    assert list(table.columns) == [f"{p}-01" for p in patients]
-    for row in sheet.drop_duplicates("patient_id").itertuples():
+    patients = list(dict.fromkeys(full_sheet["patient_id"]))
+    assert sorted(table.columns) == sorted(f"{p}-01" for p in patients)
+    for row in full_sheet.drop_duplicates("patient_id").itertuples():
         real = tcga.load_expression(row.cancer_type).loc[row.patient_id]
         assert list(table.index) == list(real.index)
         np.testing.assert_array_equal(table[f"{row.patient_id}-01"].to_numpy(np.float32), real.to_numpy())
@@ -222,7 +244,8 @@ def test_same_seed_same_cohort(cohort, demo_source, tmp_path):
 
 def test_other_seed_other_cohort(demo_source, tmp_path):
     out = tmp_path / "other"
-    build_demo_cohort(out, n_patients=2, seed=SEED + 1, source_slide=demo_source, slide_scale=0.2, workers=1)
+    build_demo_cohort(out, n_patients=2, seed=SEED + 1, source_slide=demo_source, slide_scale=0.2, workers=1,
+                      n_slide_less=0)
     first = pd.read_csv(out / "samplesheet.csv")
     assert first["patient_id"].nunique() == 2 and len(first) >= 3  # one glass-only slide is always added
 

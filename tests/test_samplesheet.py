@@ -154,3 +154,51 @@ def test_validate_command(cohort, tmp_path, capsys):
     write(root, rows)
     assert main(["validate", "--config", str(config)]) == 2
     assert "must be >= 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ patients without slides
+def test_a_patient_without_slides_is_one_row_with_empty_slide_columns(cohort):
+    tmp_path, rows = cohort
+    (tmp_path / "reports" / "P3.txt").write_text("report")
+    rows.append({**rows[-1], "patient_id": "P3", "slide_id": "", "slide_path": "", "report_path": "reports/P3.txt"})
+    frame = load_samplesheet(write(tmp_path, rows), ["BLCA", "STAD"])
+    assert len(frame) == 4 and pd.isna(frame.loc[3, "slide_id"]) and pd.isna(frame.loc[3, "slide_path"])
+    assert set(slide_entries(frame)) == {"s0", "s1", "s2"}  # no slide entry for P3
+    manifest = write_manifest(write(tmp_path, rows, "again.csv"), tmp_path / "m.parquet", ["BLCA", "STAD"])
+    assert set(pd.read_parquet(manifest).patient_id) == {"P1", "P2", "P3"}
+
+
+def test_a_cohort_without_any_slide_may_leave_the_slide_columns_out(tmp_path):
+    (tmp_path / "e.tsv").write_text("sample\tP1-01\nTP53\t1.0\n")
+    rows = [{"patient_id": "P1", "cancer_type": "BLCA", "expression_path": "e.tsv"}]
+    frame = load_samplesheet(write(tmp_path, rows), ["BLCA"])
+    assert slide_entries(frame) == {}
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"slide_id": "s9", "slide_path": ""}, "slide_id and slide_path must both be given"),
+    ({"slide_id": "", "report_path": ""}, "have no slide, no expression_path and no report_path"),
+    ({"patient_id": "P1", "slide_id": "", "slide_path": ""}, "has slides and a row without a slide"),
+])
+def test_bad_slide_less_rows_are_named(cohort, change, expected):
+    tmp_path, rows = cohort
+    rows.append({**rows[-1], "patient_id": "P3", "slide_id": "", "slide_path": "", **change})
+    with pytest.raises(SampleSheetError) as info:
+        load_samplesheet(write(tmp_path, rows), ["BLCA", "STAD"])
+    message = str(info.value)
+    assert expected in message and "sheet.csv" in message
+    if "no report_path" in expected:
+        assert "P3" in message
+
+
+def test_a_model_that_needs_a_modality_no_patient_has_is_refused_before_any_job():
+    from pathmm_pipeline.errors import InputError
+    from pathmm_pipeline.training.stage import check_runs_against_cohort, resolve_runs
+
+    runs = resolve_runs(["snn", "alter", "mcat", "abmil"])
+    with pytest.raises(InputError) as info:
+        check_runs_against_cohort(runs, {"genomics"}, {"wsi": 0, "genomics": 40, "report": 0})
+    message = str(info.value)
+    assert "'abmil'" in message and "'mcat'" in message and "'snn'" not in message and "'alter'" not in message
+    assert "wsi: 0 patients" in message
+    check_runs_against_cohort(resolve_runs(["snn", "alter", "ridge_cox"]), {"genomics"})  # these can learn

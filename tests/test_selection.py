@@ -41,6 +41,7 @@ TINY = {
     "umeml": dict(dim=16, heads=2, proto_layers=1, omic_layers=1, decoder_layers=1),
     "modaltune": dict(n_pathway_tokens=4, gene_dim=8, mixer_depth=1, cancer_type_names=["A", "B"]),
     "mstar": dict(dim=16, proj_dim=8, heads=2),
+    "ridge_cox": dict(),
 }
 SELECTIONS = ("last", "inner")
 VARIANTS = ("outcomes", "inputs")

@@ -22,6 +22,7 @@ from test_workflow import planned_jobs
 pytestmark = pytest.mark.slow
 
 PLANTED_SIGNAL_MIN = 0.65
+N_PATIENTS, N_SLIDE_LESS = 12, 2
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,12 @@ def run(source_slide, tmp_path_factory):
     from pathmm_pipeline.demo import build_demo_cohort
 
     root = tmp_path_factory.mktemp("train_dag")
-    sheet = build_demo_cohort(root / "cohort", n_patients=16, seed=3, source_slide=source_slide, slide_scale=0.4)
+    # small on purpose (the suite's budget): 12 patients with slides (15 slides) and 2 without any slide
+    sheet = build_demo_cohort(root / "cohort", n_patients=12, seed=3, source_slide=source_slide, slide_scale=0.35,
+                              n_slide_less=N_SLIDE_LESS)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config.update(samplesheet=str(sheet), results="results")
-    config["segmentation"].update(min_tissue_area_um2=16000.0, min_hole_area_um2=6400.0)  # slides shrunk by 0.4
+    config["segmentation"].update(min_tissue_area_um2=12250.0, min_hole_area_um2=4900.0)  # areas x 0.35^2
     config["features"].update(batch_size=16, num_workers=0)
     # UMEML and the other baselines train through the same rule (their own tests cover them); these runs cover
     # every rule: pretraining (ALTER, MICE with the external corpus, ModalTune's tuning, mSTAR stage 1), mSTAR
@@ -40,7 +43,7 @@ def run(source_slide, tmp_path_factory):
     config["training"].update(models=["abmil", "alter", "mice", "modaltune", "mstar"],
                               folds=2, n_boot=50, compare_encoders={"mstar_efficientnet_lite0": ["abmil"]})
     config["training"]["mstar"]["settings"].update(tiles_per_slide=8, batch_size=8, threads=2, max_steps=6)
-    config["training"]["settings"].update(epochs=8, patience=4, n_bins=2)  # few events per fold
+    config["training"]["settings"].update(epochs=6, patience=4, n_bins=2)  # few events per fold
     config["training"]["pretraining"].update(external=str(sheet.parent / "external" / "patients.csv"))
     config["training"]["pretraining"]["settings"].update(epochs=2, n_bins=2, batch_size=8)
     config["training"]["variants"]["mice"]["options"].update(pretrain_bins=2)
@@ -105,7 +108,8 @@ def dry_run(root: Path) -> tuple[dict[str, int], set[Job]]:
 
 
 def slides_of(jobs: set[Job], rule: str, encoder: str | None = None) -> set[str]:
-    return {dict(wc)["slide"] for r, wc in jobs if r == rule and dict(wc).get("encoder", encoder) == encoder}
+    return {dict(wc)["slide"] for r, wc in jobs
+            if r == rule and dict(wc).get("encoder", encoder).split(".fold")[0] == encoder}
 
 
 def training_jobs(encoder: str = BASE, models=MODELS, *, also: tuple[tuple[str, str], ...] = ((MSTAR, "abmil"),)
@@ -121,10 +125,11 @@ def training_jobs(encoder: str = BASE, models=MODELS, *, also: tuple[tuple[str, 
 
 
 def mstar_chain(slides: list[str]) -> set[Job]:
-    """mSTAR stage 1 (self-supervised on every patient's base features, genomics and reports), stage 2 (the base
-    patch encoder self-taught on every tiled slide against stage 1) and extraction of every slide with it."""
-    return {job("mstar_stage1"), job("mstar_stage2", encoder=MSTAR)} | {
-        job("extract_features", encoder=MSTAR, slide=s) for s in slides}
+    """mSTAR per fold (training.mstar.mode per_fold): stage 1 is the mstar run's fold pretraining (in
+    training_jobs), stage 2 self-teaches the base patch encoder on that fold's training slides against it, and
+    every slide is extracted with each fold's encoder (``<encoder>.fold<k>``)."""
+    return {job("mstar_stage2", encoder=MSTAR, fold=f) for f in FOLDS} | {
+        job("extract_features", encoder=f"{MSTAR}.fold{f}", slide=s) for s in slides for f in FOLDS}
 
 
 @contextmanager
@@ -143,6 +148,7 @@ def edited(path: Path, content: str | bytes):
 def samplesheet(root: Path) -> pd.DataFrame:
     sheet = root / "cohort" / "samplesheet.csv"
     frame = pd.read_csv(sheet)
+    frame = frame[frame.slide_path.notna()].copy()  # the slides (the slide-less patients' rows have none)
     frame["path"] = [sheet.parent / p for p in frame.slide_path]
     return frame
 
@@ -156,8 +162,8 @@ def test_report_covers_every_model_and_the_stress_test(run):
     summary = pd.DataFrame(json.loads((run / "evaluation" / "summary.json").read_text()))
     assert {"abmil", "alter", "mice", "modaltune", "mstar", "abmil@mstar_efficientnet_lite0"} <= set(summary["model"])
     stress = pd.read_csv(run / "evaluation" / "stress.csv").set_index("model")
-    assert {"without wsi", "without genomics", "without report"} <= set(stress.columns)
-    assert stress.loc["mice", "without wsi"] != "n/a" and stress.loc["alter", "without genomics"] != "n/a"
+    assert {"withheld wsi", "withheld genomics", "withheld report"} <= set(stress.columns)
+    assert stress.loc["mice", "withheld wsi"] != "n/a" and stress.loc["alter", "withheld genomics"] != "n/a"
     fold = pd.read_csv(run / "training/efficientnet_lite0/mice/survival/fold_0/metrics.csv")
     removed = set(fold["subset"])
     assert "all" in removed and len(removed) >= 3  # all, and each modality removed in turn
@@ -186,19 +192,81 @@ def test_fine_tuning_starts_from_the_fold_pretraining_which_saw_no_validation_pa
     assert set(generation.method) == {"decoder", "retrieval"} and generation.bleu_4.between(0, 1).all()
 
 
-def test_mstar_stage2_weights_feed_the_feature_stage(run):
+def test_mstar_stage2_weights_feed_the_feature_stage_per_fold(run):
+    """Each fold's stage 2 learns from that fold's stage-1 pretraining and training slides only, and its
+    weights are the ones the fold's mSTAR feature stores were extracted with."""
     from pathmm_pipeline.features import load_features
     from pathmm_pipeline.provenance import read_provenance
+    from pathmm_pipeline.training.splits import read_splits
 
-    weights = run / "mstar/stage2/mstar_efficientnet_lite0.pt"
-    record = read_provenance(weights)
-    assert any("stage1" in str(v.get("path", "")) for v in record["inputs"].values())
-    stores = sorted((run / "features/mstar_efficientnet_lite0").glob("*.zarr"))
-    assert stores
-    feats = load_features(stores[0])
-    assert feats.features.shape[1] == 1280
-    assert read_provenance(stores[0])["inputs"]["weights"]["sha256"] == record["outputs"]["checkpoint"]["sha256"] \
-        if "checkpoint" in record.get("outputs", {}) else True
+    splits = read_splits(run / "splits")
+    for k in (0, 1):
+        weights = run / f"mstar/stage2/{MSTAR}/fold_{k}.pt"
+        record = read_provenance(weights)
+        assert f"pretraining/{BASE}/mstar/fold_{k}/pretrained.pt" in record["inputs"]["aggregator"]["path"]
+        assert set(record["extra"]["trained_on"]) <= set(splits[k].train)
+        stores = sorted((run / f"features/{MSTAR}.fold{k}").glob("*.zarr"))
+        assert len(stores) == len(list((run / f"features/{BASE}").glob("*.zarr")))
+        assert load_features(stores[0]).features.shape[1] == 1280
+        assert read_provenance(stores[0])["inputs"]["weights"]["sha256"] == record["outputs"]["weights"]["sha256"]
+
+
+def _lineage(path: Path, seen: set[str] | None = None) -> list[tuple[str, dict]]:
+    """Every (path, provenance record) a file's provenance leads to through its inputs, itself first."""
+    from pathmm_pipeline.provenance import ProvenanceError, read_provenance
+
+    seen = set() if seen is None else seen
+    key = str(Path(path).resolve())
+    if key in seen:
+        return []
+    seen.add(key)
+    try:
+        record = read_provenance(path)
+    except ProvenanceError:
+        return []
+    found = [(key, record)]
+    for entry in record.get("inputs", {}).values():
+        for item in entry if isinstance(entry, list) else [entry]:
+            target = item.get("path") if isinstance(item, dict) else None
+            if target and Path(target).exists():
+                found += _lineage(Path(target), seen)
+    return found
+
+
+def test_no_held_out_patient_shaped_anything_a_fold_is_evaluated_with(run):
+    """Evaluation is patient-disjoint from every fitted stage: walking the provenance of every fold checkpoint
+    (its pretraining, the feature stores it read, their encoder weights, stage 2's teacher), no record that
+    names the patients it learnt from (``trained_on``) names a held-out patient of that fold."""
+    from pathmm_pipeline.training.splits import read_splits
+
+    splits = read_splits(run / "splits")
+    checked = 0
+    for checkpoint in sorted((run / "training").glob("*/*/survival/fold_*/checkpoint.pt")):
+        k = int(checkpoint.parent.name.removeprefix("fold_"))
+        held_out = set(splits[k].val)
+        for where, record in _lineage(checkpoint):
+            trained_on = set(record.get("extra", {}).get("trained_on") or [])
+            assert not trained_on & held_out, (checkpoint, where, sorted(trained_on & held_out)[:5])
+            checked += bool(trained_on)
+    assert checked >= 12 + 8 + 2  # fold checkpoints, pretraining checkpoints and stage-2 weights all say
+
+
+def test_slide_less_patients_are_trained_and_evaluated_by_alter_and_mice_and_counted_out_by_abmil(run):
+    sheet = pd.read_csv(run.parent / "cohort" / "samplesheet.csv")
+    slide_less = set(sheet[sheet.slide_path.isna()].patient_id)
+    assert len(slide_less) == N_SLIDE_LESS
+    predictions = pd.read_csv(run / "evaluation" / "predictions.csv")
+    everyone = predictions[predictions.subset == "all"]
+    for model in ("alter", "mice"):
+        assert slide_less <= set(everyone[everyone.model == model].patient_id), model
+        missing = predictions[(predictions.model == model) & (predictions.subset == "missing wsi")]
+        assert slide_less <= set(missing.patient_id), model  # really missing, apart from withheld
+    assert not slide_less & set(everyone[everyone.model == "abmil"].patient_id)
+    patients = pd.read_csv(run / "evaluation" / "patients.csv")
+    abmil = patients[patients.model == "abmil"]
+    assert int(abmil.held_out_left_out.sum()) == N_SLIDE_LESS, abmil
+    html = (run / "evaluation" / "report.html").read_text()
+    assert "left out" in html
 
 
 def test_abmil_finds_the_planted_signal_on_held_out_patients(run):
@@ -208,7 +276,7 @@ def test_abmil_finds_the_planted_signal_on_held_out_patients(run):
 
     predictions = pd.read_csv(run / "evaluation" / "predictions.csv")
     held_out = predictions[(predictions.model == "abmil") & (predictions.subset == "all")]
-    assert len(held_out) == 16
+    assert len(held_out) == N_PATIENTS  # the slide-less patients are left out by a WSI-only model
     score = c_index(held_out.time.to_numpy(), held_out.event.to_numpy(), held_out.risk.to_numpy())
     assert score > PLANTED_SIGNAL_MIN, score
 
@@ -253,8 +321,8 @@ def test_replacing_one_slide_reruns_that_slide_and_what_reads_it(run):
                 job("extract_features", encoder=BASE, slide=target.slide_id), job("qc_summary")}
     expected |= mstar_chain(slides) | training_jobs()
     assert jobs == expected, (jobs - expected, expected - jobs)
-    assert counts == {"segment_tissue": 1, "tile_slide": 1, "extract_features": 1 + len(slides), "qc_summary": 1,
-                      "mstar_stage1": 1, "mstar_stage2": 1, "pretrain": 8, "train": 12, "downstream": 8,
+    assert counts == {"segment_tissue": 1, "tile_slide": 1, "extract_features": 1 + 2 * len(slides),
+                      "qc_summary": 1, "mstar_stage2": 2, "pretrain": 8, "train": 12, "downstream": 8,
                       "evaluate": 1, "all": 1}, counts
 
 
@@ -274,8 +342,9 @@ def test_tiling_parameter_reruns_tiling_and_what_follows_only(run):
     expected |= {job("qc_summary")} | mstar_chain(slides) | training_jobs()
     assert jobs == expected, (jobs - expected, expected - jobs)
     assert not {r for r, _ in jobs} & (GENOMICS_AND_REPORTS | {"segment_tissue", "cohort_manifest", "make_splits"})
-    assert counts == {"tile_slide": 20, "extract_features": 40, "qc_summary": 1, "mstar_stage1": 1,
-                      "mstar_stage2": 1, "pretrain": 8, "train": 12, "downstream": 8, "evaluate": 1, "all": 1}, counts
+    n = len(slides)
+    assert counts == {"tile_slide": n, "extract_features": 3 * n, "qc_summary": 1, "mstar_stage2": 2,
+                      "pretrain": 8, "train": 12, "downstream": 8, "evaluate": 1, "all": 1}, counts
 
 
 def test_new_base_encoder_weights_rerun_extraction_and_what_follows_only(run, tmp_path):
@@ -299,7 +368,7 @@ def test_new_base_encoder_weights_rerun_extraction_and_what_follows_only(run, tm
     expected |= training_jobs()
     assert jobs == expected, (jobs - expected, expected - jobs)
     assert not {r for r, _ in jobs} & (GENOMICS_AND_REPORTS | SLIDE_STAGES | {"qc_summary", "cohort_manifest"})
-    assert counts == {"extract_features": 40, "mstar_stage1": 1, "mstar_stage2": 1, "pretrain": 8, "train": 12,
+    assert counts == {"extract_features": 3 * len(slides), "mstar_stage2": 2, "pretrain": 8, "train": 12,
                       "downstream": 8, "evaluate": 1, "all": 1}, counts
 
 
@@ -318,8 +387,8 @@ def test_another_encoder_extracts_and_trains_on_it_only(run):
     expected = {job("extract_features", encoder="vit_tiny_test", slide=s) for s in slides}
     expected |= training_jobs("vit_tiny_test", also=())
     assert jobs == expected, (jobs - expected, expected - jobs)
-    assert counts == {"extract_features": 20, "pretrain": 8, "train": 10, "downstream": 8, "evaluate": 1,
-                      "all": 1}, counts
+    assert counts == {"extract_features": len(slides), "pretrain": 8, "train": 10, "downstream": 8,
+                      "evaluate": 1, "all": 1}, counts
 
 
 def test_editing_one_report_reruns_its_report_stages_and_the_report_readers(run):
@@ -346,6 +415,6 @@ def test_editing_one_report_reruns_its_report_stages_and_the_report_readers(run)
     assert jobs == expected, (jobs - expected, expected - jobs)
     assert slides_of(jobs, "extract_features", BASE) == set()
     assert not {r for r, _ in jobs} & (SLIDE_STAGES | {"genomics", "external_genomics", "qc_summary"})
-    assert counts == {"clean_report": 1, "merge_reports": 1, "embed_reports": 1, "mstar_stage1": 1,
-                      "mstar_stage2": 1, "extract_features": 20, "pretrain": 6, "train": 8, "downstream": 6,
+    assert counts == {"clean_report": 1, "merge_reports": 1, "embed_reports": 1, "mstar_stage2": 2,
+                      "extract_features": 2 * len(slides), "pretrain": 6, "train": 8, "downstream": 6,
                       "evaluate": 1, "all": 1}, counts

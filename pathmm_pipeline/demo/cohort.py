@@ -102,6 +102,25 @@ def choose_patients(n_patients: int, rng: np.random.Generator) -> list[Patient]:
     return chosen
 
 
+def choose_slide_less(n: int, exclude: set[str], rng: np.random.Generator) -> list[Patient]:
+    """``n`` further real patients (alternately BLCA and STAD, seeded) who enter the cohort without any slide:
+    the patients who really lack a modality, as in TCGA (cases with expression but no diagnostic slide)."""
+    picked: list[Patient] = []
+    for i in range(n):
+        cancer_type = ("BLCA", "STAD")[i % 2]
+        frame = eligible_patients(cancer_type)
+        frame = frame[~frame.index.isin(exclude | {p.patient_id for p in picked})].sort_index()
+        if frame.empty:
+            raise ValueError(f"no {cancer_type} patient left for a slide-less demo patient")
+        case = str(frame.index[int(rng.integers(len(frame)))])
+        row = frame.loc[case]
+        picked.append(Patient(
+            patient_id=case, cancer_type=cancer_type, time=float(row["survival_months_dss"]),
+            event=int(1 - row["censorship_dss"]), stage=str(row["stage"]), grade=str(row["grade"]),
+            subtype=str(row["subtype"]), age=int(row["age"]), sex="female" if row["is_female"] else "male"))
+    return picked
+
+
 def martingale_risk(time: np.ndarray, event: np.ndarray) -> np.ndarray:
     """Martingale residual ``event - H(time)`` under the Nelson-Aalen cumulative hazard ``H`` of the same
     patients: higher means worse (an early death scores near 1, long censored follow-up scores lowest)."""
@@ -219,11 +238,12 @@ def _external_tables(patients: list[Patient]) -> tuple[str, str]:
     return pd.DataFrame(rows).to_csv(index=False, lineterminator="\n"), text
 
 
-def _readme(n_patients: int, seed: int, slides: int, slide_scale: float) -> str:
+def _readme(n_patients: int, seed: int, slides: int, slide_scale: float, slide_less: int = 0) -> str:
     return f"""# pathmm demo cohort
 
 Built by `pathmm demo-cohort` (`pathmm_pipeline.demo.build_demo_cohort`) with {n_patients} patients,
-seed {seed}, slide scale {slide_scale:g}: {slides} slides. Rebuilding with the same seed gives a byte-identical
+seed {seed}, slide scale {slide_scale:g}: {slides} slides; and {slide_less} further patients without any slide
+(sample-sheet rows with empty slide_id and slide_path: expression for all, a report for every other one). Rebuilding with the same seed gives a byte-identical
 sample sheet, reports and expression table and pixel-identical slides.
 
 ## What is real and what is composed
@@ -290,12 +310,14 @@ def _check_target(out_dir: Path) -> None:
 
 def build_demo_cohort(out_dir: str | os.PathLike[str], n_patients: int = 32, seed: int = 0,
                       source_slide: str | os.PathLike[str] | None = None, slide_scale: float = 1.0,
-                      workers: int | None = None) -> Path:
+                      workers: int | None = None, n_slide_less: int = 4) -> Path:
     """Build the demo cohort in ``out_dir`` (replacing an earlier one whole) and return its sample sheet.
 
     ``source_slide``: a local CMU-1-Small-Region.svs; by default it is taken from ``$PATHMM_SOURCE_SLIDE`` or
     fetched once into ``$PATHMM_CACHE`` (default ``~/.cache/pathmm``). ``slide_scale`` shrinks the slides
     (e.g. 0.4 for tests). ``workers``: slide-writing threads (default: CPU count, at most 4).
+    ``n_slide_less``: further patients without any slide (expression always, a report for every other one),
+    rows with empty slide_id and slide_path.
     """
     if n_patients < 2:
         raise ValueError("n_patients must be at least 2 (one BLCA and one STAD patient)")
@@ -305,6 +327,8 @@ def build_demo_cohort(out_dir: str | os.PathLike[str], n_patients: int = 32, see
     source = _resolve_source(source_slide)
     rng = np.random.default_rng(_sub_seed(seed, "cohort"))
     patients = plant_signal(choose_patients(n_patients, rng), rng)
+    slide_less = choose_slide_less(n_slide_less, {p.patient_id for p in patients},
+                                   np.random.default_rng(_sub_seed(seed, "slide_less")))
     plan = plan_slides(patients, seed, slide_scale, rng)
     log.info("demo cohort: %d patients, %d slides, from %s", len(patients), len(plan), source)
     with open_slide(source) as reader:
@@ -320,7 +344,7 @@ def build_demo_cohort(out_dir: str | os.PathLike[str], n_patients: int = 32, see
 
         planted: dict[str, list[dict[str, str]]] = {}
         terms: dict[str, list[str]] = {}
-        for patient in patients:
+        for patient in patients + slide_less[::2]:  # every other slide-less patient has a report
             facts = PatientFacts(patient.patient_id, patient.cancer_type, patient.stage, patient.grade,
                                  patient.subtype, patient.age, patient.sex)
             report = make_report(facts, np.random.default_rng(_sub_seed(seed, patient.patient_id, "report")))
@@ -329,9 +353,9 @@ def build_demo_cohort(out_dir: str | os.PathLike[str], n_patients: int = 32, see
             terms[patient.patient_id] = report.clinical_terms
         write_text_atomic(reports_dir / "planted_identifiers.json", json.dumps(planted, indent=1) + "\n")
         write_text_atomic(reports_dir / "clinical_terms.json", json.dumps(terms, indent=1) + "\n")
-        write_text_atomic(tmp / "expression.tsv", _expression_tsv(patients))
+        write_text_atomic(tmp / "expression.tsv", _expression_tsv(patients + slide_less))
         (tmp / "external").mkdir()
-        external_table, external_expression = _external_tables(patients)
+        external_table, external_expression = _external_tables(patients + slide_less)
         write_text_atomic(tmp / "external" / "patients.csv", external_table)
         write_text_atomic(tmp / "external" / "expression.tsv", external_expression)
 
@@ -357,11 +381,18 @@ def build_demo_cohort(out_dir: str | os.PathLike[str], n_patients: int = 32, see
                 "width": res.width, "height": res.height, "mpp": res.mpp, "style": res.style,
                 "levels": res.levels, "has_tissue": spec.cellular_fraction is not None,
                 "tissue_fraction": round(res.tissue_fraction, 4), "pen": spec.pen, "bubble": spec.bubble}
+        for i, patient in enumerate(slide_less):
+            rows.append({
+                "patient_id": patient.patient_id, "slide_id": "", "slide_path": "", "mpp": "",
+                "cancer_type": patient.cancer_type, "survival_time": round(patient.time, 4),
+                "survival_event": patient.event, "subtype": patient.subtype, "grade": patient.grade,
+                "stage": patient.stage, "age": patient.age, "sex": patient.sex, "expression_path": "expression.tsv",
+                "report_path": f"reports/{patient.patient_id}.txt" if i % 2 == 0 else ""})
         sheet = pd.DataFrame(rows, columns=list(SAMPLESHEET_COLUMNS))
         write_text_atomic(tmp / "samplesheet.csv", sheet.to_csv(index=False, lineterminator="\n"))
         write_text_atomic(truth_dir / "signal.csv", pd.DataFrame(signal).to_csv(index=False, lineterminator="\n"))
         write_text_atomic(truth_dir / "truth.json", json.dumps(
             {"mask_mpp": TRUTH_MPP, "mask_tissue_value": 255, "slides": truth}, indent=1) + "\n")
-        write_text_atomic(tmp / "README.md", _readme(len(patients), seed, len(plan), slide_scale))
+        write_text_atomic(tmp / "README.md", _readme(len(patients), seed, len(plan), slide_scale, len(slide_less)))
     log.info("demo cohort written to %s in %.1f s", out_dir, time.monotonic() - started)
     return out_dir / "samplesheet.csv"

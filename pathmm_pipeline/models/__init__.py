@@ -6,6 +6,7 @@ Every model takes one :class:`PatientInput` and returns a :class:`ModelOutput`; 
 * ``abmil`` -- gated attention MIL (Ilse et al. 2018) on patch features.
 * ``transmil`` -- TransMIL (Shao et al. 2021): Nystrom transformer with PPEG on patch features.
 * ``snn`` -- self-normalising network (Klambauer et al. 2017) on the gene vector.
+* ``ridge_cox`` -- ridge Cox proportional hazards on pathway mean scores (e.g. the 50 Hallmarks), fitted in closed form.
 * ``mcat`` -- MCAT (Chen et al. 2021): genomic-guided co-attention over patches, gene-family tokens.
 * ``survpath`` -- SurvPath (Jaume et al. 2024): pathway tokens and patch tokens, sparse multimodal attention.
 * ``late_fusion_concat`` / ``late_fusion_kronecker`` -- unimodal encoders (wsi, genomics, report) fused by
@@ -35,7 +36,7 @@ from .base import (MODALITIES, MODALITY_FIELDS, TASK_KINDS, InputDims, MissingMo
                    TaskSpec)
 from .registry import (DuplicateModelError, ModelOptionError, UnknownModelError, build_model, get_model_class,
                        list_models, model_options, register_model, unregister_model)
-from . import abmil, alter, late_fusion, mcat, mice, modaltune, mstar, snn, survpath, transmil, umeml  # noqa: E402,F401  (register the baselines)
+from . import abmil, alter, late_fusion, mcat, mice, modaltune, mstar, ridge_cox, snn, survpath, transmil, umeml  # noqa: E402,F401  (register the baselines)
 
 __all__ = [
     "MODALITIES", "MODALITY_FIELDS", "TASK_KINDS", "DuplicateModelError", "InputDims", "MissingModalityError",

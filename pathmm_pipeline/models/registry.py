@@ -94,4 +94,24 @@ def build_model(name: str, dims: InputDims, task: TaskSpec, **options: Any) -> P
         listing = ", ".join(f"{k}={v!r}" for k, v in accepted.items())
         raise ModelOptionError(f"model '{name}' has no option {', '.join(repr(u) for u in unknown)} -- its options "
                                f"(with defaults): {listing}")
-    return cls(dims, task, **options)
+    try:
+        return cls(dims, task, **options)
+    except ModelConfigError:
+        # a cohort that lacks a modality altogether (no slide at all): build for what it has, when the model
+        # can be built for a subset of its modalities; otherwise the first error stands
+        provided = cls.uses & dims_modalities(dims)
+        if ("modalities" not in accepted or options.get("modalities") is not None or not provided
+                or provided == cls.uses or not cls.requires <= provided):
+            raise
+        try:
+            return cls(dims, task, **{**options, "modalities": provided})
+        except ModelConfigError:
+            pass
+        raise
+
+
+def dims_modalities(dims: InputDims) -> frozenset[str]:
+    """The modalities some patient of a cohort provides, as its InputDims says."""
+    present = {"wsi": dims.wsi is not None, "genomics": dims.genes is not None or dims.pathway_sizes is not None,
+               "report": dims.report is not None}
+    return frozenset(m for m, ok in present.items() if ok)

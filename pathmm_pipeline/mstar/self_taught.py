@@ -358,6 +358,7 @@ def train_patch_encoder(slides: Sequence[tuple[str | os.PathLike[str], str | os.
               "aggregator": {"model": model.name, "state_sha256": _state_sha256(model),
                              "description": model.describe()}}
     record = build_provenance(STAGE, inputs, params, extra={
+        "trained_on": sorted({s.patient_id for s in opened}),
         "n_steps": trainer.steps, "seconds": seconds, "device": str(device),
         "final": history[-1] if history else None, "history": history})
     with atomic_path(out) as tmp:

@@ -446,6 +446,27 @@ def _selection_split(cohort: MultimodalCohort, fold: Fold, config: TrainConfig,
     return inner_split(strata_table(cohort.table), train, config.inner_fraction, config.inner_seed, key=fold.index)
 
 
+def _fit_direct(model: nn.Module, view: MultimodalCohort, train_ids: list[str], select_ids: list[str],
+                objective: Any) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Fit a closed-form model (``direct_fit``) on the fit patients, its penalty chosen on ``select_ids`` when
+    there are any (selection ``inner``); returns its state and one log row per candidate tried (the chosen
+    one last, ``best``; the penalty itself is in the model's state)."""
+    def part(ids: list[str]) -> tuple[list[Any], np.ndarray, np.ndarray]:
+        targets = [view.targets(p) for p in ids]
+        return ([model_input(view, model, p).x for p in ids], np.array([t.time for t in targets], float),
+                np.array([t.event for t in targets], int))
+
+    t0 = time.perf_counter()
+    fit, fit_t, fit_e = part(train_ids)
+    check, check_t, check_e = part(select_ids) if select_ids else ([], None, None)
+    tried = model.fit_direct(fit, fit_t, fit_e, check, check_t, check_e, edges=objective.edges)
+    rows = [{"epoch": i, "train_loss": float("nan"), "inner_val_loss": float("nan"),
+             "inner_val_metric": float(r.get("inner_val_metric", float("nan"))), "lr": float("nan"),
+             "seconds": time.perf_counter() - t0, "best": bool(r.get("chosen", False))} for i, r in enumerate(tried)]
+    state = copy.deepcopy({k: v.detach().to("cpu") for k, v in model.state_dict().items()})
+    return state, rows
+
+
 def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, fold: Fold,
                config: TrainConfig | None = None, *, out_dir: str | os.PathLike[str] | None = None,
                split_file: str | os.PathLike[str] | None = None,
@@ -520,71 +541,75 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
         best_value, best_epoch, best_state, since = math.inf, -1, None, 0
         stopped_early = False
         log_csv = log_json = None
-        epochs = tqdm(range(config.epochs), desc=f"{model_name}/{task_name} fold {fold.index}", unit="epoch",
-                      disable=not config.progress, leave=False)
-        for epoch in epochs:
-            t0 = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            model.train()
-            order = epoch_order(train_ids, epoch, config, strata)
-            losses: list[float] = []
-            optimizer.zero_grad(set_to_none=True)
-            for w in range(0, len(order), config.grad_accum):
-                window = order[w:w + config.grad_accum]
-                rows_idx = torch.as_tensor([index[p] for p in window])
-                y = {k: v[rows_idx] for k, v in train_targets.items()}
-                if objective.decomposable:
-                    for j, p in enumerate(window):
-                        o = model(model_input(view, model, p).x.to(device))
-                        loss = objective(o.logits.reshape(1, -1), {k: v[j:j + 1].to(device) for k, v in y.items()})
-                        aux = o.extras.get("aux_loss")
-                        total = loss + config.aux_loss_weight * aux if aux is not None else loss
-                        (total / len(window)).backward()
-                        losses.append(float(loss.detach()))
-                else:
-                    outs = [model(model_input(view, model, p).x.to(device)) for p in window]
-                    logits = torch.cat([o.logits.reshape(1, -1) for o in outs])
-                    loss = objective(logits, {k: v.to(device) for k, v in y.items()})
-                    aux = [o.extras["aux_loss"] for o in outs if o.extras.get("aux_loss") is not None]
-                    total = loss + config.aux_loss_weight * torch.stack(aux).mean() if aux else loss
-                    total.backward()
-                    losses.append(float(loss.detach()))
-                if config.max_grad_norm:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+        if getattr(model, "direct_fit", False):  # a closed-form model (ridge Cox): fitted, not stepped
+            best_state, rows = _fit_direct(model, view, train_ids, select_ids, objective)
+            best_epoch = len(rows) - 1
+        else:
+            epochs = tqdm(range(config.epochs), desc=f"{model_name}/{task_name} fold {fold.index}", unit="epoch",
+                          disable=not config.progress, leave=False)
+            for epoch in epochs:
+                t0 = time.perf_counter()
+                lr = optimizer.param_groups[0]["lr"]
+                model.train()
+                order = epoch_order(train_ids, epoch, config, strata)
+                losses: list[float] = []
                 optimizer.zero_grad(set_to_none=True)
-            train_loss = float(np.mean(losses))
+                for w in range(0, len(order), config.grad_accum):
+                    window = order[w:w + config.grad_accum]
+                    rows_idx = torch.as_tensor([index[p] for p in window])
+                    y = {k: v[rows_idx] for k, v in train_targets.items()}
+                    if objective.decomposable:
+                        for j, p in enumerate(window):
+                            o = model(model_input(view, model, p).x.to(device))
+                            loss = objective(o.logits.reshape(1, -1), {k: v[j:j + 1].to(device) for k, v in y.items()})
+                            aux = o.extras.get("aux_loss")
+                            total = loss + config.aux_loss_weight * aux if aux is not None else loss
+                            (total / len(window)).backward()
+                            losses.append(float(loss.detach()))
+                    else:
+                        outs = [model(model_input(view, model, p).x.to(device)) for p in window]
+                        logits = torch.cat([o.logits.reshape(1, -1) for o in outs])
+                        loss = objective(logits, {k: v.to(device) for k, v in y.items()})
+                        aux = [o.extras["aux_loss"] for o in outs if o.extras.get("aux_loss") is not None]
+                        total = loss + config.aux_loss_weight * torch.stack(aux).mean() if aux else loss
+                        total.backward()
+                        losses.append(float(loss.detach()))
+                    if config.max_grad_norm:
+                        nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                train_loss = float(np.mean(losses))
 
-            inner_loss = inner_metric = float("nan")
-            if select_ids:
-                kept, logits, _ = predict_logits(model, view, select_ids, device)
-                with torch.no_grad():
-                    inner_loss = float(objective(torch.as_tensor(logits, dtype=torch.float32),
-                                                 {k: v for k, v in select_targets.items()}))
-                inner_metric = score_metric(spec, logits, view, kept)
-                monitored = inner_loss if config.monitor == "val_loss" else -inner_metric
-                improved = bool(np.isfinite(monitored) and monitored < best_value - config.min_delta) or best_epoch < 0
-            else:
-                monitored, improved = float("nan"), True  # ``last``: every epoch replaces the previous one
-            if improved:
-                best_value = monitored if np.isfinite(monitored) else best_value
-                best_epoch, since = epoch, 0
-                best_state = copy.deepcopy({k: v.detach().to("cpu") for k, v in model.state_dict().items()})
-            else:
-                since += 1
-            rows.append({"epoch": epoch, "train_loss": train_loss, "inner_val_loss": inner_loss,
-                         "inner_val_metric": inner_metric, "lr": lr, "seconds": time.perf_counter() - t0,
-                         "best": improved})
-            epochs.set_postfix(train=f"{train_loss:.3f}", inner_val=f"{inner_loss:.3f}",
-                               **{m_name: f"{inner_metric:.3f}"})
-            if out is not None:
-                log_csv, log_json = _write_logs(out, rows, {**header, "best_epoch": best_epoch})
-            if (select_ids and config.patience is not None and epoch + 1 >= config.min_epochs
-                    and since >= config.patience and epoch + 1 < config.epochs):
-                stopped_early = True
-                break
-        epochs.close()
+                inner_loss = inner_metric = float("nan")
+                if select_ids:
+                    kept, logits, _ = predict_logits(model, view, select_ids, device)
+                    with torch.no_grad():
+                        inner_loss = float(objective(torch.as_tensor(logits, dtype=torch.float32),
+                                                     {k: v for k, v in select_targets.items()}))
+                    inner_metric = score_metric(spec, logits, view, kept)
+                    monitored = inner_loss if config.monitor == "val_loss" else -inner_metric
+                    improved = bool(np.isfinite(monitored) and monitored < best_value - config.min_delta) or best_epoch < 0
+                else:
+                    monitored, improved = float("nan"), True  # ``last``: every epoch replaces the previous one
+                if improved:
+                    best_value = monitored if np.isfinite(monitored) else best_value
+                    best_epoch, since = epoch, 0
+                    best_state = copy.deepcopy({k: v.detach().to("cpu") for k, v in model.state_dict().items()})
+                else:
+                    since += 1
+                rows.append({"epoch": epoch, "train_loss": train_loss, "inner_val_loss": inner_loss,
+                             "inner_val_metric": inner_metric, "lr": lr, "seconds": time.perf_counter() - t0,
+                             "best": improved})
+                epochs.set_postfix(train=f"{train_loss:.3f}", inner_val=f"{inner_loss:.3f}",
+                                   **{m_name: f"{inner_metric:.3f}"})
+                if out is not None:
+                    log_csv, log_json = _write_logs(out, rows, {**header, "best_epoch": best_epoch})
+                if (select_ids and config.patience is not None and epoch + 1 >= config.min_epochs
+                        and since >= config.patience and epoch + 1 < config.epochs):
+                    stopped_early = True
+                    break
+            epochs.close()
 
         assert best_state is not None
         model.load_state_dict(best_state)

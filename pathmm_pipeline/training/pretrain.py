@@ -299,6 +299,7 @@ def save_pretrained(path: str | os.PathLike[str], result: PretrainResult, config
               "n_patients": len(result.patients), "n_external": len(result.external_patients)}
     final = result.history.iloc[-1].to_dict() if len(result.history) else {}
     record = build_provenance(STAGE, inputs, params, extra={
+        "trained_on": sorted(result.patients), "external_trained_on": sorted(result.external_patients),
         "final_epoch": _plain(final), "seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb,
         "peak_gpu_mb": result.peak_gpu_mb, "device": result.device, "model": _plain(result.model.describe())})
     payload = {

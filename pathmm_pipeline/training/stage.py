@@ -37,14 +37,49 @@ def parse_task(task: str) -> tuple[str, str | None]:
 @dataclass(frozen=True)
 class ModelRun:
     """One entry of ``training.models``: its ``label`` (the name in results and the report), the registered
-    ``model``, its build ``options``, whether it is ``pretrained`` before fine-tuning and whether its
-    pretraining corpus takes the ``external`` slide-less patients (when configured)."""
+    ``model``, its build ``options``, whether it is ``pretrained`` before fine-tuning, whether its
+    pretraining corpus takes the ``external`` slide-less patients (when configured), and the run's own
+    ``settings`` (TrainConfig fields) and ``pretrain_settings`` (PretrainConfig fields) laid over the shared ones
+    (a paper's schedule)."""
 
     label: str
     model: str
     options: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
     external: bool = True
+    settings: dict[str, Any] = field(default_factory=dict)
+    pretrain_settings: dict[str, Any] = field(default_factory=dict)
+
+
+#: settings that shape the cohort a run reads rather than its training: tiles per slide and which gene-set
+#: collections become the ``pathways`` / ``families`` tokens (e.g. ``hallmarks`` for the ridge Cox baseline)
+COHORT_KEYS = ("max_tiles", "pathway_collection", "family_collection")
+
+#: the keys a run's settings may not override: the evaluation protocol is one for every compared run
+SHARED_ONLY = ("selection", "inner_fraction", "inner_seed", "model_options")
+
+
+def _check_run_settings(label: str, key: str, values: dict[str, Any], config_class: type,
+                        cohort_keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A variant's ``settings``/``pretrain_settings``, refused with the key and the variant named when a key is
+    not a field of ``config_class`` or is one of :data:`SHARED_ONLY`; the values are validated by building it."""
+    from dataclasses import fields as dataclass_fields
+
+    cohort_keys = COHORT_KEYS if cohort_keys is None else cohort_keys
+
+    known = ({f.name for f in dataclass_fields(config_class)} | set(cohort_keys)) - set(SHARED_ONLY)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        shared = [k for k in unknown if k in SHARED_ONLY]
+        hint = (f"{', '.join(shared)} is shared by every run (training.selection / training.inner_validation)"
+                if shared else f"known: {', '.join(sorted(known))}")
+        raise InputError(f"config training.variants.{label}.{key}", f"unknown or per-run-forbidden setting(s) "
+                         f"{', '.join(unknown)}", hint)
+    try:
+        config_class(**{k: v for k, v in values.items() if k not in cohort_keys})
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"config training.variants.{label}.{key}", str(exc)) from None
+    return dict(values)
 
 
 def resolve_runs(models: Sequence[str], variants: dict[str, dict[str, Any]] | None = None,
@@ -55,6 +90,8 @@ def resolve_runs(models: Sequence[str], variants: dict[str, dict[str, Any]] | No
     An unknown name is an error listing the registered models and the variants."""
     from ..models import get_model_class, list_models, model_options
     from ..models.registry import UnknownModelError
+    from .loop import TrainConfig
+    from .pretrain import PretrainConfig
 
     variants = variants or {}
     runs: dict[str, ModelRun] = {}
@@ -74,8 +111,37 @@ def resolve_runs(models: Sequence[str], variants: dict[str, dict[str, Any]] | No
                              f"{', '.join(unknown)}", f"its options: {', '.join(model_options(spec['model']))}")
         runs[label] = ModelRun(label, spec["model"], options,
                                bool(pretraining and cls.pretrainable and spec.get("pretrain", True)),
-                               bool(spec.get("external", True)))
+                               bool(spec.get("external", True)),
+                               _check_run_settings(label, "settings", spec.get("settings") or {}, TrainConfig),
+                               _check_run_settings(label, "pretrain_settings", spec.get("pretrain_settings") or {},
+                                                   PretrainConfig))
     return runs
+
+
+def check_runs_against_cohort(runs: dict[str, ModelRun], present: set[str] | frozenset[str],
+                              counts: dict[str, int] | None = None) -> None:
+    """Refuse, before any job, a run whose model requires a modality no patient of the cohort has (a WSI model
+    on a cohort without slides) or reads none that any patient has. ``counts``: patients per modality, for the
+    message."""
+    from ..models import get_model_class, model_options
+
+    problems = []
+    for label, run in runs.items():
+        cls = get_model_class(run.model)
+        # a model that cannot be built for a subset of its modalities (no ``modalities`` option: MCAT's and
+        # SurvPath's co-attention between patch and pathway tokens) needs every one of them in the cohort
+        needs = cls.requires if "modalities" in model_options(run.model) else cls.uses
+        lacking = sorted(needs - set(present))
+        if lacking:
+            problems.append(f"run '{label}' (model {run.model}) requires {' and '.join(lacking)}, which no patient "
+                            f"of the cohort has")
+        elif not cls.uses & set(present):
+            problems.append(f"run '{label}' (model {run.model}) reads {', '.join(sorted(cls.uses))}, none of which "
+                            f"any patient of the cohort has")
+    if problems:
+        have = ", ".join(f"{m}: {n} patients" for m, n in (counts or {}).items()) or ", ".join(sorted(present))
+        raise InputError("config training.models", "; ".join(problems), f"the cohort has {have or 'nothing'}; "
+                         "drop these runs or add the modality")
 
 
 def task_slug(task: str) -> str:
@@ -119,7 +185,9 @@ def _cohort(manifest: Path, features_dir: Path | None, genomics: Path | None, re
 
     _, label = parse_task(task)
     return MultimodalCohort.from_manifest(manifest, features_dir, genomics, reports, label_column=label,
-                                          max_tiles=options.get("max_tiles", 4096), seed=options.get("seed", 0))
+                                          max_tiles=options.get("max_tiles", 4096), seed=options.get("seed", 0),
+                                          **{k: options[k] for k in ("pathway_collection", "family_collection")
+                                             if k in options})
 
 
 def pretrain_fold(model: str, fold_index: int, manifest: str | os.PathLike[str], splits_dir: str | os.PathLike[str],
@@ -134,7 +202,7 @@ def pretrain_fold(model: str, fold_index: int, manifest: str | os.PathLike[str],
     from .splits import read_splits
 
     settings = dict(settings)
-    cohort_options = {k: settings.pop(k) for k in ("max_tiles",) if k in settings}
+    cohort_options = {k: settings.pop(k) for k in COHORT_KEYS if k in settings}
     cohort_options["seed"] = settings.get("seed", 0)
     config = PretrainConfig.from_dict(settings)
     cohort = _cohort(Path(manifest), Path(features_dir) if features_dir else None,
@@ -183,7 +251,7 @@ def train_and_evaluate(model: str, task: str, fold_index: int, manifest: str | o
     from .splits import read_splits
 
     settings = dict(settings)
-    cohort_options = {k: settings.pop(k) for k in ("max_tiles",) if k in settings}
+    cohort_options = {k: settings.pop(k) for k in COHORT_KEYS if k in settings}
     cohort_options["seed"] = settings.get("seed", 0)
     n_boot = int(settings.pop("n_boot", 1000))
     config = TrainConfig.from_dict(settings)
@@ -279,7 +347,7 @@ def run_downstream(kind: str, model: str, task: str, fold_index: int, manifest: 
     from .splits import read_splits
 
     settings = dict(settings)
-    cohort_options = {k: settings.pop(k) for k in ("max_tiles",) if k in settings}
+    cohort_options = {k: settings.pop(k) for k in COHORT_KEYS if k in settings}
     cohort_options["seed"] = settings.get("seed", 0)
     settings.pop("n_boot", None)
     generation = settings.pop("generation", {})
@@ -327,8 +395,10 @@ def run_downstream(kind: str, model: str, task: str, fold_index: int, manifest: 
 
 def mstar_stage2(manifest: str | os.PathLike[str], tiles_dir: str | os.PathLike[str],
                  stage1: str | os.PathLike[str], base_encoder: str, out: str | os.PathLike[str],
-                 settings: dict[str, Any], base_weights: str | None = "default") -> Path:
-    """mSTAR stage 2: self-teach ``base_encoder`` on the tiles of every tiled slide of the manifest against the
+                 settings: dict[str, Any], base_weights: str | None = "default",
+                 patients: Sequence[str] | None = None) -> Path:
+    """mSTAR stage 2: self-teach ``base_encoder`` on the tiles of every tiled slide of the manifest (of
+    ``patients`` only, when given: a fold's training patients) against the
     frozen stage-1 aggregator ``stage1`` (a pretraining checkpoint); writes the weights (+ provenance) at
     ``out`` for the registered mSTAR encoder to load (:mod:`pathmm_pipeline.mstar.self_taught`); the student
     starts from ``base_weights`` (as :func:`~pathmm_pipeline.encoders.load_encoder`)."""
@@ -337,6 +407,9 @@ def mstar_stage2(manifest: str | os.PathLike[str], tiles_dir: str | os.PathLike[
 
     source = Path(manifest)
     slides = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source, dtype=str)
+    slides = slides[slides.slide_id.notna() & (slides.slide_id.astype(str) != "")]
+    if patients is not None:
+        slides = slides[slides.patient_id.astype(str).isin(set(map(str, patients)))]
     entries = []
     for row in slides.itertuples():
         store = Path(tiles_dir) / f"{row.slide_id}.zarr"
@@ -382,6 +455,37 @@ def read_downstream(fold_dirs: Sequence[str | os.PathLike[str]]) -> dict[str, pd
     return out
 
 
+def run_protocol(results_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """What the report states about how the numbers were made, read from the run's own files: the splits
+    (method, seed, patients), the inner-validation fraction, and how each pretraining stage was kept apart from
+    the held-out patients (per fold, or transductive for an mSTAR encoder trained once on every patient)."""
+    root = Path(results_dir)
+    protocol: dict[str, Any] = {}
+    manifest = root / "splits" / "splits_manifest.json"
+    if manifest.is_file():
+        info = json.loads(manifest.read_text())
+        how = {"file": "published split files used as they are"}.get(str(info.get("method")),
+                                                                      f"{info.get('method')} (seed {info.get('seed')})")
+        protocol["splits"] = f"{info.get('k')} patient-level folds over {info.get('n_patients')} patients, {how}"
+    inner = sorted((root / "splits").glob("inner_*.csv"))
+    if inner:
+        protocol["inner"] = f"{len(inner)} files splits/inner_<k>.csv, stratified on event and cancer type"
+    lines = []
+    folds = sorted((root / "pretraining").glob("*/*/fold_*/pretrained.pt"))
+    if folds:
+        runs = sorted({p.parent.parent.name for p in folds})
+        lines.append(f"{', '.join(runs)}: pretrained once per fold on that fold's training patients only (plus "
+                     "any external patients outside the cohort), never on its held-out patients")
+    for encoder in sorted(p for p in (root / "mstar" / "stage2").glob("*") if p.is_dir()):
+        lines.append(f"mSTAR encoder {encoder.name}: stage 1 and stage 2 per fold on that fold's training "
+                     "patients and slides; fold k's runs read features extracted with fold k's encoder")
+    for weights in sorted((root / "mstar" / "stage2").glob("*.pt")):
+        lines.append(f"TRANSDUCTIVE: mSTAR encoder {weights.stem} was trained once on every patient, held-out "
+                     f"ones included (training.mstar.mode: transductive); runs @{weights.stem} are transductive")
+    protocol["pretraining"] = lines
+    return protocol
+
+
 def write_run_report(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.PathLike[str],
                      out_html: str | os.PathLike[str], title: str = "pathmm evaluation report") -> Path:
     """Aggregate every fold of every model and task into the HTML report and its CSV tables."""
@@ -400,7 +504,7 @@ def write_run_report(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: s
     write_report(tables, out_html, qc=root / "qc" / "slides.parquet", thumbnails=root / "segmentation",
                  benchmarks=root / "benchmarks", provenance=collect_inputs(root), title=title,
                  csv_dir=out_html.parent, pretraining=read_pretraining_logs(sorted(set(pretrain_logs))),
-                 downstream=read_downstream(fold_dirs))
+                 downstream=read_downstream(fold_dirs), protocol=run_protocol(root))
     write_text_atomic(out_html.parent / "summary.json",
                       json.dumps(json.loads(tables.summary.to_json(orient="records")), indent=1))
     write_report_provenance(out_html, fold_dirs, root, [out_html.parent / "summary.json",

@@ -64,6 +64,10 @@ def slide_backend_args():
     return args if config["slide"]["fallback"] else args + " --no-fallback"
 
 
+#: feature-folder names that stand for a registered encoder with other weights (mSTAR's per-fold encoders)
+ENCODER_ALIASES = {}
+
+
 def encoder_weights(encoder):
     """The weights configured for an encoder: config's encoder_weights, else the registry default."""
     return config["encoder_weights"].get(encoder, "default")
@@ -76,14 +80,14 @@ def encoder_weights_files(encoder):
     weights = encoder_weights(encoder)
     if isinstance(weights, str) and Path(weights).parts[:1] == Path(RESULTS).parts[:1]:
         return [weights]  # written by a rule of this pipeline (mSTAR stage 2): Snakemake runs that rule first
-    return weights_input(encoder, weights)
+    return weights_input(ENCODER_ALIASES.get(encoder, encoder), weights)
 
 
 def extraction_settings_json(encoder):
     """Everything that shapes a feature store, as canonical JSON for params."""
     keys = ("batch_size", "num_workers", "dtype", "device", "channels_last", "compile", "threads", "seed")
     settings = {k: config["features"][k] for k in keys}
-    settings.update(encoder=encoder, weights=encoder_weights(encoder))
+    settings.update(encoder=ENCODER_ALIASES.get(encoder, encoder), weights=encoder_weights(encoder))
     return json.dumps(settings, sort_keys=True)
 
 

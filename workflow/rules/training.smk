@@ -1,5 +1,5 @@
 from pathmm_pipeline.training.pretrain import read_external_patients
-from pathmm_pipeline.training.stage import resolve_runs
+from pathmm_pipeline.training.stage import check_runs_against_cohort, resolve_runs
 
 TRAIN = config["training"]
 PRETRAIN = TRAIN["pretraining"]
@@ -9,12 +9,39 @@ FOLDS = list(range(TRAIN["folds"]))
 FOLD_DIR = f"{RESULTS}/training/{{encoder}}/{{model}}/{{task}}/fold_{{fold}}"
 PRETRAIN_DIR = f"{RESULTS}/pretraining/{{encoder}}/{{model}}/fold_{{fold}}"
 MSTAR = TRAIN["mstar"]
+INNER = TRAIN["inner_validation"]
+#: the evaluation protocol, the same for every run: how an epoch or a penalty is chosen (never on the held-out fold)
+PROTOCOL = {"selection": TRAIN["selection"], "inner_fraction": INNER["fraction"], "inner_seed": INNER["seed"]}
 #: (encoder, run) pairs trained: every run on the main encoder, and the runs listed per compared encoder
 TRAINED = [(TRAIN_ENCODER, m) for m in TRAIN["models"]] + [
     (e, m) for e, models in TRAIN["compare_encoders"].items() for m in models]
-if MSTAR["encoder"] in TRAIN["compare_encoders"] or MSTAR["encoder"] in ENCODERS:
+PER_FOLD_MSTAR = MSTAR["mode"] == "per_fold"
+MSTAR_USED = bool(TRAIN["compare_encoders"].get(MSTAR["encoder"])) or MSTAR["encoder"] in ENCODERS
+if PER_FOLD_MSTAR and MSTAR["encoder"] in ENCODERS:
+    raise WorkflowError(f"training.mstar.mode per_fold: the mSTAR encoder {MSTAR['encoder']} has one set of weights "
+                        "per fold, so it cannot be a features.encoders entry (one store per slide); list it under "
+                        "training.compare_encoders, or set training.mstar.mode: transductive")
+
+
+def fold_encoder(encoder, fold):
+    """The feature folder name of ``encoder`` for fold ``fold``: the mSTAR encoder in per_fold mode has one per
+    fold (``<encoder>.fold<k>``, weights from that fold's stage 2), every other encoder one for all folds."""
+    return f"{encoder}.fold{fold}" if PER_FOLD_MSTAR and encoder == MSTAR["encoder"] else encoder
+
+
+def features_dir(wildcards):
+    return f"{RESULTS}/features/{fold_encoder(wildcards.encoder, wildcards.fold)}"
+
+
+if MSTAR_USED:
     # the mSTAR encoder's weights are the output of stage 2 (which extraction then waits for)
-    config["encoder_weights"].setdefault(MSTAR["encoder"], f"{RESULTS}/mstar/stage2/{MSTAR['encoder']}.pt")
+    if PER_FOLD_MSTAR:
+        for _k in FOLDS:
+            config["encoder_weights"].setdefault(fold_encoder(MSTAR["encoder"], _k),
+                                                 f"{RESULTS}/mstar/stage2/{MSTAR['encoder']}/fold_{_k}.pt")
+            ENCODER_ALIASES[fold_encoder(MSTAR["encoder"], _k)] = MSTAR["encoder"]
+    else:
+        config["encoder_weights"].setdefault(MSTAR["encoder"], f"{RESULTS}/mstar/stage2/{MSTAR['encoder']}.pt")
 
 
 def run_label(encoder, model):
@@ -22,8 +49,13 @@ def run_label(encoder, model):
     return model if encoder == TRAIN_ENCODER else f"{model}@{encoder}"
 
 try:
-    RUNS = resolve_runs(list(dict.fromkeys([m for _, m in TRAINED] + [MSTAR["stage1_run"]])), TRAIN["variants"],
+    RUNS = resolve_runs(list(dict.fromkeys([m for _, m in TRAINED] + ([MSTAR["stage1_run"]] if MSTAR_USED else []))),
+                        TRAIN["variants"],
                         PRETRAIN["enabled"])
+    _PATIENTS = {"wsi": {e.patient_id for e in SLIDES.values()}, "genomics": set(PATIENTS_WITH_EXPRESSION),
+                 "report": set(REPORTS)}
+    check_runs_against_cohort(RUNS, {m for m, ids in _PATIENTS.items() if ids},
+                              {m: len(ids) for m, ids in _PATIENTS.items()})
     PRETRAINED_RUNS = [label for label, run in RUNS.items() if run.pretrained]
     # the external table is read only when some run pretrains on it
     EXTERNAL = (read_external_patients(PRETRAIN["external"])
@@ -36,10 +68,11 @@ rule make_splits:
     input:
         manifest=rules.cohort_manifest.output,
     output:
-        [f"{RESULTS}/splits/splits_{k}.csv" for k in FOLDS],
+        [f"{RESULTS}/splits/splits_{k}.csv" for k in FOLDS] + [f"{RESULTS}/splits/inner_{k}.csv" for k in FOLDS],
     params:
         settings=json.dumps({"k": TRAIN["folds"], "stratify": TRAIN["stratify"], "seed": TRAIN["split_seed"],
-                             "published": TRAIN["published_splits"]}, sort_keys=True),
+                             "published": TRAIN["published_splits"], "inner_fraction": INNER["fraction"],
+                             "inner_seed": INNER["seed"]}, sort_keys=True),
         out=f"{RESULTS}/splits",
     log:
         f"{RESULTS}/logs/make_splits.log",
@@ -60,7 +93,8 @@ def cohort_inputs(wildcards, model_reads_only=True):
     inputs = {
         "manifest": rules.cohort_manifest.output[0],
         "split": f"{RESULTS}/splits/splits_{wildcards.fold}.csv",
-        "features": expand(f"{RESULTS}/features/{wildcards.encoder}/{{slide}}.zarr", slide=SLIDE_IDS),
+        "inner_split": f"{RESULTS}/splits/inner_{wildcards.fold}.csv",
+        "features": expand(f"{features_dir(wildcards)}/{{slide}}.zarr", slide=SLIDE_IDS),
     }
     from pathmm_pipeline.models import get_model_class
 
@@ -87,10 +121,14 @@ def pretraining_inputs(wildcards):
     return inputs
 
 
-def run_settings(wildcards, base):
-    """The settings JSON of one run: the shared settings plus the run's model options."""
-    options = RUNS[wildcards.model].options
-    return json.dumps({**base, "model_options": options} if options else base, sort_keys=True)
+def run_settings(wildcards, base, pretraining=False):
+    """The settings JSON of one run: the shared settings, the run's own (a paper's schedule, ``settings`` or
+    ``pretrain_settings`` of its variant) over them, and the run's model options."""
+    run = RUNS[wildcards.model]
+    merged = {**base, **(run.pretrain_settings if pretraining else run.settings)}
+    if run.options:
+        merged["model_options"] = run.options
+    return json.dumps(merged, sort_keys=True)
 
 
 rule external_genomics:
@@ -122,12 +160,13 @@ rule pretrain:
         checkpoint=f"{PRETRAIN_DIR}/pretrained.pt",
         log_csv=f"{PRETRAIN_DIR}/pretrain_log.csv",
     wildcard_constraints:
-        model="|".join(PRETRAINED_RUNS) or "^$",
+        model="|".join(dict.fromkeys(PRETRAINED_RUNS + ([MSTAR["stage1_run"]] if PER_FOLD_MSTAR and MSTAR_USED else [])))
+        or "^$",
     params:
         settings=lambda wc: run_settings(wc, {"max_tiles": TRAIN["max_tiles"], "progress": False,
-                                              **PRETRAIN["settings"]}),
+                                              **PRETRAIN["settings"]}, pretraining=True),
         model=lambda wc: RUNS[wc.model].model,
-        features=f"{RESULTS}/features/{{encoder}}",
+        features=features_dir,
         optional=lambda wc, input: " ".join(f"--{k.replace('_', '-')} {input[k]}"
                                             for k in ("genomics", "reports", "external", "external_genomics")
                                             if k in input.keys()),
@@ -158,12 +197,12 @@ rule train:
         predictions=f"{FOLD_DIR}/predictions.csv",
         log_csv=f"{FOLD_DIR}/log.csv",
     params:
-        settings=lambda wc: run_settings(wc, {**TRAIN["settings"], "max_tiles": TRAIN["max_tiles"],
+        settings=lambda wc: run_settings(wc, {**TRAIN["settings"], **PROTOCOL, "max_tiles": TRAIN["max_tiles"],
                                               "n_boot": TRAIN["n_boot"]}),
         model=lambda wc: RUNS[wc.model].model,
         label=lambda wc: run_label(wc.encoder, wc.model),
         task=lambda wc: TASK_SLUGS[wc.task],
-        features=f"{RESULTS}/features/{{encoder}}",
+        features=features_dir,
         optional=lambda wc, input: " ".join(f"--{k} {input[k]}" for k in ("genomics", "reports", "pretrained")
                                             if k in input.keys()),
         splits=f"{RESULTS}/splits",
@@ -184,6 +223,10 @@ rule train:
         " --out {params.out:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
+#: the run whose pretraining is mSTAR's stage 1 (None when no run reads the mSTAR encoder)
+STAGE1_RUN = RUNS.get(MSTAR["stage1_run"])
+
+
 def mstar_stage1_inputs(wildcards):
     inputs = {"manifest": rules.cohort_manifest.output[0],
               "features": expand(f"{RESULTS}/features/{MSTAR['base_encoder']}/{{slide}}.zarr", slide=SLIDE_IDS)}
@@ -195,8 +238,9 @@ def mstar_stage1_inputs(wildcards):
 
 
 rule mstar_stage1:
-    """mSTAR stage 1 on every patient (self-supervised: reports and RNA are inputs, no task target), the frozen
-    aggregator that stage 2 teaches the patch encoder against."""
+    """mSTAR stage 1 on every patient, held-out ones included (training.mstar.mode: transductive only; per_fold
+    uses the stage-1 run's fold pretraining): the frozen aggregator that stage 2 teaches the patch encoder
+    against."""
     input:
         unpack(mstar_stage1_inputs),
     output:
@@ -204,9 +248,9 @@ rule mstar_stage1:
         log_csv=f"{RESULTS}/mstar/stage1/pretrain_log.csv",
     params:
         settings=json.dumps({"max_tiles": TRAIN["max_tiles"], "progress": False, **PRETRAIN["settings"],
-                             **({"model_options": RUNS[MSTAR["stage1_run"]].options}
-                                if RUNS[MSTAR["stage1_run"]].options else {})}, sort_keys=True),
-        model=RUNS[MSTAR["stage1_run"]].model,
+                             **({"model_options": STAGE1_RUN.options}
+                                if STAGE1_RUN is not None and STAGE1_RUN.options else {})}, sort_keys=True),
+        model=STAGE1_RUN.model if STAGE1_RUN is not None else "mstar",
         features=f"{RESULTS}/features/{MSTAR['base_encoder']}",
         optional=lambda wc, input: " ".join(f"--{k} {input[k]}" for k in ("genomics", "reports") if k in input.keys()),
         splits=f"{RESULTS}/splits",
@@ -226,27 +270,41 @@ rule mstar_stage1:
         " > {log:q} 2>&1"
 
 
+def mstar_stage1_checkpoint(wildcards):
+    """Stage 2's teacher: the stage-1 run's pretraining on the fold's training patients (per_fold), or the
+    one stage 1 on every patient (transductive)."""
+    if PER_FOLD_MSTAR:
+        return PRETRAIN_DIR.format(encoder=MSTAR["base_encoder"], model=MSTAR["stage1_run"],
+                                   fold=wildcards.fold) + "/pretrained.pt"
+    return f"{RESULTS}/mstar/stage1/pretrained.pt"
+
+
 rule mstar_stage2:
-    """mSTAR stage 2: the base patch encoder self-taught on the slides' tiles against the stage-1 aggregator;
-    its weights are the registered mSTAR encoder's, so extraction with it follows."""
+    """mSTAR stage 2: the base patch encoder self-taught on the slides' tiles against the stage-1 aggregator --
+    per fold on that fold's training patients' slides (per_fold), or once on every slide (transductive); its
+    weights are the registered mSTAR encoder's, so extraction with it follows."""
     input:
         manifest=rules.cohort_manifest.output[0],
-        stage1=rules.mstar_stage1.output.checkpoint,
+        splits=rules.make_splits.output,
+        stage1=mstar_stage1_checkpoint,
         tiles=expand(f"{RESULTS}/tiles/{{slide}}.zarr", slide=SLIDE_IDS),
         base_weights=lambda wc: encoder_weights_files(MSTAR["base_encoder"]),
     output:
-        weights=f"{RESULTS}/mstar/stage2/{{encoder}}.pt",
+        weights=(f"{RESULTS}/mstar/stage2/{{encoder}}/fold_{{fold}}.pt" if PER_FOLD_MSTAR
+                 else f"{RESULTS}/mstar/stage2/{{encoder}}.pt"),
     wildcard_constraints:
         encoder=MSTAR["encoder"],
+        fold="|".join(map(str, FOLDS)),
     params:
         settings=json.dumps({**MSTAR["settings"], "backend": config["slide"]["backend"]}, sort_keys=True),
         base=MSTAR["base_encoder"],
         base_weights=encoder_weights(MSTAR["base_encoder"]),
         tiles=f"{RESULTS}/tiles",
+        fold=lambda wc: f"--splits {RESULTS}/splits --fold {wc.fold}" if PER_FOLD_MSTAR else "",
     log:
-        f"{RESULTS}/logs/mstar_stage2_{{encoder}}.log",
+        f"{RESULTS}/logs/mstar_stage2_{{encoder}}" + ("_fold{fold}.log" if PER_FOLD_MSTAR else ".log"),
     benchmark:
-        f"{RESULTS}/benchmarks/mstar_stage2_{{encoder}}.tsv"
+        f"{RESULTS}/benchmarks/mstar_stage2_{{encoder}}" + ("_fold{fold}.tsv" if PER_FOLD_MSTAR else ".tsv"),
     conda:
         "../../envs/training.yaml"
     threads: config["features"]["threads"]
@@ -256,7 +314,7 @@ rule mstar_stage2:
         gpu=1,
     shell:
         "pathmm mstar-stage2 --manifest {input.manifest:q} --tiles {params.tiles:q} --stage1 {input.stage1:q}"
-        " --base-encoder {params.base} --base-weights {params.base_weights:q} --out {output.weights:q}"
+        " --base-encoder {params.base} --base-weights {params.base_weights:q} {params.fold} --out {output.weights:q}"
         " --settings {params.settings:q} > {log:q} 2>&1"
 
 
@@ -279,7 +337,7 @@ def downstream_inputs(wildcards):
 
 
 def downstream_settings(wildcards):
-    base = {**TRAIN["settings"], "max_tiles": TRAIN["max_tiles"]}
+    base = {**TRAIN["settings"], **PROTOCOL, "max_tiles": TRAIN["max_tiles"]}
     if wildcards.kind == "report_generation":
         base["generation"] = DOWNSTREAM["report_generation"]["settings"]
     elif wildcards.kind == "data_efficiency":
@@ -300,7 +358,7 @@ rule downstream:
         model=lambda wc: RUNS[wc.model].model,
         label=lambda wc: run_label(wc.encoder, wc.model),
         task=lambda wc: TASK_SLUGS[wc.task],
-        features=f"{RESULTS}/features/{{encoder}}",
+        features=features_dir,
         optional=lambda wc, input: " ".join(f"--{k.replace('_', '-')} {input[k]}"
                                             for k in ("genomics", "reports", "checkpoint", "pretrained",
                                                       "reports_table") if k in input.keys()),
@@ -333,7 +391,7 @@ rule evaluate:
         folds=[f"{FOLD_DIR}/metrics.csv".format(encoder=e, model=m, task=t, fold=f)
                for e, m in TRAINED for t in TASK_SLUGS for f in FOLDS],
         downstream=downstream_tables(),
-        qc=rules.qc_summary.output,
+        qc=rules.qc_summary.output if SLIDE_IDS else [],
     output:
         html=f"{RESULTS}/evaluation/report.html",
         summary=f"{RESULTS}/evaluation/summary.json",
