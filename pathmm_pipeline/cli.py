@@ -169,7 +169,7 @@ def cmd_downstream(args: argparse.Namespace) -> int:
 def cmd_tcga_cohort(args: argparse.Namespace) -> int:
     from .demo.tcga_cohort import build_tcga_cohort
 
-    path = build_tcga_cohort(args.source, args.out, results=args.results)
+    path = build_tcga_cohort(args.source, args.out, results=args.results, cancer_type=args.cancer_type)
     print(f"wrote {path.parent} -- run: snakemake --configfile workflow/config/tcga_genomics.yaml {path}")
     return 0
 
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "blca / stad (the cohorts shipped with the package)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--results", default=None, help="results folder cohort.yaml names (default results_tcga_<name>)")
+    p.add_argument("--cancer-type", default=None, help="cancer type of every patient (default: the folder's name "
+                   "upper-cased, the TCGA project)")
     p.set_defaults(func=cmd_tcga_cohort)
 
     p = sub.add_parser("validate", help="validate config.yaml and its sample sheet")

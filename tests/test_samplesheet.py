@@ -202,3 +202,39 @@ def test_a_model_that_needs_a_modality_no_patient_has_is_refused_before_any_job(
     assert "'abmil'" in message and "'mcat'" in message and "'snn'" not in message and "'alter'" not in message
     assert "wsi: 0 patients" in message
     check_runs_against_cohort(resolve_runs(["snn", "alter", "ridge_cox"]), {"genomics"})  # these can learn
+
+
+# ------------------------------------------------------------------------------ per-run settings
+def test_variant_settings_are_checked_naming_the_key_and_the_variant():
+    from pathmm_pipeline.errors import InputError
+    from pathmm_pipeline.training.stage import resolve_runs
+
+    good = {"fast": {"model": "abmil", "settings": {"epochs": 3, "optimizer": "radam", "max_tiles": 64},
+                     "pretrain_settings": {}}}
+    assert resolve_runs(["fast"], good)["fast"].settings == {"epochs": 3, "optimizer": "radam", "max_tiles": 64}
+    for settings, words in (({"epoch": 3}, ("training.variants.fast.settings", "epoch")),
+                            ({"selection": "inner"}, ("selection", "shared by every run")),
+                            ({"optimizer": "sgd"}, ("training.variants.fast.settings", "optimizer"))):
+        with pytest.raises(InputError) as info:
+            resolve_runs(["fast"], {"fast": {"model": "abmil", "settings": settings}})
+        assert all(w in str(info.value) for w in words), str(info.value)
+    with pytest.raises(InputError, match="pretrain_settings.*warmup"):
+        resolve_runs(["m"], {"m": {"model": "mice", "pretrain_settings": {"warmup": 1}}})
+
+
+def test_the_published_presets_of_config_yaml_resolve_and_cite_their_source():
+    from pathmm_pipeline.training.stage import resolve_runs
+
+    config = load_config(REPO / "config.yaml")
+    variants = config["training"]["variants"]
+    presets = {k: v for k, v in variants.items() if k.endswith("_published") or k.endswith("_protocol")}
+    assert {"survpath_published", "modaltune_published", "abmil_survpath_protocol"} <= set(presets)
+    runs = resolve_runs(list(presets), variants)
+    assert runs["survpath_published"].settings["optimizer"] == "radam"
+    assert runs["survpath_published"].settings["alpha_surv"] == 0.5 and runs["survpath_published"].settings[
+        "weighted_sampling"]
+    assert runs["modaltune_published"].settings == {"optimizer": "adamw", "lr": 0.0001, "weight_decay": 0.0005,
+                                                    "epochs": 30, "warmup_epochs": 10, "grad_accum": 1}
+    assert all(v.get("source") for v in presets.values())
+    with pytest.raises(ConfigError):  # the protocol is one for all runs: not in the shared settings either
+        validate_config({**config, "training": {**config["training"], "settings": {"selection": "inner"}}})

@@ -213,7 +213,8 @@ def workflow(cluster, source_slide, tmp_path_factory) -> tuple[Path, subprocess.
     root = tmp_path_factory.mktemp("slurm_wf")
     # sacct reads from here on: the accounting database outlives pytest's folders, whose names come round again
     (root / "started").write_text(time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5)))
-    sheet = build_demo_cohort(root / "cohort", n_patients=4, seed=5, source_slide=source_slide, slide_scale=0.4)
+    sheet = build_demo_cohort(root / "cohort", n_patients=4, seed=5, source_slide=source_slide, slide_scale=0.4,
+                              n_slide_less=0)  # the cluster behaviour is under test here, not the cohort
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config.update(samplesheet=str(sheet), results="results")
     config["segmentation"].update(min_tissue_area_um2=16000.0, min_hole_area_um2=6400.0)  # slides shrunk by 0.4

@@ -45,7 +45,7 @@ def run(source_slide, tmp_path_factory):
     config["training"]["mstar"]["settings"].update(tiles_per_slide=8, batch_size=8, threads=2, max_steps=6)
     config["training"]["settings"].update(epochs=6, patience=4, n_bins=2)  # few events per fold
     config["training"]["pretraining"].update(external=str(sheet.parent / "external" / "patients.csv"))
-    config["training"]["pretraining"]["settings"].update(epochs=2, n_bins=2, batch_size=8)
+    config["training"]["pretraining"]["settings"].update(epochs=2, n_bins=2, batch_size=4)  # 7 patients per fold
     config["training"]["variants"]["mice"]["options"].update(pretrain_bins=2)
     config["training"]["downstream"] = {
         "report_generation": {"models": ["alter"], "settings": {"epochs": 3, "d_model": 32, "ff_dim": 64}},
@@ -109,7 +109,7 @@ def dry_run(root: Path) -> tuple[dict[str, int], set[Job]]:
 
 def slides_of(jobs: set[Job], rule: str, encoder: str | None = None) -> set[str]:
     return {dict(wc)["slide"] for r, wc in jobs
-            if r == rule and dict(wc).get("encoder", encoder).split(".fold")[0] == encoder}
+            if r == rule and dict(wc).get("encoder", encoder).split("_fold")[0] == encoder}
 
 
 def training_jobs(encoder: str = BASE, models=MODELS, *, also: tuple[tuple[str, str], ...] = ((MSTAR, "abmil"),)
@@ -127,9 +127,9 @@ def training_jobs(encoder: str = BASE, models=MODELS, *, also: tuple[tuple[str, 
 def mstar_chain(slides: list[str]) -> set[Job]:
     """mSTAR per fold (training.mstar.mode per_fold): stage 1 is the mstar run's fold pretraining (in
     training_jobs), stage 2 self-teaches the base patch encoder on that fold's training slides against it, and
-    every slide is extracted with each fold's encoder (``<encoder>.fold<k>``)."""
+    every slide is extracted with each fold's encoder (``<encoder>_fold<k>``)."""
     return {job("mstar_stage2", encoder=MSTAR, fold=f) for f in FOLDS} | {
-        job("extract_features", encoder=f"{MSTAR}.fold{f}", slide=s) for s in slides for f in FOLDS}
+        job("extract_features", encoder=f"{MSTAR}_fold{f}", slide=s) for s in slides for f in FOLDS}
 
 
 @contextmanager
@@ -205,7 +205,7 @@ def test_mstar_stage2_weights_feed_the_feature_stage_per_fold(run):
         record = read_provenance(weights)
         assert f"pretraining/{BASE}/mstar/fold_{k}/pretrained.pt" in record["inputs"]["aggregator"]["path"]
         assert set(record["extra"]["trained_on"]) <= set(splits[k].train)
-        stores = sorted((run / f"features/{MSTAR}.fold{k}").glob("*.zarr"))
+        stores = sorted((run / f"features/{MSTAR}_fold{k}").glob("*.zarr"))
         assert len(stores) == len(list((run / f"features/{BASE}").glob("*.zarr")))
         assert load_features(stores[0]).features.shape[1] == 1280
         assert read_provenance(stores[0])["inputs"]["weights"]["sha256"] == record["outputs"]["weights"]["sha256"]

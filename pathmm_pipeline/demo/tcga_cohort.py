@@ -66,10 +66,11 @@ def _sex(value: float) -> str | None:
 
 
 def build_tcga_cohort(source: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                      results: str | None = None) -> Path:
+                      results: str | None = None, cancer_type: str | None = None) -> Path:
     """Write the slide-less cohort of ``source`` (a folder or a packaged cohort name) into ``out_dir`` and
     return the path of its ``cohort.yaml``. ``results``: the results folder it names (default
-    ``results_tcga_<cohort>``)."""
+    ``results_tcga_<cohort>``); ``cancer_type``: the cancer type of every patient (default: the folder's name
+    upper-cased, the TCGA project)."""
     clinical, expression, splits_dir, name = _read_source(source)
     out = Path(out_dir)
     clinical = clinical.drop_duplicates("case_id").set_index("case_id")
@@ -77,7 +78,8 @@ def build_tcga_cohort(source: str | os.PathLike[str], out_dir: str | os.PathLike
     usable = usable[usable.index.isin(expression.index)].sort_index()
     if usable.empty:
         raise InputError(source, "no patient has both expression and a DSS endpoint")
-    types = usable["oncotree_code"].fillna(name.upper()).astype(str)
+    # the TCGA project is the cancer type (STAD's oncotree codes are its histological subtypes)
+    types = pd.Series(cancer_type or name.upper(), index=usable.index)
     sheet = pd.DataFrame({
         "patient_id": usable.index, "slide_id": "", "slide_path": "", "cancer_type": types.to_numpy(),
         "survival_time": usable["survival_months_dss"].round(4).to_numpy(),

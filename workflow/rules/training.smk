@@ -25,8 +25,8 @@ if PER_FOLD_MSTAR and MSTAR["encoder"] in ENCODERS:
 
 def fold_encoder(encoder, fold):
     """The feature folder name of ``encoder`` for fold ``fold``: the mSTAR encoder in per_fold mode has one per
-    fold (``<encoder>.fold<k>``, weights from that fold's stage 2), every other encoder one for all folds."""
-    return f"{encoder}.fold{fold}" if PER_FOLD_MSTAR and encoder == MSTAR["encoder"] else encoder
+    fold (``<encoder>_fold<k>``, weights from that fold's stage 2), every other encoder one for all folds."""
+    return f"{encoder}_fold{fold}" if PER_FOLD_MSTAR and encoder == MSTAR["encoder"] else encoder
 
 
 def features_dir(wildcards):
