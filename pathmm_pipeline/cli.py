@@ -95,6 +95,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract_cohort(args: argparse.Namespace) -> int:
+    from .features import ExtractionSettings, extract_cohort_features
+
+    extract_cohort_features(args.manifest, args.tiles, args.out, ExtractionSettings.from_dict(args.settings),
+                            backend=args.backend, fallback=not args.no_fallback)
+    return 0
+
+
 def cmd_encoders(args: argparse.Namespace) -> int:
     from .encoders import get_encoder_spec, list_encoders
 
@@ -253,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide-less", type=int, default=4, help="further patients without any slide (expression, "
                    "a report for every other one)")
     p.set_defaults(func=cmd_demo_cohort)
+
+    p = sub.add_parser("extract-cohort", help="extract every tiled slide of a manifest with one encoder into a "
+                                              "folder (one process)")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--tiles", type=Path, required=True, help="folder of the tile stores (<slide_id>.zarr)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write <slide_id>.zarr into")
+    p.add_argument("--backend", default="openslide", choices=["openslide", "tiffslide"])
+    p.add_argument("--no-fallback", action="store_true")
+    p.add_argument("--settings", type=_settings, default={}, help="extraction settings as JSON")
+    p.set_defaults(func=cmd_extract_cohort)
 
     p = sub.add_parser("tcga-cohort", help="a slide-less cohort (sample sheet, expression, published splits, "
                                            "cohort.yaml) from a TCGA folder in SurvPath's layout")

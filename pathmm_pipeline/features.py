@@ -304,3 +304,28 @@ def weights_input(encoder: str, weights: str | None = "default") -> list[str]:
         return []
     resolved = resolve_weights(source)
     return [str(resolved)] if isinstance(resolved, Path) else []
+
+
+def extract_cohort_features(manifest: str | os.PathLike[str], tiles_dir: str | os.PathLike[str],
+                            out_dir: str | os.PathLike[str], settings: ExtractionSettings,
+                            backend: str = "openslide", fallback: bool = True) -> Path:
+    """Extract every slide of the manifest that has a tile store in ``tiles_dir`` into ``out_dir/<slide>.zarr``
+    with one encoder, in one process: the per-fold encoders of mSTAR (one folder per fold, not one job per slide
+    and fold). The folder appears whole or not at all."""
+    import pandas as pd
+
+    from .atomic import atomic_path
+
+    slides = pd.read_parquet(manifest)
+    slides = slides[slides.slide_id.notna() & (slides.slide_id.astype(str) != "")]
+    with atomic_path(out_dir, use_scratch=False) as tmp:
+        tmp.mkdir(parents=True)
+        for row in tqdm(list(slides.itertuples()), desc=f"{settings.encoder} features", unit="slide"):
+            store = Path(tiles_dir) / f"{row.slide_id}.zarr"
+            if not (store / "zarr.json").is_file():
+                continue
+            mpp = getattr(row, "mpp", None)
+            extract_features(row.slide_path, store, tmp / f"{row.slide_id}.zarr", settings, slide_id=row.slide_id,
+                             backend=backend, fallback=fallback,
+                             mpp_override=None if mpp is None or pd.isna(mpp) else float(mpp))
+    return Path(out_dir)

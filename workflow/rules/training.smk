@@ -94,7 +94,9 @@ def cohort_inputs(wildcards, model_reads_only=True):
         "manifest": rules.cohort_manifest.output[0],
         "split": f"{RESULTS}/splits/splits_{wildcards.fold}.csv",
         "inner_split": f"{RESULTS}/splits/inner_{wildcards.fold}.csv",
-        "features": expand(f"{features_dir(wildcards)}/{{slide}}.zarr", slide=SLIDE_IDS),
+        # a per-fold mSTAR encoder's stores come as one folder per fold (rule extract_fold_features)
+        "features": (features_dir(wildcards) if fold_encoder(wildcards.encoder, wildcards.fold) != wildcards.encoder
+                     else expand(f"{features_dir(wildcards)}/{{slide}}.zarr", slide=SLIDE_IDS)),
     }
     from pathmm_pipeline.models import get_model_class
 
@@ -316,6 +318,38 @@ rule mstar_stage2:
         "pathmm mstar-stage2 --manifest {input.manifest:q} --tiles {params.tiles:q} --stage1 {input.stage1:q}"
         " --base-encoder {params.base} --base-weights {params.base_weights:q} {params.fold} --out {output.weights:q}"
         " --settings {params.settings:q} > {log:q} 2>&1"
+
+
+rule extract_fold_features:
+    """Every slide's features with fold k's mSTAR encoder (per_fold mode), in one job per fold: one model load
+    and one submission instead of one per slide and fold."""
+    input:
+        manifest=rules.cohort_manifest.output[0],
+        slides=[SLIDES[s].path for s in SLIDE_IDS],
+        tiles=expand(f"{RESULTS}/tiles/{{slide}}.zarr", slide=SLIDE_IDS),
+        weights=lambda wc: encoder_weights_files(fold_encoder(MSTAR["encoder"], wc.fold)),
+    output:
+        directory(f"{RESULTS}/features/{MSTAR['encoder']}_fold{{fold}}"),
+    wildcard_constraints:
+        fold="|".join(map(str, FOLDS)),
+    params:
+        settings=lambda wc: extraction_settings_json(fold_encoder(MSTAR["encoder"], wc.fold)),
+        backend=slide_backend_args(),
+        tiles=f"{RESULTS}/tiles",
+    log:
+        f"{RESULTS}/logs/extract_fold_features/{MSTAR['encoder']}_fold{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_fold_features/{MSTAR['encoder']}_fold{{fold}}.tsv"
+    conda:
+        "../../envs/features.yaml"
+    threads: config["features"]["threads"]
+    resources:
+        mem_mb=memory(config["features"]["mem_mb"], scale_with=("weights",), per_input_mb=3),
+        runtime=480,
+        gpu=1,
+    shell:
+        "pathmm extract-cohort --manifest {input.manifest:q} --tiles {params.tiles:q} --out {output:q}"
+        " {params.backend} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 DOWNSTREAM = TRAIN["downstream"]
