@@ -64,7 +64,7 @@ def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
                            str(root), "--configfile", str(root / "config.yaml"), "--cores", "2", *args],
-                          capture_output=True, text=True, env=env, timeout=1500)
+                          capture_output=True, text=True, env=env, timeout=2700)
 
 
 # ------------------------------------------------------------------------------------- re-run bookkeeping
