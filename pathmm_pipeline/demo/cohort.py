@@ -93,13 +93,15 @@ def choose_patients(n_patients: int, rng: np.random.Generator) -> list[Patient]:
         censored = frame[frame["censorship_dss"] == 1]
         n_event = min(len(events), (n + 1) // 2)
         ids = _spread_pick(events, n_event, rng) + _spread_pick(censored, n - n_event, rng)
-        for case in sorted(ids):
-            row = frame.loc[case]
-            chosen.append(Patient(
-                patient_id=case, cancer_type=cancer_type, time=float(row["survival_months_dss"]),
-                event=int(1 - row["censorship_dss"]), stage=str(row["stage"]), grade=str(row["grade"]),
-                subtype=str(row["subtype"]), age=int(row["age"]), sex="female" if row["is_female"] else "male"))
+        chosen += [_patient(case, cancer_type, frame.loc[case]) for case in sorted(ids)]
     return chosen
+
+
+def _patient(case: str, cancer_type: str, row: pd.Series) -> Patient:
+    """A :class:`Patient` from its row of the compact clinical table."""
+    return Patient(patient_id=case, cancer_type=cancer_type, time=float(row["survival_months_dss"]),
+                   event=int(1 - row["censorship_dss"]), stage=str(row["stage"]), grade=str(row["grade"]),
+                   subtype=str(row["subtype"]), age=int(row["age"]), sex="female" if row["is_female"] else "male")
 
 
 def choose_slide_less(n: int, exclude: set[str], rng: np.random.Generator) -> list[Patient]:
@@ -113,11 +115,7 @@ def choose_slide_less(n: int, exclude: set[str], rng: np.random.Generator) -> li
         if frame.empty:
             raise ValueError(f"no {cancer_type} patient left for a slide-less demo patient")
         case = str(frame.index[int(rng.integers(len(frame)))])
-        row = frame.loc[case]
-        picked.append(Patient(
-            patient_id=case, cancer_type=cancer_type, time=float(row["survival_months_dss"]),
-            event=int(1 - row["censorship_dss"]), stage=str(row["stage"]), grade=str(row["grade"]),
-            subtype=str(row["subtype"]), age=int(row["age"]), sex="female" if row["is_female"] else "male"))
+        picked.append(_patient(case, cancer_type, frame.loc[case]))
     return picked
 
 
