@@ -32,10 +32,10 @@ def make_tiles(work: Path, n_tiles: int) -> tuple[Path, Path]:
     import os
 
     from conftest import compose
-    from pathmm_pipeline.segmentation import SegmentationSettings, segment_slide
-    from pathmm_pipeline.slides import open_slide
-    from pathmm_pipeline.slidewriter import write_pyramidal_tiff
-    from pathmm_pipeline.tiling import TilingSettings, tile_slide
+    from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
+    from pathmm_pipeline.preprocess.slides import open_slide
+    from pathmm_pipeline.preprocess.slidewriter import write_pyramidal_tiff
+    from pathmm_pipeline.preprocess.tiling import TilingSettings, tile_slide
 
     source = os.environ.get("PATHMM_SOURCE_SLIDE")
     if not source:
@@ -54,7 +54,7 @@ def make_tiles(work: Path, n_tiles: int) -> tuple[Path, Path]:
 
 def limit_tiles(tiles_store: Path, n: int, work: Path) -> Path:
     """A copy of the tile store keeping its first ``n`` tiles."""
-    from pathmm_pipeline.stores import ArraySpec, open_store, write_store
+    from pathmm_pipeline.core.stores import ArraySpec, open_store, write_store
 
     group = open_store(tiles_store)
     attrs = dict(group.attrs)
@@ -69,8 +69,8 @@ def limit_tiles(tiles_store: Path, n: int, work: Path) -> Path:
 
 
 def time_decode(slide: Path, tiles_store: Path, settings, input_size: int, interpolation: str) -> float:
-    from pathmm_pipeline.features import TileDataset, make_loader
-    from pathmm_pipeline.tiling import load_tiles
+    from pathmm_pipeline.preprocess.features import TileDataset, make_loader
+    from pathmm_pipeline.preprocess.tiling import load_tiles
 
     tiles = load_tiles(tiles_store)
     dataset = TileDataset(slide, tiles.geometry, tiles.coords, input_size, interpolation)
@@ -80,7 +80,7 @@ def time_decode(slide: Path, tiles_store: Path, settings, input_size: int, inter
 
 
 def time_forward(encoder, device: torch.device, n: int, batch_size: int, channels_last: bool = False) -> float:
-    from pathmm_pipeline.features import FeatureExtractor
+    from pathmm_pipeline.preprocess.features import FeatureExtractor
 
     extractor = FeatureExtractor(encoder, device, channels_last=channels_last)
     size = encoder.spec.input_size
@@ -98,7 +98,7 @@ def time_forward(encoder, device: torch.device, n: int, batch_size: int, channel
 
 
 def time_pipeline(slide: Path, tiles_store: Path, out: Path, settings) -> float:
-    from pathmm_pipeline.features import extract_features
+    from pathmm_pipeline.preprocess.features import extract_features
 
     start = time.perf_counter()
     n = extract_features(slide, tiles_store, out, settings)
@@ -119,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pathmm_pipeline.encoders import load_encoder
-    from pathmm_pipeline.features import ExtractionSettings
+    from pathmm_pipeline.preprocess.features import ExtractionSettings
 
     torch.set_num_threads(args.threads)
     rows = []
@@ -127,7 +127,7 @@ def main() -> None:
         work = Path(tmp)
         slide, tiles_all = make_tiles(work, args.tiles)
         tiles_store = limit_tiles(tiles_all, args.tiles, work)
-        from pathmm_pipeline.tiling import load_tiles
+        from pathmm_pipeline.preprocess.tiling import load_tiles
 
         n = len(load_tiles(tiles_store).coords)  # the slide may hold fewer tissue tiles than asked for
         for name in args.encoders:

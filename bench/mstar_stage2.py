@@ -3,7 +3,7 @@ side by side in one run; each configuration in its own process.
 
 A step: teacher forward (no grad) of the tiles, the frozen stage-1 aggregator on the teacher's features, the
 student forward + backward in chunks of ``--batch`` tiles, AdamW, and the EMA update of the teacher
-(:class:`pathmm_pipeline.mstar.self_taught.SelfTaughtTrainer`). Random uint8 tiles (the cost does not depend on
+(:class:`pathmm_pipeline.training.self_taught.SelfTaughtTrainer`). Random uint8 tiles (the cost does not depend on
 the pixels), the stage-1 aggregator at the demo size on the encoder's feature width.
 
     python bench/mstar_stage2.py [--encoders vit_tiny_test efficientnet_lite0] [--tiles 16 64 256] [--device cuda]
@@ -28,7 +28,7 @@ def measure(encoder: str, tiles: int, batch: int, steps: int, device: str, threa
 
     from pathmm_pipeline.encoders import get_encoder_spec, load_encoder
     from pathmm_pipeline.models import InputDims, TaskSpec, build_model
-    from pathmm_pipeline.mstar.self_taught import SelfTaughtConfig, SelfTaughtTrainer
+    from pathmm_pipeline.training.self_taught import SelfTaughtConfig, SelfTaughtTrainer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -105,8 +105,8 @@ def make_slides(sizes: list[tuple[int, int]]) -> list[Path]:
     import numpy as np
 
     from conftest import compose
-    from pathmm_pipeline.slides import open_slide
-    from pathmm_pipeline.slidewriter import write_pyramidal_tiff
+    from pathmm_pipeline.preprocess.slides import open_slide
+    from pathmm_pipeline.preprocess.slidewriter import write_pyramidal_tiff
 
     with open_slide(source_slide()) as reader:
         he = reader.read_region((0, 0), 0, reader.info.dimensions)
@@ -130,8 +130,8 @@ def pipeline_settings():
     """Segmentation and tiling settings and slide backend as config.yaml sets them (defaults otherwise)."""
     import yaml
 
-    from pathmm_pipeline.segmentation import SegmentationSettings
-    from pathmm_pipeline.tiling import TilingSettings
+    from pathmm_pipeline.preprocess.segmentation import SegmentationSettings
+    from pathmm_pipeline.preprocess.tiling import TilingSettings
 
     config = yaml.safe_load((REPO / "config.yaml").read_text()) or {}
     seg = SegmentationSettings.from_dict(config.get("segmentation") or {})
@@ -144,9 +144,9 @@ def pipeline_settings():
 
 def time_ours(slide: Path, work: Path, seg, tiling, backend: str) -> tuple[float, dict]:
     """segment_slide + tile_slide, each with a cold provenance hash cache (each rule is its own process)."""
-    from pathmm_pipeline import provenance
-    from pathmm_pipeline.segmentation import segment_slide
-    from pathmm_pipeline.tiling import tile_slide
+    from pathmm_pipeline.core import provenance
+    from pathmm_pipeline.preprocess.segmentation import segment_slide
+    from pathmm_pipeline.preprocess.tiling import tile_slide
 
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         out = Path(tmp)
@@ -162,9 +162,9 @@ def time_ours(slide: Path, work: Path, seg, tiling, backend: str) -> tuple[float
 
 def time_core(slide: Path, seg, tiling, backend: str) -> tuple[float, dict]:
     """The same work with no output written: open, segment in memory, select tiles."""
-    from pathmm_pipeline.segmentation import STATUS_OK, TissueMask, segment_reader
-    from pathmm_pipeline.slides import open_slide
-    from pathmm_pipeline.tiling import select_tiles
+    from pathmm_pipeline.preprocess.segmentation import STATUS_OK, TissueMask, segment_reader
+    from pathmm_pipeline.preprocess.slides import open_slide
+    from pathmm_pipeline.preprocess.tiling import select_tiles
 
     t0 = time.perf_counter()
     with open_slide(slide, backend=backend) as reader:
@@ -180,7 +180,7 @@ def time_core(slide: Path, seg, tiling, backend: str) -> tuple[float, dict]:
 
 def floor_level(slide: Path, seg, backend: str) -> int:
     """The level our segmentation reads (segmentation.read_low_resolution's rule)."""
-    from pathmm_pipeline.slides import open_slide
+    from pathmm_pipeline.preprocess.slides import open_slide
 
     with open_slide(slide, backend=backend) as reader:
         return reader.best_level_for_downsample(max(1.0, seg.mpp / reader.info.mpp))

@@ -30,9 +30,12 @@ def main() -> None:
 
     import torch
 
-    from pathmm_pipeline.evaluation.metrics import c_index
-    from pathmm_pipeline.training import Fold, TrainConfig, predict_logits, train_fold
-    from pathmm_pipeline.training.loop import risk_scores
+    from pathmm_pipeline.stats.metrics import c_index
+    from pathmm_pipeline.cohort.splits import Fold
+    from pathmm_pipeline.training.settings import TrainConfig
+    from pathmm_pipeline.evaluation.predict import predict_logits
+    from pathmm_pipeline.training.finetune import train_fold
+    from pathmm_pipeline.tasks.kinds import risk_scores
     from pathmm_pipeline.training.pretrain import PretrainConfig, pretrain
     from test_training import build_toy_cohort
 

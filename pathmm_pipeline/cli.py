@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
-from .errors import InputError, PathmmError
+from pathmm_pipeline import __version__
+from pathmm_pipeline.core.errors import InputError, PathmmError
 
 log = logging.getLogger("pathmm")
 
@@ -42,7 +42,7 @@ def _slide_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo_cohort(args: argparse.Namespace) -> int:
-    from .demo import build_demo_cohort
+    from pathmm_pipeline.demo import build_demo_cohort
 
     sheet = build_demo_cohort(args.out, n_patients=args.patients, seed=args.seed, source_slide=args.source_slide,
                               n_slide_less=args.slide_less)
@@ -51,8 +51,8 @@ def cmd_demo_cohort(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .samplesheet import load_samplesheet
+    from pathmm_pipeline.core.config import load_config
+    from pathmm_pipeline.preprocess.samplesheet import load_samplesheet
 
     config = load_config(args.config)
     sheet = args.samplesheet or config["samplesheet"]
@@ -62,7 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from .samplesheet import write_manifest
+    from pathmm_pipeline.preprocess.samplesheet import write_manifest
 
     settings = args.settings
     write_manifest(args.samplesheet, args.out, settings["cancer_types"], settings.get("labels", []))
@@ -70,7 +70,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .segmentation import SegmentationSettings, segment_slide
+    from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
 
     segment_slide(args.slide, args.store, args.geojson, args.thumbnail,
                   SegmentationSettings.from_dict(args.settings), slide_id=args.slide_id, backend=args.backend,
@@ -79,7 +79,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_tile(args: argparse.Namespace) -> int:
-    from .tiling import TilingSettings, tile_slide
+    from pathmm_pipeline.preprocess.tiling import TilingSettings, tile_slide
 
     tile_slide(args.slide, args.segmentation, args.store, TilingSettings.from_dict(args.settings),
                slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
@@ -87,7 +87,7 @@ def cmd_tile(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .features import ExtractionSettings, extract_features
+    from pathmm_pipeline.preprocess.features import ExtractionSettings, extract_features
 
     extract_features(args.slide, args.tiles, args.store, ExtractionSettings.from_dict(args.settings),
                      slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback,
@@ -96,7 +96,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_extract_cohort(args: argparse.Namespace) -> int:
-    from .features import ExtractionSettings, extract_cohort_features
+    from pathmm_pipeline.preprocess.features import ExtractionSettings, extract_cohort_features
 
     extract_cohort_features(args.manifest, args.tiles, args.out, ExtractionSettings.from_dict(args.settings),
                             backend=args.backend, fallback=not args.no_fallback)
@@ -104,7 +104,7 @@ def cmd_extract_cohort(args: argparse.Namespace) -> int:
 
 
 def cmd_encoders(args: argparse.Namespace) -> int:
-    from .encoders import get_encoder_spec, list_encoders
+    from pathmm_pipeline.encoders import get_encoder_spec, list_encoders
 
     for name in list_encoders():
         spec = get_encoder_spec(name)
@@ -114,7 +114,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 
 
 def cmd_genomics(args: argparse.Namespace) -> int:
-    from .genomics.stage import GenomicsSettings, build_genomics_store
+    from pathmm_pipeline.genomics.stage import GenomicsSettings, build_genomics_store
 
     settings = dict(args.settings)
     patients = settings.pop("patients")
@@ -123,21 +123,21 @@ def cmd_genomics(args: argparse.Namespace) -> int:
 
 
 def cmd_clean_report(args: argparse.Namespace) -> int:
-    from .reports.stage import clean_reports
+    from pathmm_pipeline.reports.stage import clean_reports
 
     clean_reports({args.patient: args.report}, args.out, deid=bool(args.settings.get("deid", True)))
     return 0
 
 
 def cmd_merge_reports(args: argparse.Namespace) -> int:
-    from .reports.stage import merge_clean_tables
+    from pathmm_pipeline.reports.stage import merge_clean_tables
 
     merge_clean_tables(args.tables, args.out)
     return 0
 
 
 def cmd_embed_reports(args: argparse.Namespace) -> int:
-    from .reports.stage import embed_reports
+    from pathmm_pipeline.reports.stage import embed_reports
 
     s = args.settings
     embed_reports(args.table, args.out, encoder=s.get("encoder", "minilm"), pooling=s.get("pooling"),
@@ -147,7 +147,7 @@ def cmd_embed_reports(args: argparse.Namespace) -> int:
 
 
 def cmd_splits(args: argparse.Namespace) -> int:
-    from .training.stage import write_cohort_splits
+    from pathmm_pipeline.stages.training import write_cohort_splits
 
     s = args.settings
     write_cohort_splits(args.manifest, args.out, k=s.get("k", 5), stratify=s.get("stratify", ["event"]),
@@ -157,7 +157,7 @@ def cmd_splits(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.stage import train_and_evaluate
+    from pathmm_pipeline.stages.training import train_and_evaluate
 
     train_and_evaluate(args.model, args.task, args.fold, args.manifest, args.splits, args.out, args.settings,
                        features_dir=args.features, genomics=args.genomics, reports=args.reports,
@@ -166,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_downstream(args: argparse.Namespace) -> int:
-    from .training.stage import run_downstream
+    from pathmm_pipeline.stages.training import run_downstream
 
     run_downstream(args.kind, args.model, args.task, args.fold, args.manifest, args.splits, args.out, args.settings,
                    features_dir=args.features, genomics=args.genomics, reports=args.reports, label=args.label,
@@ -175,7 +175,7 @@ def cmd_downstream(args: argparse.Namespace) -> int:
 
 
 def cmd_tcga_cohort(args: argparse.Namespace) -> int:
-    from .demo.tcga_cohort import build_tcga_cohort
+    from pathmm_pipeline.demo.tcga_cohort import build_tcga_cohort
 
     path = build_tcga_cohort(args.source, args.out, results=args.results, cancer_type=args.cancer_type)
     print(f"wrote {path.parent} -- run: snakemake --configfile workflow/config/tcga_genomics.yaml {path}")
@@ -183,11 +183,11 @@ def cmd_tcga_cohort(args: argparse.Namespace) -> int:
 
 
 def cmd_mstar_stage2(args: argparse.Namespace) -> int:
-    from .training.stage import mstar_stage2
+    from pathmm_pipeline.stages.training import mstar_stage2
 
     patients = None
     if args.fold is not None:
-        from .training.splits import read_splits
+        from pathmm_pipeline.cohort.splits import read_splits
 
         if args.splits is None:
             raise InputError("--fold", "needs --splits", "pass the folder of splits_<k>.csv")
@@ -199,7 +199,7 @@ def cmd_mstar_stage2(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .training.stage import pretrain_fold
+    from pathmm_pipeline.stages.training import pretrain_fold
 
     pretrain_fold(args.model, args.fold, args.manifest, args.splits, args.out, args.settings,
                   features_dir=args.features, genomics=args.genomics, reports=args.reports,
@@ -208,21 +208,21 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .training.stage import write_run_report
+    from pathmm_pipeline.stages.training import write_run_report
 
     write_run_report(args.folds, args.results, args.out)
     return 0
 
 
 def cmd_qc_summary(args: argparse.Namespace) -> int:
-    from .qc import write_qc_summary
+    from pathmm_pipeline.preprocess.qc import write_qc_summary
 
     write_qc_summary(args.tiles, args.segmentation, args.out)
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit, audit_json, format_details, format_table, lineage
+    from pathmm_pipeline.core.audit import audit, audit_json, format_details, format_table, lineage
 
     results, stale = audit(args.path)
     if args.json:
@@ -240,7 +240,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from .slides import slide_info
+    from pathmm_pipeline.preprocess.slides import slide_info
 
     info = slide_info(args.slide, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
     print(json.dumps(asdict(info), indent=2))

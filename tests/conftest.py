@@ -32,7 +32,7 @@ def source_slide() -> Path:
 @pytest.fixture(scope="session")
 def he_texture(source_slide: Path) -> np.ndarray:
     """The real H&E region as an RGB array (2967 x 2220)."""
-    from pathmm_pipeline.slides import open_slide
+    from pathmm_pipeline.preprocess.slides import open_slide
 
     with open_slide(source_slide) as reader:
         return reader.read_region((0, 0), 0, reader.info.dimensions)
@@ -75,7 +75,7 @@ def compose(he: np.ndarray, size: tuple[int, int], seed: int = 0, pen: bool = Fa
 @pytest.fixture(scope="session")
 def slide_factory(he_texture: np.ndarray, tmp_path_factory: pytest.TempPathFactory):
     """Build a real pyramidal TIFF slide with known tissue: factory(name, size, mpp, style, pen, blank)."""
-    from pathmm_pipeline.slidewriter import write_pyramidal_tiff
+    from pathmm_pipeline.preprocess.slidewriter import write_pyramidal_tiff
 
     root = tmp_path_factory.mktemp("slides")
     made: dict[tuple, SyntheticSlide] = {}

@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 
-from pathmm_pipeline.badcorpus import build_bad_corpus
+from pathmm_pipeline.demo.badcorpus import build_bad_corpus
 from pathmm_pipeline.cli import main
-from pathmm_pipeline.provenance import hash_file, hash_tree
-from pathmm_pipeline.stores import open_store
+from pathmm_pipeline.core.provenance import hash_file, hash_tree
+from pathmm_pipeline.core.stores import open_store
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):

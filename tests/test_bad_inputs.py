@@ -7,10 +7,10 @@ import shutil
 import pytest
 
 from pathmm_pipeline.cli import main
-from pathmm_pipeline.errors import InputError, SlideReadError
-from pathmm_pipeline.provenance import hash_tree, hash_file
-from pathmm_pipeline.segmentation import SegmentationSettings, segment_slide
-from pathmm_pipeline.tiling import TilingSettings, tile_slide
+from pathmm_pipeline.core.errors import InputError, SlideReadError
+from pathmm_pipeline.core.provenance import hash_tree, hash_file
+from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
+from pathmm_pipeline.preprocess.tiling import TilingSettings, tile_slide
 
 
 @pytest.fixture

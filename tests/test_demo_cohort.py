@@ -17,8 +17,8 @@ from pathmm_pipeline.demo import build_demo_cohort, tcga
 from pathmm_pipeline.demo.cohort import SAMPLESHEET_COLUMNS, martingale_risk
 from pathmm_pipeline.demo.source import ENV_VAR, ensure_source_slide, verify_source_slide
 from pathmm_pipeline.demo.tissue import mean_haematoxylin
-from pathmm_pipeline.errors import InputError
-from pathmm_pipeline.slides import open_slide
+from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.preprocess.slides import open_slide
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_COPY = Path("/tmp/wheels/cmu_small_region.svs")
@@ -56,7 +56,7 @@ def sheet(full_sheet: pd.DataFrame) -> pd.DataFrame:
 def test_slide_less_patients_have_expression_and_every_other_one_a_report(cohort, full_sheet, sheet):
     """Four real patients outside the slide cohort (and outside the external pretraining corpus) enter without
     a slide, as TCGA cases with expression but no diagnostic slide; the pipeline accepts the sheet."""
-    from pathmm_pipeline.samplesheet import load_samplesheet, slide_entries
+    from pathmm_pipeline.preprocess.samplesheet import load_samplesheet, slide_entries
 
     rows = full_sheet[full_sheet.slide_path == ""]
     assert len(rows) == 4 and (rows.slide_id == "").all() and rows.patient_id.is_unique
@@ -109,7 +109,7 @@ def test_samplesheet_columns_paths_and_real_labels(cohort, sheet):
 
 
 def test_samplesheet_passes_pipeline_validation(cohort):
-    from pathmm_pipeline.samplesheet import load_samplesheet
+    from pathmm_pipeline.preprocess.samplesheet import load_samplesheet
 
     frame = load_samplesheet(cohort / "samplesheet.csv", cancer_types=["BLCA", "STAD"])
     assert len(frame) == len(pd.read_csv(cohort / "samplesheet.csv"))
@@ -286,7 +286,7 @@ def test_compact_tcga_tables():
 
 def test_segmentation_recovers_demo_tissue(cohort, sheet, tmp_path):
     """The pipeline's segmentation against the demo's ground truth: pen marks, bubbles and holes included."""
-    from pathmm_pipeline.segmentation import SegmentationSettings, segment_slide
+    from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
 
     scores = {}
     for row in sheet.itertuples():

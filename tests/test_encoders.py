@@ -17,8 +17,8 @@ from pathmm_pipeline.encoders import (DuplicateEncoderError, EncoderSpec, Unknow
                                       read_state_dict, register_encoder, resolve_weights, unregister_encoder)
 from pathmm_pipeline.encoders import zoo  # noqa: E402
 from pathmm_pipeline.encoders.weights import WeightsError, map_state_dict_by_order  # noqa: E402
-from pathmm_pipeline.errors import ConfigError, InputError  # noqa: E402
-from pathmm_pipeline.provenance import hash_file  # noqa: E402
+from pathmm_pipeline.core.errors import ConfigError, InputError  # noqa: E402
+from pathmm_pipeline.core.provenance import hash_file  # noqa: E402
 
 # name: (output dim, published parameter count, tolerance)
 PUBLISHED = {

@@ -29,16 +29,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from pathmm_pipeline.atomic import TMP_MARK, stale_temporaries
-from pathmm_pipeline.audit import audit
-from pathmm_pipeline.errors import InputError
-from pathmm_pipeline.features import load_features
-from pathmm_pipeline.provenance import build_provenance, hash_file, hash_tree, read_provenance, verify_provenance
-from pathmm_pipeline.segmentation import SegmentationSettings, segment_slide
-from pathmm_pipeline.stores import ArraySpec, open_store, write_store
-from pathmm_pipeline.tiling import TilingSettings, load_tiles, tile_slide
-from pathmm_pipeline.training import load_checkpoint, verify_checkpoint
-from pathmm_pipeline.training.stage import write_cohort_splits
+from pathmm_pipeline.core.atomic import TMP_MARK, stale_temporaries
+from pathmm_pipeline.core.audit import audit
+from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.preprocess.features import load_features
+from pathmm_pipeline.core.provenance import build_provenance, hash_file, hash_tree, read_provenance, verify_provenance
+from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
+from pathmm_pipeline.core.stores import ArraySpec, open_store, write_store
+from pathmm_pipeline.preprocess.tiling import TilingSettings, load_tiles, tile_slide
+from pathmm_pipeline.models.checkpoint import load_checkpoint, verify_checkpoint
+from pathmm_pipeline.stages.training import write_cohort_splits
 
 from conftest import REPO
 
@@ -437,7 +437,7 @@ def test_extraction_temporaries_live_in_scratch(tiled, tmp_path):
 KILL_MID_COPY = textwrap.dedent("""
     import os, shutil, signal, sys
     from pathlib import Path
-    from pathmm_pipeline.atomic import move_into_place
+    from pathmm_pipeline.core.atomic import move_into_place
     copyfile, copied = shutil.copyfile, []
     def dying(src, dst, *args, **kwargs):
         copied.append(src)

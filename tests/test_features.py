@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathmm_pipeline import features as features_module
-from pathmm_pipeline.audit import audit
-from pathmm_pipeline.bags import load_patient_bag
-from pathmm_pipeline.errors import InputError
-from pathmm_pipeline.features import ExtractionSettings, extract_features, load_features
-from pathmm_pipeline.provenance import read_provenance
-from pathmm_pipeline.segmentation import SegmentationSettings, segment_slide
-from pathmm_pipeline.slidewriter import write_pyramidal_tiff
-from pathmm_pipeline.tiling import TilingSettings, tile_slide
+from pathmm_pipeline.preprocess import features as features_module
+from pathmm_pipeline.core.audit import audit
+from pathmm_pipeline.cohort.bags import load_patient_bag
+from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.preprocess.features import ExtractionSettings, extract_features, load_features
+from pathmm_pipeline.core.provenance import read_provenance
+from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
+from pathmm_pipeline.preprocess.slidewriter import write_pyramidal_tiff
+from pathmm_pipeline.preprocess.tiling import TilingSettings, tile_slide
 
 
 def prepare(slide_path, out, backend="openslide"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathmm_pipeline.evaluation.text_metrics import (BLEU_KEYS, METEOR_KEY, ROUGE_KEY, SCORE_KEYS,
+from pathmm_pipeline.stats.text_metrics import (BLEU_KEYS, METEOR_KEY, ROUGE_KEY, SCORE_KEYS,
                                                      score_generation, score_items, tokenize)
 
 REPORTS = [
@@ -82,7 +82,7 @@ def test_metrics_reject_bad_input(refs, hyps, message):
 # ------------------------------------------------------------------------------------------------ generation
 @pytest.fixture(scope="module")
 def tokenizer():
-    from pathmm_pipeline.reports.generation import ReportTokenizer
+    from pathmm_pipeline.downstream.report_generation import ReportTokenizer
 
     return ReportTokenizer()
 
@@ -112,7 +112,7 @@ def test_tokenizer_round_trip(tokenizer):
 
 @pytest.fixture(scope="module")
 def overfit(torch_one_thread, tokenizer):
-    from pathmm_pipeline.reports.generation import GenerationConfig, train_report_decoder
+    from pathmm_pipeline.downstream.report_generation import GenerationConfig, train_report_decoder
 
     embeddings = np.random.default_rng(7).normal(size=(4, 16)).astype(np.float32)
     config = GenerationConfig(epochs=40, batch_size=4, lr=3e-3, dropout=0.0, max_len=32, seed=3, progress=False)
@@ -122,7 +122,7 @@ def overfit(torch_one_thread, tokenizer):
 def test_decoder_overfits_four_reports(overfit, tokenizer):
     import torch
 
-    from pathmm_pipeline.reports.generation import generate_reports
+    from pathmm_pipeline.downstream.report_generation import generate_reports
 
     embeddings, config, decoder = overfit
     assert decoder.tokenizer.restricted and decoder.tokenizer.vocab_size < 50
@@ -140,7 +140,7 @@ def test_decoder_overfits_four_reports(overfit, tokenizer):
 def test_training_is_deterministic_and_restores_rng(torch_one_thread, tokenizer):
     import torch
 
-    from pathmm_pipeline.reports.generation import GenerationConfig, train_report_decoder
+    from pathmm_pipeline.downstream.report_generation import GenerationConfig, train_report_decoder
 
     embeddings = np.random.default_rng(1).normal(size=(3, 8))
     config = GenerationConfig(epochs=2, batch_size=2, d_model=32, ff_dim=64, max_len=16, seed=5, progress=False)
@@ -156,7 +156,7 @@ def test_training_is_deterministic_and_restores_rng(torch_one_thread, tokenizer)
 
 
 def test_nearest_report_baseline(overfit):
-    from pathmm_pipeline.reports.generation import nearest_report_baseline
+    from pathmm_pipeline.downstream.report_generation import nearest_report_baseline
 
     embeddings, _, _ = overfit
     texts, index, cosine = nearest_report_baseline(embeddings, REPORTS, embeddings)
@@ -169,7 +169,7 @@ def test_nearest_report_baseline(overfit):
 
 
 def test_evaluate_generation_frame_and_scores(overfit, tokenizer, monkeypatch):
-    from pathmm_pipeline.reports import generation
+    from pathmm_pipeline.downstream import report_generation as generation
 
     embeddings, config, decoder = overfit
     # reuse the trained decoder (training is covered above): evaluate on the training patients themselves
@@ -186,7 +186,7 @@ def test_evaluate_generation_frame_and_scores(overfit, tokenizer, monkeypatch):
 
 
 def test_bad_input_raises_value_error(tokenizer):
-    from pathmm_pipeline.reports.generation import (GenerationConfig, evaluate_generation, nearest_report_baseline,
+    from pathmm_pipeline.downstream.report_generation import (GenerationConfig, evaluate_generation, nearest_report_baseline,
                                                     train_report_decoder)
 
     config = GenerationConfig(epochs=1, progress=False)

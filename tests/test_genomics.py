@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 
 from pathmm_pipeline.demo import tcga
-from pathmm_pipeline.errors import InputError
+from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.genomics import (GeneScaler, GenomicsSettings, build_genomics_store, family_vectors,
                                       load_collection, load_genomics, mean_pathway_scores, pathway_gene_vectors,
                                       rank_scores, read_expression, read_gmt)
 from pathmm_pipeline.genomics.genesets import builtin_collection, filter_collection
 from pathmm_pipeline.genomics.io import patient_of, sample_type
-from pathmm_pipeline.provenance import read_provenance, verify_provenance
+from pathmm_pipeline.core.provenance import read_provenance, verify_provenance
 
 N_GENES = 1577
 # cohort -> (sample-sheet patients, matched, missing, expression patients not in the sheet)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pathmm_pipeline.training.losses import (NLLSurvLoss, binary_bce_with_pos_weight, class_weights, cox_ph_loss,
+from pathmm_pipeline.models.losses import (NLLSurvLoss, binary_bce_with_pos_weight, class_weights, cox_ph_loss,
                                              discretize, hazards_and_survival, make_time_bins, nll_survival_loss,
                                              pos_weight_from_labels, risk_from_logits, weighted_cross_entropy)
 

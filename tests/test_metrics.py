@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from lifelines.utils import concordance_index
 
-from pathmm_pipeline.evaluation import conventions as conv
-from pathmm_pipeline.evaluation.kaplan_meier import (assign_risk_groups, kaplan_meier, km_by_risk_group,
+from pathmm_pipeline.stats import conventions as conv
+from pathmm_pipeline.stats.kaplan_meier import (assign_risk_groups, kaplan_meier, km_by_risk_group,
                                                      risk_cutoffs)
-from pathmm_pipeline.evaluation.metrics import (bootstrap_c_index, c_index, classification_metrics,
+from pathmm_pipeline.stats.metrics import (bootstrap_c_index, c_index, classification_metrics,
                                                 default_eval_times, discrete_survival_metrics, fold_summary,
                                                 integrated_brier_score, logrank, time_dependent_auc)
 

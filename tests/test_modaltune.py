@@ -23,7 +23,7 @@ from pathmm_pipeline.models import (InputDims, MissingModalityError, ModelConfig
                                     list_models, model_options)
 from pathmm_pipeline.models.modaltune import (HashingTextEncoder, ModalTune, TextProjector, multitask_kl,
                                               task_texts, text_targets)
-from pathmm_pipeline.models.slide_encoders import (GIGAPATH_SEGMENT_LENGTHS, GigaPathSlideEncoder, SlideEncoderSpec,
+from pathmm_pipeline.encoders.slide import (GIGAPATH_SEGMENT_LENGTHS, GigaPathSlideEncoder, SlideEncoderSpec,
                                                    UnknownSlideEncoderError, build_slide_encoder,
                                                    dilated_attention, get_slide_encoder_spec, list_slide_encoders,
                                                    register_slide_encoder, unregister_slide_encoder)

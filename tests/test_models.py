@@ -12,7 +12,7 @@ import itertools
 import pytest
 import torch
 
-from pathmm_pipeline.errors import ConfigError
+from pathmm_pipeline.core.errors import ConfigError
 from pathmm_pipeline.models import (MODALITIES, DuplicateModelError, InputDims, MissingModalityError,
                                     ModelConfigError, ModelInputError, ModelOptionError, ModelOutput, PathmmModel,
                                     PatientInput, TaskSpec, UnknownModelError, build_model, get_model_class,

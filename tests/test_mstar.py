@@ -14,14 +14,16 @@ import torch
 
 from pathmm_pipeline.encoders import get_encoder_spec, load_encoder, read_state_dict, unregister_encoder
 from pathmm_pipeline.encoders.zoo import build_vit_tiny_test
-from pathmm_pipeline.features import ExtractionSettings, TileDataset, extract_features, load_features
+from pathmm_pipeline.preprocess.features import ExtractionSettings, TileDataset, extract_features, load_features
 from pathmm_pipeline.models import (InputDims, ModelConfigError, PatientInput, PretrainBatch, TaskSpec,
                                     build_model, model_options)
-from pathmm_pipeline.mstar import (MSTAR, SelfTaughtConfig, SelfTaughtTrainer, few_shot_curve, load_aggregator,
-                                   register_mstar_encoder, sample_tiles, train_patch_encoder, zero_shot_classify)
-from pathmm_pipeline.provenance import read_provenance, verify_provenance
-from pathmm_pipeline.segmentation import SegmentationSettings, segment_slide
-from pathmm_pipeline.tiling import TilingSettings, load_tiles, tile_slide
+from pathmm_pipeline.models.mstar import MSTAR
+from pathmm_pipeline.training.settings import SelfTaughtConfig
+from pathmm_pipeline.training.self_taught import SelfTaughtTrainer, load_aggregator, register_mstar_encoder, sample_tiles, train_patch_encoder
+from pathmm_pipeline.downstream.zero_shot import few_shot_curve, zero_shot_classify
+from pathmm_pipeline.core.provenance import read_provenance, verify_provenance
+from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
+from pathmm_pipeline.preprocess.tiling import TilingSettings, load_tiles, tile_slide
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -10,11 +10,14 @@ import itertools
 import numpy as np
 import pytest
 
-from pathmm_pipeline.evaluation.metrics import c_index
+from pathmm_pipeline.stats.metrics import c_index
 from pathmm_pipeline.models import MODALITIES
-from pathmm_pipeline.training import Fold, TrainConfig, predict_logits, train_fold
-from pathmm_pipeline.training.downstream import data_efficiency, patient_embeddings, subsample
-from pathmm_pipeline.training.loop import risk_scores
+from pathmm_pipeline.cohort.splits import Fold
+from pathmm_pipeline.training.settings import TrainConfig
+from pathmm_pipeline.evaluation.predict import predict_logits
+from pathmm_pipeline.training.finetune import train_fold
+from pathmm_pipeline.downstream.kinds import data_efficiency, patient_embeddings, subsample
+from pathmm_pipeline.tasks.kinds import risk_scores
 from pathmm_pipeline.training.pretrain import PretrainConfig, pretrain
 from toy_cohort import ToyCohort, build_toy_cohort
 
@@ -123,7 +126,7 @@ def test_data_efficiency_curve_per_fraction_init_and_cancer_type(toy: ToyCohort,
 
 def test_linear_probe_on_frozen_general_prompt_features(toy: ToyCohort) -> None:
     """ModalTune's published protocol: tune, then a Cox model on the general-prompt features."""
-    from pathmm_pipeline.training.downstream import linear_probe, probe_features
+    from pathmm_pipeline.downstream.kinds import linear_probe, probe_features
 
     cohort = toy.cohort()
     fold = _fold(toy)
@@ -146,7 +149,7 @@ def test_linear_probe_on_frozen_general_prompt_features(toy: ToyCohort) -> None:
 
 
 def test_zero_and_few_shot_cancer_type_in_the_aligned_space(toy: ToyCohort) -> None:
-    from pathmm_pipeline.training.downstream import zero_and_few_shot
+    from pathmm_pipeline.downstream.kinds import zero_and_few_shot
 
     cohort = toy.cohort()
     fold = _fold(toy)

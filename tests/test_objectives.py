@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pathmm_pipeline.models.moe import MixtureOfExperts, load_balance_loss, router_entropy, top_k_gates
-from pathmm_pipeline.training.objectives import (ema_update_, kl_softmax, mask_tokens, masked_token_loss,
+from pathmm_pipeline.models.objectives import (ema_update_, kl_softmax, mask_tokens, masked_token_loss,
                                                  symmetric_info_nce, triplet_margin_loss)
 
 

@@ -10,13 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from pathmm_pipeline.errors import InputError
+from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.models import (InputDims, ModelOutput, PathmmModel, PretrainBatch, TaskSpec, register_model,
                                     unregister_model)
-from pathmm_pipeline.provenance import read_provenance, verify_provenance
-from pathmm_pipeline.training import Fold, TrainConfig, train_fold
-from pathmm_pipeline.training.checkpoint import read_checkpoint
-from pathmm_pipeline.training.objectives import symmetric_info_nce
+from pathmm_pipeline.core.provenance import read_provenance, verify_provenance
+from pathmm_pipeline.cohort.splits import Fold
+from pathmm_pipeline.training.settings import TrainConfig
+from pathmm_pipeline.training.finetune import train_fold
+from pathmm_pipeline.models.checkpoint import read_checkpoint
+from pathmm_pipeline.models.objectives import symmetric_info_nce
 from pathmm_pipeline.training.pretrain import (PretrainConfig, align_genomics, apply_pretrained, external_cohort,
                                                pretrain, read_pretrained)
 from toy_cohort import D_WSI, N_GENES, ToyCohort, build_toy_cohort, expression_frame, genomics_store
@@ -166,7 +168,7 @@ def test_pretrained_checkpoint_of_other_dims_or_model_is_refused(toy: ToyCohort,
 
 
 def test_bad_external_tables_are_refused_naming_the_file(tmp_path) -> None:
-    from pathmm_pipeline.training.pretrain import read_external_patients
+    from pathmm_pipeline.preprocess.samplesheet import read_external_patients
 
     with pytest.raises(InputError, match="not found"):
         read_external_patients(tmp_path / "absent.csv")

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import zarr
 
-from pathmm_pipeline.atomic import atomic_path, stale_temporaries
-from pathmm_pipeline.audit import audit, lineage
+from pathmm_pipeline.core.atomic import atomic_path, stale_temporaries
+from pathmm_pipeline.core.audit import audit, lineage
 from pathmm_pipeline.cli import main
-from pathmm_pipeline.errors import InputError, ProvenanceError
-from pathmm_pipeline.provenance import build_provenance, hash_file, hash_tree, read_provenance, verify_provenance
-from pathmm_pipeline.stores import ArraySpec, open_store, write_store
+from pathmm_pipeline.core.errors import InputError, ProvenanceError
+from pathmm_pipeline.core.provenance import build_provenance, hash_file, hash_tree, read_provenance, verify_provenance
+from pathmm_pipeline.core.stores import ArraySpec, open_store, write_store
 
 
 def make_store(tmp_path, name="a.zarr", data=None, inputs=None):
@@ -91,13 +91,13 @@ def test_sigkill_mid_write_leaves_no_complete_looking_store(tmp_path):
     """A writer killed with SIGKILL while writing chunks leaves only a temporary sibling."""
     script = textwrap.dedent(f"""
         import numpy as np, os, sys
-        from pathmm_pipeline import stores
+        from pathmm_pipeline.core import stores
         orig = stores.zarr.Array.__setitem__
         def slow(self, key, value):
             print("writing", flush=True)
             import time; time.sleep(30)
         stores.zarr.Array.__setitem__ = slow
-        from pathmm_pipeline.provenance import build_provenance
+        from pathmm_pipeline.core.provenance import build_provenance
         stores.write_store({str(tmp_path / 'k.zarr')!r}, {{"x": stores.ArraySpec(np.zeros((4, 4)), ("a", "b"))}},
                            {{}}, build_provenance("unit", {{}}, {{}}))
     """)
@@ -143,7 +143,7 @@ def test_audit_cli_exit_status_json_and_lineage(tmp_path, capsys):
 
 
 def test_upstream_hashes_are_reused_only_when_file_unchanged(tmp_path, monkeypatch):
-    import pathmm_pipeline.provenance as prov
+    import pathmm_pipeline.core.provenance as prov
 
     first = make_store(tmp_path, "first.zarr")
     prov._hash_cache.clear()
@@ -165,7 +165,7 @@ def test_upstream_hashes_are_reused_only_when_file_unchanged(tmp_path, monkeypat
 def test_replacing_a_store_swaps_it_whole(tmp_path, monkeypatch, exchange):
     """An existing store is replaced by one atomic swap where the kernel offers renameat2 (the target never
     absent), else by two renames; either way only the new store remains and no temporary is left."""
-    import pathmm_pipeline.atomic as atomic
+    import pathmm_pipeline.core.atomic as atomic
 
     swaps: list[bool] = []
     real = atomic._exchange

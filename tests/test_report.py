@@ -15,10 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pathmm_pipeline.evaluation import aggregate_folds, evaluate_fold, write_report
-from pathmm_pipeline.evaluation.report import collect_inputs, read_benchmarks
-from pathmm_pipeline.provenance import hash_path
-from pathmm_pipeline.training import TrainConfig, make_splits, train_fold
+from pathmm_pipeline.evaluation.run import aggregate_folds, evaluate_fold
+from pathmm_pipeline.evaluation.html import write_report
+from pathmm_pipeline.evaluation.html import collect_inputs, read_benchmarks
+from pathmm_pipeline.core.provenance import hash_path
+from pathmm_pipeline.training.settings import TrainConfig
+from pathmm_pipeline.cohort.splits import make_splits
+from pathmm_pipeline.training.finetune import train_fold
 
 _spec = importlib.util.spec_from_file_location("_toy_cohort", Path(__file__).with_name("test_training.py"))
 toy_module = sys.modules.setdefault("_toy_cohort", importlib.util.module_from_spec(_spec))

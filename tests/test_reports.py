@@ -15,9 +15,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from pathmm_pipeline.atomic import stale_temporaries  # noqa: E402
-from pathmm_pipeline.errors import InputError  # noqa: E402
-from pathmm_pipeline.provenance import hash_file, read_provenance, verify_provenance  # noqa: E402
+from pathmm_pipeline.core.atomic import stale_temporaries  # noqa: E402
+from pathmm_pipeline.core.errors import InputError  # noqa: E402
+from pathmm_pipeline.core.provenance import hash_file, read_provenance, verify_provenance  # noqa: E402
 from pathmm_pipeline.reports.clean import (SECTION_KEYS, clean_report, repair_hyphenation,  # noqa: E402
                                            repair_split_words, split_sections)
 from pathmm_pipeline.reports.deid import PHI_TYPES, deidentify  # noqa: E402
@@ -203,17 +203,17 @@ def test_deid_demo_reports_no_planted_identifier_survives() -> None:
 # ------------------------------------------------------------------------------------------------ encoders
 @pytest.fixture(scope="module")
 def minilm():
-    from pathmm_pipeline.reports.encoders import get_text_encoder
+    from pathmm_pipeline.encoders.text import get_text_encoder
 
     return get_text_encoder("minilm")
 
 
 def test_encoder_registry() -> None:
-    from pathmm_pipeline.reports.encoders import (UnknownEncoderError, create_text_encoder, list_text_encoders,
+    from pathmm_pipeline.encoders.text import (UnknownTextEncoderError, create_text_encoder, list_text_encoders,
                                                   register_text_encoder)
 
     assert {"minilm", "hf_local"} <= set(list_text_encoders())
-    with pytest.raises(UnknownEncoderError, match="registered: .*hf_local.*minilm"):
+    with pytest.raises(UnknownTextEncoderError, match="registered text encoders: .*hf_local.*minilm"):
         create_text_encoder("biobert-from-the-internet")
     with pytest.raises(ValueError, match="already registered"):
         register_text_encoder("minilm")(lambda **kw: None)
@@ -222,7 +222,7 @@ def test_encoder_registry() -> None:
 
 
 def test_minilm_embeddings(minilm) -> None:
-    from pathmm_pipeline.reports.encoders import minilm_model_dir
+    from pathmm_pipeline.encoders.text import minilm_model_dir
 
     assert minilm.dim == 384
     emb = minilm.embed(["The carcinoma invades the muscularis propria of the bladder.",
@@ -237,7 +237,7 @@ def test_minilm_embeddings(minilm) -> None:
 
 
 def test_chunking_long_report(minilm) -> None:
-    from pathmm_pipeline.reports.encoders import plan_windows
+    from pathmm_pipeline.encoders.text import plan_windows
 
     assert plan_windows(100, 254, 64) == [(0, 100)]
     assert plan_windows(600, 254, 64) == [(0, 254), (190, 444), (346, 600)]
@@ -264,7 +264,7 @@ def test_chunking_long_report(minilm) -> None:
 def test_hf_local_encoder_cls_pooling(tmp_path: Path) -> None:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from pathmm_pipeline.reports.encoders import create_text_encoder, minilm_model_dir
+    from pathmm_pipeline.encoders.text import create_text_encoder, minilm_model_dir
 
     folder = tmp_path / "tiny-bert"
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pathmm_pipeline.resources import inputs_size_mb, job_memory_mb, path_size_mb
+from pathmm_pipeline.plan.resources import inputs_size_mb, job_memory_mb, path_size_mb
 
 
 def test_memory_grows_with_each_attempt_and_is_capped():

@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from pathmm_pipeline.cli import main
-from pathmm_pipeline.config import load_config, validate_config
-from pathmm_pipeline.errors import ConfigError, SampleSheetError
-from pathmm_pipeline.provenance import read_provenance
-from pathmm_pipeline.samplesheet import load_samplesheet, slide_entries, write_manifest
+from pathmm_pipeline.core.config import load_config, validate_config
+from pathmm_pipeline.core.errors import ConfigError, SampleSheetError
+from pathmm_pipeline.core.provenance import read_provenance
+from pathmm_pipeline.preprocess.samplesheet import load_samplesheet, slide_entries, write_manifest
 
 from conftest import REPO
 
@@ -192,8 +192,8 @@ def test_bad_slide_less_rows_are_named(cohort, change, expected):
 
 
 def test_a_model_that_needs_a_modality_no_patient_has_is_refused_before_any_job():
-    from pathmm_pipeline.errors import InputError
-    from pathmm_pipeline.training.stage import check_runs_against_cohort, resolve_runs
+    from pathmm_pipeline.core.errors import InputError
+    from pathmm_pipeline.plan.runs import check_runs_against_cohort, resolve_runs
 
     runs = resolve_runs(["snn", "alter", "mcat", "abmil"])
     with pytest.raises(InputError) as info:
@@ -206,8 +206,8 @@ def test_a_model_that_needs_a_modality_no_patient_has_is_refused_before_any_job(
 
 # ------------------------------------------------------------------------------ per-run settings
 def test_variant_settings_are_checked_naming_the_key_and_the_variant():
-    from pathmm_pipeline.errors import InputError
-    from pathmm_pipeline.training.stage import resolve_runs
+    from pathmm_pipeline.core.errors import InputError
+    from pathmm_pipeline.plan.runs import resolve_runs
 
     good = {"fast": {"model": "abmil", "settings": {"epochs": 3, "optimizer": "radam", "max_tiles": 64},
                      "pretrain_settings": {}}}
@@ -223,7 +223,7 @@ def test_variant_settings_are_checked_naming_the_key_and_the_variant():
 
 
 def test_the_published_presets_of_config_yaml_resolve_and_cite_their_source():
-    from pathmm_pipeline.training.stage import resolve_runs
+    from pathmm_pipeline.plan.runs import resolve_runs
 
     config = load_config(REPO / "config.yaml")
     variants = config["training"]["variants"]

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pathmm_pipeline.provenance import read_provenance, verify_provenance
-from pathmm_pipeline.segmentation import (STATUS_NO_TISSUE, STATUS_OK, SegmentationSettings, load_mask,
+from pathmm_pipeline.core.provenance import read_provenance, verify_provenance
+from pathmm_pipeline.preprocess.segmentation import (STATUS_NO_TISSUE, STATUS_OK, SegmentationSettings, load_mask,
                                           segment_slide)
 
 

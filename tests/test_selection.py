@@ -15,14 +15,16 @@ import torch
 
 from pathmm_pipeline.genomics.stage import GenomicsData
 from pathmm_pipeline.models import get_model_class, list_models
-from pathmm_pipeline.stores import ArraySpec, open_store, write_store
-from pathmm_pipeline.provenance import build_provenance
-from pathmm_pipeline.training import MultimodalCohort, TrainConfig, train_fold
-from pathmm_pipeline.training.downstream import (data_efficiency, linear_probe, report_generation,
+from pathmm_pipeline.core.stores import ArraySpec, open_store, write_store
+from pathmm_pipeline.core.provenance import build_provenance
+from pathmm_pipeline.cohort.dataset import MultimodalCohort
+from pathmm_pipeline.training.settings import TrainConfig
+from pathmm_pipeline.training.finetune import train_fold
+from pathmm_pipeline.downstream.kinds import (data_efficiency, linear_probe, report_generation,
                                                  zero_and_few_shot)
 from pathmm_pipeline.training.pretrain import PretrainConfig, load_pretrained_model, pretrain
-from pathmm_pipeline.training.selection import inner_split, read_inner_split, strata_table, write_inner_splits
-from pathmm_pipeline.training.splits import Fold, make_splits
+from pathmm_pipeline.cohort.selection import inner_split, read_inner_split, strata_table, write_inner_splits
+from pathmm_pipeline.cohort.splits import Fold, make_splits
 from toy_cohort import NO_SLIDES, ToyCohort, build_toy_cohort
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathmm_pipeline.errors import MissingMppError, SlideReadError
-from pathmm_pipeline.slides import open_slide
+from pathmm_pipeline.core.errors import MissingMppError, SlideReadError
+from pathmm_pipeline.preprocess.slides import open_slide
 
 
 @pytest.mark.parametrize("style", ["aperio", "generic"])

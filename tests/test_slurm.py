@@ -274,7 +274,7 @@ def test_the_dag_runs_through_slurm_to_the_evaluation_report(workflow):
     for fold in (0, 1):
         assert (results / "training" / "efficientnet_lite0" / "abmil" / "survival" / f"fold_{fold}" /
                 "metrics.csv").is_file()
-    from pathmm_pipeline.audit import audit, lineage
+    from pathmm_pipeline.core.audit import audit, lineage
 
     stores, stale = audit(results)
     assert stores and all(s.ok for s in stores) and stale == []

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from pathmm_pipeline.demo import tcga
-from pathmm_pipeline.errors import InputError
-from pathmm_pipeline.evaluation.conventions import event_from_censorship
-from pathmm_pipeline.training.splits import (Fold, SplitError, SplitSet, make_splits, read_splits, site_of,
+from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.stats.conventions import event_from_censorship
+from pathmm_pipeline.cohort.splits import (Fold, SplitError, SplitSet, make_splits, read_splits, site_of,
                                              write_splits)
 
 # cohort -> (patients, (train, val) per fold) of the published splits

@@ -14,9 +14,9 @@ import yaml
 
 from pathmm_pipeline.demo import tcga
 from pathmm_pipeline.demo.tcga_cohort import build_tcga_cohort
-from pathmm_pipeline.errors import InputError
-from pathmm_pipeline.samplesheet import load_samplesheet, slide_entries
-from pathmm_pipeline.training.splits import read_splits
+from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.preprocess.samplesheet import load_samplesheet, slide_entries
+from pathmm_pipeline.cohort.splits import read_splits
 
 from conftest import REPO
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pathmm_pipeline.errors import InputError
-from pathmm_pipeline.provenance import read_provenance, verify_provenance
-from pathmm_pipeline.segmentation import SegmentationSettings, TissueMask, segment_slide
-from pathmm_pipeline.slides import open_slide
-from pathmm_pipeline.tiling import (TilingSettings, grid_positions, load_tiles, read_tile, tile_geometry,
+from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.core.provenance import read_provenance, verify_provenance
+from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, TissueMask, segment_slide
+from pathmm_pipeline.preprocess.slides import open_slide
+from pathmm_pipeline.preprocess.tiling import (TilingSettings, grid_positions, load_tiles, read_tile, tile_geometry,
                                     tile_slide, tissue_fractions)
 
 
@@ -44,7 +44,7 @@ def test_tissue_fraction_matches_brute_force():
     (0.499, 0.5, 0, 257),    # the CMU scanner's 0.499: exact, not rounded to 256
 ])
 def test_geometry_picks_level_and_read_size(slide_mpp, target, level, read_px):
-    from pathmm_pipeline.slides import SlideInfo
+    from pathmm_pipeline.preprocess.slides import SlideInfo
 
     info = SlideInfo("x", "openslide", (8192, 8192), ((8192, 8192), (2048, 2048), (512, 512)), (1.0, 4.0, 16.0),
                      slide_mpp, "metadata", None, None)
@@ -55,7 +55,7 @@ def test_geometry_picks_level_and_read_size(slide_mpp, target, level, read_px):
 
 
 def test_refuses_upsampling_beyond_limit():
-    from pathmm_pipeline.slides import SlideInfo
+    from pathmm_pipeline.preprocess.slides import SlideInfo
 
     info = SlideInfo("coarse.svs", "openslide", (100, 100), ((100, 100),), (1.0,), 1.0, "metadata", None, None)
     with pytest.raises(InputError, match="coarser"):
@@ -64,7 +64,7 @@ def test_refuses_upsampling_beyond_limit():
 
 
 def test_grid_stays_inside_slide_and_honours_overlap():
-    from pathmm_pipeline.slides import SlideInfo
+    from pathmm_pipeline.preprocess.slides import SlideInfo
 
     info = SlideInfo("x", "openslide", (1000, 700), ((1000, 700),), (1.0,), 0.5, "m", None, None)
     g = tile_geometry(info, TilingSettings(overlap=0.5))
@@ -117,7 +117,7 @@ def test_forty_x_slide_gives_the_same_physical_tiles(slide_factory, tmp_path, he
     """The same tissue scanned at 0.25 um/px tiles to the same positions in microns as at 0.5 um/px."""
     import cv2
 
-    from pathmm_pipeline.slidewriter import write_pyramidal_tiff
+    from pathmm_pipeline.preprocess.slidewriter import write_pyramidal_tiff
 
     slide20 = slide_factory("s")
     with open_slide(slide20.path) as reader:

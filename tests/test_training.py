@@ -19,12 +19,15 @@ import torch
 
 from pathmm_pipeline.evaluation.run import aggregate_folds, evaluate_fold, read_fold_evaluation
 from pathmm_pipeline.models import InputDims, PatientInput
-from pathmm_pipeline.provenance import read_provenance, verify_provenance
+from pathmm_pipeline.core.provenance import read_provenance, verify_provenance
 from toy_cohort import (N_GENES, N_PATIENTS, D_TEXT, D_WSI, NO_EXPRESSION, NO_REPORT, NO_SLIDES, ToyCohort,
                         build_toy_cohort, genomics_store)
-from pathmm_pipeline.training import (TrainConfig, load_checkpoint, make_splits, predict_logits,
-                                      read_splits, train_fold, verify_checkpoint, write_splits)
-from pathmm_pipeline.training.checkpoint import read_checkpoint
+from pathmm_pipeline.training.settings import TrainConfig
+from pathmm_pipeline.models.checkpoint import load_checkpoint, verify_checkpoint
+from pathmm_pipeline.cohort.splits import make_splits, read_splits, write_splits
+from pathmm_pipeline.evaluation.predict import predict_logits
+from pathmm_pipeline.training.finetune import train_fold
+from pathmm_pipeline.models.checkpoint import read_checkpoint
 
 ABMIL_SMALL = {"hidden_dim": 16, "attn_dim": 8, "dropout": 0.0}
 FUSION_SMALL = {"dim": 16, "attn_dim": 8, "snn_hidden": (16, 16), "report_hidden": (16, 16), "dropout": 0.0}

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pathmm_pipeline.audit import audit
+from pathmm_pipeline.core.audit import audit
 
 from conftest import REPO
 from test_workflow import planned_jobs
@@ -180,7 +180,7 @@ def test_checkpoints_and_every_store_verify(run):
 
 
 def test_fine_tuning_starts_from_the_fold_pretraining_which_saw_no_validation_patient(run):
-    from pathmm_pipeline.training.checkpoint import read_checkpoint
+    from pathmm_pipeline.models.checkpoint import read_checkpoint
     from pathmm_pipeline.training.pretrain import read_pretrained
 
     for model in ("alter", "mice"):
@@ -198,9 +198,9 @@ def test_fine_tuning_starts_from_the_fold_pretraining_which_saw_no_validation_pa
 def test_mstar_stage2_weights_feed_the_feature_stage_per_fold(run):
     """Each fold's stage 2 learns from that fold's stage-1 pretraining and training slides only, and its
     weights are the ones the fold's mSTAR feature stores were extracted with."""
-    from pathmm_pipeline.features import load_features
-    from pathmm_pipeline.provenance import read_provenance
-    from pathmm_pipeline.training.splits import read_splits
+    from pathmm_pipeline.preprocess.features import load_features
+    from pathmm_pipeline.core.provenance import read_provenance
+    from pathmm_pipeline.cohort.splits import read_splits
 
     splits = read_splits(run / "splits")
     for k in (0, 1):
@@ -216,7 +216,7 @@ def test_mstar_stage2_weights_feed_the_feature_stage_per_fold(run):
 
 def _lineage(path: Path, seen: set[str] | None = None) -> list[tuple[str, dict]]:
     """Every (path, provenance record) a file's provenance leads to through its inputs, itself first."""
-    from pathmm_pipeline.provenance import ProvenanceError, read_provenance
+    from pathmm_pipeline.core.provenance import ProvenanceError, read_provenance
 
     seen = set() if seen is None else seen
     key = str(Path(path).resolve())
@@ -240,7 +240,7 @@ def test_no_held_out_patient_shaped_anything_a_fold_is_evaluated_with(run):
     """Evaluation is patient-disjoint from every fitted stage: walking the provenance of every fold checkpoint
     (its pretraining, the feature stores it read, their encoder weights, stage 2's teacher), no record that
     names the patients it learnt from (``trained_on``) names a held-out patient of that fold."""
-    from pathmm_pipeline.training.splits import read_splits
+    from pathmm_pipeline.cohort.splits import read_splits
 
     splits = read_splits(run / "splits")
     checked = 0
@@ -275,7 +275,7 @@ def test_slide_less_patients_are_trained_and_evaluated_by_alter_and_mice_and_cou
 def test_abmil_finds_the_planted_signal_on_held_out_patients(run):
     """The demo plants a cellular-tissue share that follows each patient's survival; pooled over both folds'
     held-out patients, ABMIL's risk must order them clearly better than chance (fixed seeds, deterministic)."""
-    from pathmm_pipeline.evaluation.metrics import c_index
+    from pathmm_pipeline.stats.metrics import c_index
 
     predictions = pd.read_csv(run / "evaluation" / "predictions.csv")
     held_out = predictions[(predictions.model == "abmil") & (predictions.subset == "all")]

@@ -19,7 +19,7 @@ from pathmm_pipeline.models import (InputDims, MissingModalityError, ModelConfig
                                     list_models, model_options)
 from pathmm_pipeline.models.umeml import (UMEML, modularity, modularity_loss, patch_graph,
                                           soft_assignment)  # registers "umeml"
-from pathmm_pipeline.training.losses import nll_survival_loss
+from pathmm_pipeline.models.losses import nll_survival_loss
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

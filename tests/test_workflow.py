@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pathmm_pipeline.audit import audit
-from pathmm_pipeline.features import load_features
-from pathmm_pipeline.segmentation import load_mask
-from pathmm_pipeline.tiling import load_tiles
+from pathmm_pipeline.core.audit import audit
+from pathmm_pipeline.preprocess.features import load_features
+from pathmm_pipeline.preprocess.segmentation import load_mask
+from pathmm_pipeline.preprocess.tiling import load_tiles
 
 from conftest import REPO
 

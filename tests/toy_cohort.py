@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from pathmm_pipeline.genomics import GenomicsSettings, build_genomics_store
-from pathmm_pipeline.provenance import build_provenance
-from pathmm_pipeline.stores import ArraySpec, write_store
-from pathmm_pipeline.training import MultimodalCohort
+from pathmm_pipeline.core.provenance import build_provenance
+from pathmm_pipeline.core.stores import ArraySpec, write_store
+from pathmm_pipeline.cohort.dataset import MultimodalCohort
 
 N_PATIENTS = 90
 D_WSI = 16

@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_path, write_text_atomic
-from ..errors import InputError
-from ..slides import open_slide
-from . import tcga
-from .reports import PatientFacts, make_report
-from .slides import TRUTH_MPP, SlideResult, SlideSpec, write_slide
-from .source import ensure_source_slide, verify_source_slide
-from .tissue import TexturePools, extract_pools
+from pathmm_pipeline.core.atomic import atomic_path, write_text_atomic
+from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.preprocess.slides import open_slide
+from pathmm_pipeline.demo import tcga
+from pathmm_pipeline.demo.reports import PatientFacts, make_report
+from pathmm_pipeline.demo.slides import TRUTH_MPP, SlideResult, SlideSpec, write_slide
+from pathmm_pipeline.demo.source import ensure_source_slide, verify_source_slide
+from pathmm_pipeline.demo.tissue import TexturePools, extract_pools
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_path, write_bytes_atomic
+from pathmm_pipeline.core.atomic import atomic_path, write_bytes_atomic
+from pathmm_pipeline.core.data import TCGA_DATA
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ CLINICAL_COLUMNS = (
     "censorship_dss", "censorship_pfi", "is_female", "oncotree_code", "stage", "grade", "subtype",
 )
 PATHWAY_FILES = ("hallmarks_comps", "hallmarks_signatures", "xena_comps", "xena_signatures", "gene_families_6")
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "tcga"
+DEFAULT_OUT = TCGA_DATA
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path, float_split: bool = False) -> None:

@@ -15,8 +15,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ..atomic import write_bytes_atomic
-from ..errors import InputError
+from pathmm_pipeline.core.atomic import write_bytes_atomic
+from pathmm_pipeline.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

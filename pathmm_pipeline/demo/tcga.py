@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "tcga"
+from pathmm_pipeline.core.data import TCGA_DATA
+
+DATA_DIR = TCGA_DATA
 COHORTS = ("blca", "stad")
 PATHWAYS = ("hallmarks_comps", "hallmarks_signatures", "xena_comps", "xena_signatures", "gene_families_6")
 

@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..atomic import atomic_path, write_text_atomic
-from ..errors import InputError
-from . import tcga
-from .compact_tcga import clinical_table, expression_table
+from pathmm_pipeline.core.atomic import atomic_path, write_text_atomic
+from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.demo import tcga
+from pathmm_pipeline.demo.compact_tcga import clinical_table, expression_table
 
 log = logging.getLogger(__name__)
 

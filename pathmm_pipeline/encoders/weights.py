@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from pathmm_pipeline.core.errors import InputError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")

@@ -42,8 +42,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .registry import EncoderSpec, StateDict, register_encoder
-from .weights import StateDictMismatch, map_state_dict_by_order
+from pathmm_pipeline.encoders.patch import EncoderSpec, StateDict, register_encoder
+from pathmm_pipeline.encoders.weights import StateDictMismatch, map_state_dict_by_order
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,8 +1,8 @@
 """Evaluating trained folds on their validation patients, the missing-modality stress test, and the
 aggregation over folds into tidy tables.
 
-:func:`evaluate_fold` takes a fold trained by :func:`~pathmm_pipeline.training.loop.train_fold` (the
-:class:`~pathmm_pipeline.training.loop.FoldResult`, or its checkpoint) and the cohort, re-applies the fold's
+:func:`evaluate_fold` takes a fold trained by :func:`~pathmm_pipeline.training.finetune.train_fold` (the
+:class:`~pathmm_pipeline.training.finetune.FoldResult`, or its checkpoint) and the cohort, re-applies the fold's
 gene scaler (fitted on its training patients) and predicts every validation patient:
 
 * survival: the risk (higher = earlier event), Harrell's C-index with a seeded percentile bootstrap interval,
@@ -44,8 +44,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .kaplan_meier import RiskGroupCurves, group_names, km_by_risk_group, risk_cutoffs
-from .metrics import (bootstrap_c_index, classification_metrics, default_eval_times, discrete_survival_metrics,
+from pathmm_pipeline.evaluation.predict import predict_logits
+from pathmm_pipeline.evaluation.trained import FoldResult
+from pathmm_pipeline.models.checkpoint import LoadedCheckpoint, load_checkpoint
+from pathmm_pipeline.tasks.kinds import probabilities, risk_scores
+from pathmm_pipeline.stats.kaplan_meier import RiskGroupCurves, group_names, km_by_risk_group, risk_cutoffs
+from pathmm_pipeline.stats.metrics import (bootstrap_c_index, classification_metrics, default_eval_times, discrete_survival_metrics,
                       fold_summary, time_dependent_auc)
 
 ALL = "all"
@@ -72,9 +76,6 @@ class _Trained:
 
 
 def _as_trained(trained: Any) -> _Trained:
-    from ..training.checkpoint import LoadedCheckpoint, load_checkpoint
-    from ..training.loop import FoldResult
-
     if isinstance(trained, (str, os.PathLike)):
         trained = load_checkpoint(trained)
     if isinstance(trained, FoldResult):
@@ -109,7 +110,7 @@ class FoldEvaluation:
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``metrics.csv`` and ``predictions.csv`` into ``folder`` (atomically)."""
-        from ..atomic import write_text_atomic
+        from pathmm_pipeline.core.atomic import write_text_atomic
 
         root = Path(folder)
         write_text_atomic(root / "metrics.csv", self.metrics.to_csv(index=False))
@@ -180,8 +181,7 @@ def evaluate_fold(trained: Any, cohort: Any, patients: Sequence[str] | None = No
 
     ``trained``: a FoldResult, a LoadedCheckpoint or a checkpoint path. ``cohort``: the whole cohort (the
     fold's scaler from training is applied here)."""
-    from ..training.loop import predict_logits, probabilities, risk_scores
-    from ..training.losses import hazards_and_survival
+    from pathmm_pipeline.models.losses import hazards_and_survival
 
     t = _as_trained(trained)
     model = t.model.to(device).eval()
@@ -411,7 +411,7 @@ class ResultsTables:
 
     def to_csv(self, folder: str | os.PathLike[str]) -> dict[str, Path]:
         """Write every table as ``<name>.csv`` into ``folder`` (atomically); returns name -> path."""
-        from ..atomic import write_text_atomic
+        from pathmm_pipeline.core.atomic import write_text_atomic
 
         root = Path(folder)
         return {name: write_text_atomic(root / f"{name}.csv", frame.to_csv(index=False))
@@ -440,9 +440,6 @@ def summarize(folds: pd.DataFrame) -> pd.DataFrame:
 
 
 def _training_rows(results: Iterable[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from ..training.checkpoint import LoadedCheckpoint, load_checkpoint
-    from ..training.loop import FoldResult
-
     histories, costs = [], []
     for r in results:
         if isinstance(r, (str, os.PathLike)):
@@ -531,25 +528,3 @@ def aggregate_folds(evaluations: Sequence[FoldEvaluation], training: Iterable[An
     km, km_curves, logrank = pooled_km(predictions)
     history, training_table = _training_rows(training)
     return ResultsTables(summarize(folds), folds, predictions, km, km_curves, logrank, history, training_table)
-
-
-def cross_validate(model_name: str, task: Any, cohort: Any, splits: Any, config: Any = None,
-                   out_dir: str | os.PathLike[str] | None = None, folds: Sequence[int] | None = None,
-                   **evaluate_options: Any) -> tuple[list[Any], list[FoldEvaluation]]:
-    """Train (:func:`~pathmm_pipeline.training.loop.train_fold`) and evaluate every fold of ``splits`` (or
-    only ``folds``); with ``out_dir`` each fold writes into ``<out_dir>/fold_<k>``."""
-    from ..training.loop import train_fold
-
-    results, evaluations = [], []
-    for fold in splits:
-        if folds is not None and fold.index not in folds:
-            continue
-        where = None if out_dir is None else Path(out_dir) / f"fold_{fold.index}"
-        source = getattr(splits, "source", "") or None
-        result = train_fold(model_name, task, cohort, fold, config, out_dir=where, split_file=source)
-        evaluation = evaluate_fold(result, cohort, **evaluate_options)
-        if where is not None:
-            evaluation.save(where)
-        results.append(result)
-        evaluations.append(evaluation)
-    return results, evaluations

@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
-from .genesets import GeneSetCollection, FilteredCollection, filter_collection, load_collection, read_gmt
-from .io import ExpressionMatrix, read_expression
-from .normalize import GeneScaler
-from .stage import GenomicsData, GenomicsSettings, build_genomics_store, load_genomics
-from .tokens import family_vectors, mean_pathway_scores, pathway_gene_vectors, rank_scores
+from pathmm_pipeline.genomics.genesets import GeneSetCollection, FilteredCollection, filter_collection, load_collection, read_gmt
+from pathmm_pipeline.genomics.io import ExpressionMatrix, read_expression
+from pathmm_pipeline.genomics.normalize import GeneScaler
+from pathmm_pipeline.genomics.stage import GenomicsData, GenomicsSettings, build_genomics_store, load_genomics
+from pathmm_pipeline.genomics.tokens import family_vectors, mean_pathway_scores, pathway_gene_vectors, rank_scores
 
 __all__ = [
     "ExpressionMatrix", "FilteredCollection", "GeneScaler", "GeneSetCollection", "GenomicsData",

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from pathmm_pipeline.core.errors import InputError
 
 BUILTIN_TABLES = {
     "hallmarks": ("hallmarks_comps",),
@@ -238,9 +238,9 @@ def read_geneset_file(path: str | os.PathLike[str], name: str | None = None) -> 
 
 def builtin_file(table: str) -> Path:
     """Path of a built-in pathway table shipped with the package (``data/tcga/pathways/<table>.csv.gz``)."""
-    from ..demo.tcga import DATA_DIR
+    from pathmm_pipeline.core.data import TCGA_DATA
 
-    return DATA_DIR / "pathways" / f"{table}.csv.gz"
+    return TCGA_DATA / "pathways" / f"{table}.csv.gz"
 
 
 def builtin_collection(name: str) -> GeneSetCollection:

@@ -25,7 +25,7 @@ Decisions, each recorded on the returned :class:`ExpressionMatrix`:
 * **Duplicated gene symbols** (``duplicates``): ``"error"`` (default) refuses the file naming the genes,
   ``"mean"`` averages the duplicated columns, ``"first"`` keeps the first.
 
-Errors are :class:`~pathmm_pipeline.errors.InputError` naming the file, the problem (with the gene, sample or
+Errors are :class:`~pathmm_pipeline.core.errors.InputError` naming the file, the problem (with the gene, sample or
 patient concerned) and what to do: unreadable or malformed tables, ragged rows, non-numeric or infinite
 cells, duplicated sample ids, duplicated genes (by default), samples whose values are all missing.
 
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from pathmm_pipeline.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -43,13 +43,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from ..provenance import build_provenance
-from ..stores import ArraySpec, open_store, write_store
-from .genesets import FilteredCollection, filter_collection, load_collection
-from .io import (DUPLICATE_POLICIES, MULTI_SAMPLE_POLICIES, ORIENTATIONS, RAW_THRESHOLD, SCALES, ExpressionMatrix,
+from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.core.provenance import build_provenance
+from pathmm_pipeline.core.stores import ArraySpec, open_store, write_store
+from pathmm_pipeline.genomics.genesets import FilteredCollection, filter_collection, load_collection
+from pathmm_pipeline.genomics.io import (DUPLICATE_POLICIES, MULTI_SAMPLE_POLICIES, ORIENTATIONS, RAW_THRESHOLD, SCALES, ExpressionMatrix,
                  drop_sparse_genes, read_expression)
-from .tokens import RANK_SCORE_DEFINITION, flatten_sets, rank_scores, unflatten_sets
+from pathmm_pipeline.genomics.tokens import RANK_SCORE_DEFINITION, flatten_sets, rank_scores, unflatten_sets
 
 log = logging.getLogger(__name__)
 

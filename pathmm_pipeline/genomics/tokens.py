@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .genesets import FilteredCollection, GeneSetCollection
+from pathmm_pipeline.genomics.genesets import FilteredCollection, GeneSetCollection
 
 RANK_SCORE_DEFINITION = (
     "singscore-style unidirectional score, centred: in each sample, the N genes with a value are ranked "

@@ -31,12 +31,12 @@ Multimodal methods with a pretraining objective (``pretrainable``; :mod:`pathmm_
 
 from __future__ import annotations
 
-from .base import (MODALITIES, MODALITY_FIELDS, TASK_KINDS, InputDims, MissingModalityError, ModelConfigError,
+from pathmm_pipeline.models.base import (MODALITIES, MODALITY_FIELDS, TASK_KINDS, InputDims, MissingModalityError, ModelConfigError,
                    ModelError, ModelInputError, ModelOutput, PathmmModel, PatientInput, PretrainBatch,
                    TaskSpec)
-from .registry import (DuplicateModelError, ModelOptionError, UnknownModelError, build_model, get_model_class,
+from pathmm_pipeline.models.registry import (DuplicateModelError, ModelOptionError, UnknownModelError, build_model, get_model_class,
                        list_models, model_options, register_model, unregister_model)
-from . import abmil, alter, late_fusion, mcat, mice, modaltune, mstar, ridge_cox, snn, survpath, transmil, umeml  # noqa: E402,F401  (register the baselines)
+from pathmm_pipeline.models import abmil, alter, late_fusion, mcat, mice, modaltune, mstar, ridge_cox, snn, survpath, transmil, umeml  # noqa: E402,F401  (register the baselines)
 
 __all__ = [
     "MODALITIES", "MODALITY_FIELDS", "TASK_KINDS", "DuplicateModelError", "InputDims", "MissingModalityError",

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import InputDims, ModelOutput, PathmmModel, PatientInput, TaskSpec
-from .layers import AttentionPool
-from .registry import register_model
+from pathmm_pipeline.models.base import InputDims, ModelOutput, PathmmModel, PatientInput, TaskSpec
+from pathmm_pipeline.models.layers import AttentionPool
+from pathmm_pipeline.models.registry import register_model
 
 
 @register_model("abmil")

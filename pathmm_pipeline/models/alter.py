@@ -85,12 +85,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..training.objectives import mask_tokens, masked_token_loss, symmetric_info_nce, triplet_margin_loss
-from .base import (MODALITIES, InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel,
+from pathmm_pipeline.models.objectives import mask_tokens, masked_token_loss, symmetric_info_nce, triplet_margin_loss
+from pathmm_pipeline.models.base import (MODALITIES, InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel,
                    PatientInput, PretrainBatch, TaskSpec)
-from .moe import Expert, MixtureOfExperts, RoutingStats
-from .registry import register_model
-from .transmil import PPEG, TransLayer, square_pad
+from pathmm_pipeline.models.moe import Expert, MixtureOfExperts, RoutingStats
+from pathmm_pipeline.models.registry import register_model
+from pathmm_pipeline.models.transmil import PPEG, TransLayer, square_pad
 
 FUSION_MODES = ("both", "shared_only", "moe_only")
 

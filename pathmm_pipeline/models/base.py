@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import ConfigError, PathmmError
+from pathmm_pipeline.core.errors import ConfigError, PathmmError
 
 MODALITIES = ("wsi", "genomics", "report")
 TASK_KINDS = ("survival", "classification", "binary")

@@ -29,9 +29,9 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .base import MODALITIES, InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
-from .layers import AttentionPool, KroneckerFusion, MissingEmbedding, mlp, snn
-from .registry import register_model
+from pathmm_pipeline.models.base import MODALITIES, InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
+from pathmm_pipeline.models.layers import AttentionPool, KroneckerFusion, MissingEmbedding, mlp, snn
+from pathmm_pipeline.models.registry import register_model
 
 
 class _LateFusion(PathmmModel):

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
-from .layers import AttentionPool, KroneckerFusion, MissingEmbedding, mlp, snn
-from .registry import register_model
+from pathmm_pipeline.models.base import InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
+from pathmm_pipeline.models.layers import AttentionPool, KroneckerFusion, MissingEmbedding, mlp, snn
+from pathmm_pipeline.models.registry import register_model
 
 
 def transformer(dim: int, heads: int, ff_dim: int, layers: int, dropout: float) -> nn.TransformerEncoder:

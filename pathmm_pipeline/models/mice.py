@@ -63,13 +63,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.losses import nll_survival_loss
-from ..training.objectives import symmetric_info_nce
-from .base import (MODALITIES, InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel,
+from pathmm_pipeline.models.losses import nll_survival_loss
+from pathmm_pipeline.models.objectives import symmetric_info_nce
+from pathmm_pipeline.models.base import (MODALITIES, InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel,
                    PatientInput, PretrainBatch, TaskSpec)
-from .layers import AttentionPool, mlp, snn
-from .moe import MixtureOfExperts, RoutingStats, load_balance_loss, router_entropy
-from .registry import register_model
+from pathmm_pipeline.models.layers import AttentionPool, mlp, snn
+from pathmm_pipeline.models.moe import MixtureOfExperts, RoutingStats, load_balance_loss, router_entropy
+from pathmm_pipeline.models.registry import register_model
 
 #: CLIP's initial inverse temperature, log(1 / 0.07), and its clamp, log(100)
 LOGIT_SCALE_INIT = math.log(1 / 0.07)

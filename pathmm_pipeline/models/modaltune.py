@@ -45,7 +45,7 @@ Text-embedded multi-task targets (the published training signal):
   MiniLM's width);
 * a **fixed random projector** :class:`TextProjector` (seeded by ``projector_seed``, buffers only, never
   trained; the published 1x1-conv -> LayerNorm -> ReLU -> 1x1-conv) maps them to ``out_dim``;
-* :func:`multitask_kl` = the mean over tasks of :func:`~pathmm_pipeline.training.objectives.kl_softmax`
+* :func:`multitask_kl` = the mean over tasks of :func:`~pathmm_pipeline.models.objectives.kl_softmax`
   (KL(softmax(target / T) || softmax(pred / T)) * T^2) between the L2-normalised task embedding and the
   L2-normalised projected text embedding, as published (PromptKD-style distillation).
 
@@ -95,12 +95,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..training.objectives import kl_softmax
-from .base import (InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel, PatientInput,
+from pathmm_pipeline.models.objectives import kl_softmax
+from pathmm_pipeline.models.base import (InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel, PatientInput,
                    PretrainBatch, TaskSpec)
-from .layers import MissingEmbedding, snn
-from .registry import register_model
-from .slide_encoders import SlideEncoder, build_slide_encoder
+from pathmm_pipeline.models.layers import MissingEmbedding, snn
+from pathmm_pipeline.models.registry import register_model
+from pathmm_pipeline.encoders.slide import SlideEncoder, build_slide_encoder
 
 DEFAULT_TASKS = ("general", "survival", "subtype")
 #: the clinical fields each task's text holds; "general" holds every field, any other task the field of its name
@@ -465,7 +465,7 @@ class ModalTune(PathmmModel):
         self.embedding_dim = out_dim
         self._text_encoder: TextEncoderFn = HashingTextEncoder(self.text_dim)
         self._text_cache: dict[str, torch.Tensor] = {}
-        #: "hashing" (offline, deterministic) or a text encoder of :mod:`pathmm_pipeline.reports.encoders`
+        #: "hashing" (offline, deterministic) or a text encoder of :mod:`pathmm_pipeline.encoders.text`
         #: (e.g. "minilm"), loaded on first use so that building the model stays cheap
         self.text_encoder_name = str(text_encoder)
         self._text_encoder_loaded = self.text_encoder_name == "hashing"
@@ -616,7 +616,7 @@ class ModalTune(PathmmModel):
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         if not self._text_encoder_loaded:
-            from ..reports.encoders import get_text_encoder
+            from pathmm_pipeline.encoders.text import get_text_encoder
 
             self.set_text_encoder(get_text_encoder(self.text_encoder_name).embed)
             self._text_encoder_loaded = True

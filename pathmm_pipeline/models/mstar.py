@@ -7,12 +7,12 @@ The model (``@register_model("mstar")``):
   the bag padded to a square by repeating its first patches -> a learned CLS token prepended -> Nystrom layer
   -> PPEG -> Nystrom layer -> LayerNorm. The **slide embedding** is the CLS output (``dim``); the outputs at
   the first N (non-padding) positions are the **re-embedded patch features**, each patch seen in the context
-  of its slide (used as the targets of stage 2, :mod:`pathmm_pipeline.mstar.self_taught`).
+  of its slide (used as the targets of stage 2, :mod:`pathmm_pipeline.training.self_taught`).
 * **shared space** (``proj_dim``) -- ``wsi_projection`` (Linear dim -> proj_dim) of the slide embedding;
   ``report_projection`` (Linear D_text -> proj_dim, or an MLP with ``report_hidden``) of the stored report
   embedding of the pipeline's frozen text encoder (the mean of ``report_tokens`` when only those are given),
   which is also the **text projection** of zero-shot classification (prompts embedded by the same text
-  encoder, :mod:`pathmm_pipeline.mstar.zero_shot`); ``genomics_encoder``: an SNN (``genomics_hidden``,
+  encoder, :mod:`pathmm_pipeline.downstream.zero_shot`); ``genomics_encoder``: an SNN (``genomics_hidden``,
   SELU + AlphaDropout, as :mod:`.snn`) on ``genes`` followed by Linear -> proj_dim.
 * **fine-tuning** -- the linear head ``classifier`` on the slide embedding; the forward pass reads the WSI
   only (as the paper fine-tunes its aggregator on slides), the other modalities serve pretraining.
@@ -50,12 +50,12 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..training.objectives import symmetric_info_nce, triplet_margin_loss
-from .base import (MODALITIES, InputDims, ModelConfigError, ModelError, ModelOutput, PathmmModel, PatientInput,
+from pathmm_pipeline.models.objectives import symmetric_info_nce, triplet_margin_loss
+from pathmm_pipeline.models.base import (MODALITIES, InputDims, ModelConfigError, ModelError, ModelOutput, PathmmModel, PatientInput,
                    PretrainBatch, TaskSpec)
-from .layers import snn
-from .registry import register_model
-from .transmil import PPEG, TransLayer, square_pad
+from pathmm_pipeline.models.layers import snn
+from pathmm_pipeline.models.registry import register_model
+from pathmm_pipeline.models.transmil import PPEG, TransLayer, square_pad
 
 MAX_LOGIT_SCALE = math.log(100.0)
 

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..errors import ConfigError, PathmmError, did_you_mean
-from .base import MODALITIES, InputDims, ModelConfigError, PathmmModel, TaskSpec
-
-_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-_REGISTRY: dict[str, type[PathmmModel]] = {}
+from pathmm_pipeline.core.registry import NAME, DuplicateEntryError, Registry, UnknownEntryError
+from pathmm_pipeline.models.base import MODALITIES, InputDims, ModelConfigError, PathmmModel, TaskSpec
 
 M = TypeVar("M", bound=type[PathmmModel])
 
 
-class UnknownModelError(ConfigError, LookupError):
+class UnknownModelError(UnknownEntryError):
     """A model name that is not registered."""
 
 
-class DuplicateModelError(PathmmError, ValueError):
+class DuplicateModelError(DuplicateEntryError):
     """A model registered under a name that is already taken."""
+
+
+#: the models by name: each a :class:`PathmmModel` subclass (one file of this package each)
+MODELS: Registry[type[PathmmModel]] = Registry("model", unknown=UnknownModelError, duplicate=DuplicateModelError,
+                                               describe=lambda cls: f"{cls.__module__}.{cls.__qualname__}")
 
 
 class ModelOptionError(ModelConfigError, TypeError):
@@ -33,7 +34,7 @@ def register_model(name: str, *, replace: bool = False) -> Callable[[M], M]:
 
     A name already taken raises :class:`DuplicateModelError` unless ``replace=True``.
     """
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not NAME.match(name):
         raise ValueError(f"model name {name!r} must be letters, digits and underscores only")
 
     def decorate(cls: M) -> M:
@@ -46,12 +47,8 @@ def register_model(name: str, *, replace: bool = False) -> Callable[[M], M]:
             problems.append(f"requires {sorted(cls.requires)} must be a subset of uses {sorted(cls.uses)}")
         if problems:
             raise ValueError(f"register_model('{name}'): " + "; ".join(problems))
-        if name in _REGISTRY and not replace and _REGISTRY[name] is not cls:
-            raise DuplicateModelError(f"model '{name}' is already registered ({_REGISTRY[name].__module__}."
-                                      f"{_REGISTRY[name].__qualname__}) -- register yours under another name, or "
-                                      f"pass replace=True to override it deliberately")
+        MODELS.register(name, cls, replace=replace)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorate
@@ -59,22 +56,17 @@ def register_model(name: str, *, replace: bool = False) -> Callable[[M], M]:
 
 def unregister_model(name: str) -> type[PathmmModel]:
     """Remove a registered model (for tests and plugins); returns its class."""
-    get_model_class(name)
-    return _REGISTRY.pop(name)
+    return MODELS.remove(name)
 
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def get_model_class(name: str) -> type[PathmmModel]:
     """The class registered under ``name``; an unknown name raises an error listing the registered ones."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise UnknownModelError(f"unknown model {name!r}{did_you_mean(name, _REGISTRY)} -- registered models: "
-                                f"{', '.join(list_models())}") from None
+    return MODELS.get(name)
 
 
 def model_options(name: str) -> dict[str, Any]:

@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .base import InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
-from .registry import register_model
+from pathmm_pipeline.models.base import InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
+from pathmm_pipeline.models.registry import register_model
 
 #: the penalties searched on the inner-validation split (selection ``inner``)
 PENALTIES = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from .base import InputDims, ModelOutput, PathmmModel, PatientInput, TaskSpec
-from .layers import snn
-from .registry import register_model
+from pathmm_pipeline.models.base import InputDims, ModelOutput, PathmmModel, PatientInput, TaskSpec
+from pathmm_pipeline.models.layers import snn
+from pathmm_pipeline.models.registry import register_model
 
 
 @register_model("snn")

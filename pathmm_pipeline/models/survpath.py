@@ -26,9 +26,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
-from .layers import MissingEmbedding, snn
-from .registry import register_model
+from pathmm_pipeline.models.base import InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
+from pathmm_pipeline.models.layers import MissingEmbedding, snn
+from pathmm_pipeline.models.registry import register_model
 
 
 class SparseMultimodalAttention(nn.Module):

@@ -18,9 +18,9 @@ import math
 import torch
 from torch import nn
 
-from .base import InputDims, ModelOutput, PathmmModel, PatientInput, TaskSpec
-from .nystrom import NystromAttention
-from .registry import register_model
+from pathmm_pipeline.models.base import InputDims, ModelOutput, PathmmModel, PatientInput, TaskSpec
+from pathmm_pipeline.models.nystrom import NystromAttention
+from pathmm_pipeline.models.registry import register_model
 
 
 class TransLayer(nn.Module):

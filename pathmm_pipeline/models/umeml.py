@@ -74,9 +74,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
-from .layers import MissingEmbedding, mlp, snn
-from .registry import register_model
+from pathmm_pipeline.models.base import InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
+from pathmm_pipeline.models.layers import MissingEmbedding, mlp, snn
+from pathmm_pipeline.models.registry import register_model
 
 GENE_GROUPS = ("pathways", "families")
 POOLINGS = ("cls", "mean")

@@ -11,8 +11,8 @@ Importing this package is cheap: torch and transformers are only imported when a
 
 from __future__ import annotations
 
-from .clean import SECTION_KEYS, CleanReport, clean_report, split_sections
-from .deid import PHI_TYPES, DeidResult, PHISpan, deidentify
+from pathmm_pipeline.reports.clean import SECTION_KEYS, CleanReport, clean_report, split_sections
+from pathmm_pipeline.reports.deid import PHI_TYPES, DeidResult, PHISpan, deidentify
 
 __all__ = ["SECTION_KEYS", "CleanReport", "clean_report", "split_sections", "PHI_TYPES", "DeidResult", "PHISpan",
            "deidentify"]

@@ -27,7 +27,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from .vocab import COMMON_WORDS, KNOWN_WORDS
+from pathmm_pipeline.reports.vocab import COMMON_WORDS, KNOWN_WORDS
 
 SECTION_KEYS: tuple[str, ...] = ("diagnosis", "microscopic", "gross", "comment", "clinical_history", "other")
 

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .vocab import COMMON_WORDS, EPONYMS, FIRST_NAMES, KNOWN_WORDS, LAST_NAMES, MEDICAL_WORDS
+from pathmm_pipeline.reports.vocab import COMMON_WORDS, EPONYMS, FIRST_NAMES, KNOWN_WORDS, LAST_NAMES, MEDICAL_WORDS
 
 PHI_TYPES: tuple[str, ...] = ("NAME", "DATE", "MRN", "ACCESSION", "PHONE", "ADDRESS", "EMAIL")
 

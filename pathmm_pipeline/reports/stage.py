@@ -3,7 +3,7 @@
 :func:`clean_reports` reads one plain-text report per patient, de-identifies it, cleans it and writes a Parquet
 table with one row per patient (columns: ``patient_id``, ``text``, one ``section_<key>`` column per canonical
 section, ``n_phi_<TYPE>`` per identifier type and ``n_phi_total``, ``n_chars``, ``deidentified``) carrying its
-provenance under :data:`pathmm_pipeline.provenance.PARQUET_KEY` in the Parquet metadata.
+provenance under :data:`pathmm_pipeline.core.provenance.PARQUET_KEY` in the Parquet metadata.
 
 Order of operations per report: Unicode/whitespace normalisation and line-break hyphenation repair, then
 de-identification of the WHOLE report (headers included, so identifier counts cover every identifier in the
@@ -38,13 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_path
-from ..errors import InputError
-from ..provenance import PARQUET_KEY, build_provenance, hash_file
-from ..stores import ArraySpec, write_store
-from .clean import SECTION_KEYS, clean_report, join_sections, normalize, repair_hyphenation
-from .deid import PHI_TYPES, deidentify
-from .encoders import TextEncoder, get_text_encoder
+from pathmm_pipeline.core.atomic import atomic_path
+from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.core.provenance import PARQUET_KEY, build_provenance, hash_file
+from pathmm_pipeline.core.stores import ArraySpec, write_store
+from pathmm_pipeline.reports.clean import SECTION_KEYS, clean_report, join_sections, normalize, repair_hyphenation
+from pathmm_pipeline.reports.deid import PHI_TYPES, deidentify
+from pathmm_pipeline.encoders.text import TextEncoder, get_text_encoder
 
 STAGE_CLEAN = "reports_clean"
 STAGE_EMBED = "reports_embed"
@@ -180,7 +180,7 @@ def clean_reports(report_paths: Mapping[str, str | os.PathLike[str]], out_parque
     return Path(out_parquet)
 
 
-def _read_clean_table(path: Path, text_column: str) -> tuple[list[str], list[str]]:
+def read_clean_table(path: Path, text_column: str) -> tuple[list[str], list[str]]:
     import pyarrow.parquet as pq
 
     if not path.is_file():
@@ -214,11 +214,11 @@ def embed_reports(clean_parquet: str | os.PathLike[str], out_store: str | os.Pat
     """Embed the cleaned reports into a Zarr store at ``out_store`` (layout in the module docstring).
 
     ``encoder`` is a registered name (built once per process with ``pooling`` and ``encoder_options``) or a
-    :class:`~pathmm_pipeline.reports.encoders.TextEncoder` already built; ``pooling=None`` keeps the encoder's
+    :class:`~pathmm_pipeline.encoders.text.TextEncoder` already built; ``pooling=None`` keeps the encoder's
     default.
     """
     clean_parquet = Path(clean_parquet)
-    ids, texts = _read_clean_table(clean_parquet, text_column)
+    ids, texts = read_clean_table(clean_parquet, text_column)
     if isinstance(encoder, TextEncoder):
         model = encoder
         if pooling is not None and pooling != model.pooling:

@@ -17,7 +17,7 @@ of modalities, written as a checkpoint with provenance that fine-tuning starts f
   fine-tuning inherits (:meth:`~pathmm_pipeline.models.PathmmModel.pretrained_state`), the history of every
   loss term per epoch, the corpus; and its provenance (stage ``pretrain``; inputs: every store read, the
   split file, the external patients table), also as the ``.provenance.json`` sidecar. Fine-tuning
-  (:func:`~pathmm_pipeline.training.loop.train_fold` with ``pretrained=``) records this file among its inputs,
+  (:func:`~pathmm_pipeline.training.finetune.train_fold` with ``pretrained=``) records this file among its inputs,
   so ``pathmm audit --lineage`` follows a fine-tuned model back to its pretraining and on to the raw data.
 """
 
@@ -38,57 +38,24 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_path
-from ..errors import InputError, ProvenanceError
-from ..genomics.normalize import GeneScaler
-from ..genomics.stage import GenomicsData, load_genomics
-from ..models import InputDims, PathmmModel, PretrainBatch, TaskSpec, build_model, get_model_class
-from ..settings import SettingsMixin
-from ..provenance import build_provenance, hash_file, write_sidecar
-from .checkpoint import _dims, _options, _plain
-from .dataset import MultimodalCohort
-from .losses import discretize, make_time_bins
-from .loop import _peak_rss_mb, cosine_with_warmup, deterministic_mode, resolve_device
+from pathmm_pipeline.core.atomic import atomic_path
+from pathmm_pipeline.preprocess.samplesheet import EXTERNAL_COLUMNS, read_external_patients
+from pathmm_pipeline.core.errors import InputError, ProvenanceError
+from pathmm_pipeline.genomics.normalize import GeneScaler
+from pathmm_pipeline.genomics.stage import GenomicsData, load_genomics
+from pathmm_pipeline.models import InputDims, PathmmModel, PretrainBatch, TaskSpec, build_model, get_model_class
+from pathmm_pipeline.core.settings import SettingsMixin
+from pathmm_pipeline.core.provenance import build_provenance, hash_file, write_sidecar
+from pathmm_pipeline.models.checkpoint import dims_from_record, options_from_record, plain_json
+from pathmm_pipeline.cohort.dataset import MultimodalCohort
+from pathmm_pipeline.models.losses import discretize, make_time_bins
+from pathmm_pipeline.training.engine import Engine, cosine_with_warmup, peak_gpu_mb, peak_rss_mb, run_on
+from pathmm_pipeline.training.settings import PretrainConfig
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "pathmm.pretrained/1"
 STAGE = "pretrain"
-EXTERNAL_COLUMNS = ("patient_id", "cancer_type", "survival_time", "survival_event")
-
-
-@dataclass
-class PretrainConfig(SettingsMixin):
-    """How a method is pretrained (``training.pretraining`` in a config)."""
-
-    settings_name = "pretraining"
-
-    epochs: int = 20
-    lr: float = 2e-4
-    weight_decay: float = 1e-5
-    batch_size: int = 8
-    warmup_epochs: float = 1.0
-    n_bins: int = 4
-    max_grad_norm: float | None = 1.0
-    seed: int = 0
-    device: str = "auto"
-    deterministic: bool = True
-    threads: int | None = None
-    progress: bool = True
-    model_options: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.epochs < 1:
-            problems.append(f"epochs must be >= 1, got {self.epochs}")
-        if self.lr <= 0:
-            problems.append(f"lr must be > 0, got {self.lr}")
-        if self.batch_size < 2:
-            problems.append(f"batch_size must be >= 2 (contrastive and triplet terms need pairs), got "
-                            f"{self.batch_size}")
-        if problems:
-            raise ValueError("PretrainConfig: " + "; ".join(problems))
-
 
 
 @dataclass
@@ -109,26 +76,6 @@ class PretrainResult:
 
 
 # ------------------------------------------------------------------------------------------------ corpus
-def read_external_patients(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The external (slide-less) patients table: ``patient_id``, ``cancer_type``, ``survival_time``,
-    ``survival_event`` and ``expression_path`` (relative paths are taken from the table's folder)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "external patients table not found", "build it (`pathmm demo-cohort` writes one) "
-                         "or set training.pretraining.external to null")
-    table = pd.read_csv(path, dtype={"patient_id": str, "cancer_type": str})
-    missing = [c for c in (*EXTERNAL_COLUMNS, "expression_path") if c not in table]
-    if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)}",
-                         f"the external patients table needs {', '.join((*EXTERNAL_COLUMNS, 'expression_path'))}")
-    duplicated = table.patient_id[table.patient_id.duplicated()].tolist()
-    if duplicated:
-        raise InputError(path, f"duplicated patient id(s) {duplicated[:5]}", "give each patient one row")
-    table["expression_path"] = [str(p if Path(p).is_absolute() else path.parent / p)
-                                for p in table.expression_path.astype(str)]
-    return table
-
-
 def align_genomics(external: GenomicsData, reference: GenomicsData) -> GenomicsData:
     """``external`` re-indexed to the genes (order) and gene sets of ``reference``; genes it lacks are NaN."""
     frame = external.frame().reindex(columns=reference.genes)
@@ -191,10 +138,7 @@ def pretrain(model_name: str, cohort: MultimodalCohort, patients: Sequence[str],
     if not cls.pretrainable:
         raise ValueError(f"model '{model_name}' has no pretraining objective -- pretrainable models: "
                          f"{', '.join(n for n in _pretrainable())}")
-    device = resolve_device(config.device)
     start = time.perf_counter()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     own = [p for p in patients if p in cohort]
     parts = [(cohort, own)]
     if external is not None:
@@ -215,15 +159,16 @@ def pretrain(model_name: str, cohort: MultimodalCohort, patients: Sequence[str],
     events = np.where(known, events, -1)
     types = np.array([c.targets(p).cancer_type for c, p in corpus])
 
-    with deterministic_mode(config.deterministic, device, config.threads):
-        torch.manual_seed(config.seed)
+    with run_on(config.device, deterministic=config.deterministic, threads=config.threads,
+                seed=config.seed) as device:
         dims = cohort.input_dims()
         model = build_model(model_name, dims, TaskSpec.survival(config.n_bins), **config.model_options)
         model.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         steps_per_epoch = math.ceil(len(corpus) / config.batch_size)
-        scheduler = cosine_with_warmup(optimizer, steps_per_epoch * config.epochs,
-                                       round(config.warmup_epochs * steps_per_epoch), 0.0)
+        engine = Engine(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                        schedule=cosine_with_warmup(steps_per_epoch * config.epochs,
+                                                    round(config.warmup_epochs * steps_per_epoch), 0.0),
+                        max_grad_norm=config.max_grad_norm, device=device, amp=config.amp)
         rows: list[dict[str, Any]] = []
         epochs = tqdm(range(config.epochs), desc=f"pretrain {model_name}", unit="epoch",
                       disable=not config.progress, leave=False)
@@ -242,32 +187,29 @@ def pretrain(model_name: str, cohort: MultimodalCohort, patients: Sequence[str],
                     cancer_type=torch.as_tensor(types[idx], device=device),
                     bins=torch.as_tensor(bins[idx], device=device),
                     events=torch.as_tensor(events[idx], device=device, dtype=torch.float32))
-                terms = model.pretraining_loss(batch)
+                with engine.autocast():
+                    terms = model.pretraining_loss(batch)
                 loss = terms["loss"]
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"pretraining {model_name}: loss is {float(loss)} at epoch {epoch} "
                                              f"(terms {({k: float(v) for k, v in terms.items()})}) -- lower lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.max_grad_norm:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                engine.zero_grad()
+                engine.backward(loss)
+                engine.step()
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 n_steps += 1
             row = {"epoch": epoch, **{k: v / max(n_steps, 1) for k, v in sums.items()},
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+                   "lr": engine.lr, "seconds": time.perf_counter() - t0}
             rows.append(row)
             epochs.set_postfix(loss=f"{row.get('loss', float('nan')):.3f}")
             log.info("pretrain %s epoch %d: %s", model_name, epoch,
                      ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k not in ("epoch",)))
         epochs.close()
         model.to("cpu").eval()
-    peak_gpu = (torch.cuda.max_memory_allocated(device) / 2**20) if device.type == "cuda" else None
     result = PretrainResult(model_name, model, pd.DataFrame(rows), own,
                             [] if external is None else list(external.patient_ids), time.perf_counter() - start,
-                            _peak_rss_mb(), peak_gpu, str(device))
+                            peak_rss_mb(), peak_gpu_mb(device), str(device))
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +227,7 @@ def pretrain(model_name: str, cohort: MultimodalCohort, patients: Sequence[str],
 
 
 def _pretrainable() -> list[str]:
-    from ..models import list_models
+    from pathmm_pipeline.models import list_models
     return [n for n in list_models() if get_model_class(n).pretrainable]
 
 
@@ -294,19 +236,19 @@ def save_pretrained(path: str | os.PathLike[str], result: PretrainResult, config
                     inputs: dict[str, Any], edges: np.ndarray | None = None) -> Path:
     """Write the pretraining checkpoint atomically, then its provenance sidecar."""
     path = Path(path)
-    params = {"model": result.model_name, "model_options": _plain(config.model_options),
-              "config": _plain(config.to_dict()), "dims": _plain(asdict(dims)),
+    params = {"model": result.model_name, "model_options": plain_json(config.model_options),
+              "config": plain_json(config.to_dict()), "dims": plain_json(asdict(dims)),
               "n_patients": len(result.patients), "n_external": len(result.external_patients)}
     final = result.history.iloc[-1].to_dict() if len(result.history) else {}
     record = build_provenance(STAGE, inputs, params, extra={
         "trained_on": sorted(result.patients), "external_trained_on": sorted(result.external_patients),
-        "final_epoch": _plain(final), "seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb,
-        "peak_gpu_mb": result.peak_gpu_mb, "device": result.device, "model": _plain(result.model.describe())})
+        "final_epoch": plain_json(final), "seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb,
+        "peak_gpu_mb": result.peak_gpu_mb, "device": result.device, "model": plain_json(result.model.describe())})
     payload = {
-        "schema": SCHEMA, "model_name": result.model_name, "model_options": _plain(config.model_options),
-        "dims": _plain(asdict(dims)), "config": _plain(config.to_dict()),
+        "schema": SCHEMA, "model_name": result.model_name, "model_options": plain_json(config.model_options),
+        "dims": plain_json(asdict(dims)), "config": plain_json(config.to_dict()),
         "state_dict": {k: v.detach().to("cpu").clone() for k, v in result.model.pretrained_state().items()},
-        "history": _plain(result.history.to_dict(orient="records")),
+        "history": plain_json(result.history.to_dict(orient="records")),
         "corpus": {"patients": result.patients, "external_patients": result.external_patients},
         "time_bins": None if edges is None else [float(x) for x in edges],
         "provenance": record,
@@ -338,7 +280,7 @@ def apply_pretrained(model: PathmmModel, path: str | os.PathLike[str]) -> dict[s
     if payload["model_name"] != model.name:
         raise ValueError(f"{path}: pretrained for model '{payload['model_name']}', cannot initialise "
                          f"'{model.name}'")
-    dims = _dims(payload["dims"])
+    dims = dims_from_record(payload["dims"])
     if asdict(dims) != asdict(model.dims):
         changed = [k for k, v in asdict(dims).items() if asdict(model.dims)[k] != v]
         raise ValueError(f"{path}: pretrained on other input dims ({', '.join(changed)} differ) -- re-run "
@@ -346,7 +288,7 @@ def apply_pretrained(model: PathmmModel, path: str | os.PathLike[str]) -> dict[s
     report = model.load_pretrained(payload["state_dict"])
     log.info("%s: loaded %d pretrained tensors into '%s' (%d new, %d skipped)", path, len(report["loaded"]),
              model.name, len(report["missing"]), len(report["skipped"]))
-    return {"path": str(path), "options": _options(payload["model_options"]), "n_loaded": len(report["loaded"]),
+    return {"path": str(path), "options": options_from_record(payload["model_options"]), "n_loaded": len(report["loaded"]),
             "missing": report["missing"], "skipped": report["skipped"]}
 
 
@@ -354,8 +296,8 @@ def load_pretrained_model(path: str | os.PathLike[str]) -> PathmmModel:
     """The model of a pretraining checkpoint, rebuilt with its options and dims (eval mode, CPU); its task head
     is untrained (pretraining has none) -- for frozen-feature evaluations (linear probes, zero-shot)."""
     payload = read_pretrained(path)
-    dims = _dims(payload["dims"])
+    dims = dims_from_record(payload["dims"])
     n_bins = int(payload.get("config", {}).get("n_bins", 4))
-    model = build_model(payload["model_name"], dims, TaskSpec.survival(n_bins), **_options(payload["model_options"]))
+    model = build_model(payload["model_name"], dims, TaskSpec.survival(n_bins), **options_from_record(payload["model_options"]))
     model.load_pretrained(payload["state_dict"])
     return model.eval()

@@ -2,9 +2,9 @@
 import json
 from pathlib import Path
 
-from pathmm_pipeline.errors import PathmmError
-from pathmm_pipeline.resources import inputs_size_mb, job_memory_mb
-from pathmm_pipeline.samplesheet import load_samplesheet, slide_entries
+from pathmm_pipeline.core.errors import PathmmError
+from pathmm_pipeline.plan.resources import inputs_size_mb, job_memory_mb
+from pathmm_pipeline.preprocess.samplesheet import load_samplesheet, slide_entries
 
 RESULTS = config["results"]
 
@@ -18,7 +18,7 @@ SLIDE_IDS = sorted(SLIDES)
 
 ENCODERS = config["features"]["encoders"]
 
-if config["resources"]["scratch"]:  # each job builds its stores on node-local disk (pathmm_pipeline.atomic)
+if config["resources"]["scratch"]:  # each job builds its stores on node-local disk (pathmm_pipeline.core.atomic)
     _scratch = config["resources"]["scratch"].replace("{", "{{").replace("}", "}}")  # the prefix is formatted
     shell.prefix(f'set -euo pipefail; export PATHMM_SCRATCH="{_scratch}"; ')
 
@@ -75,7 +75,7 @@ def encoder_weights(encoder):
 
 def encoder_weights_files(encoder):
     """Local weights file(s) of an encoder, so that new weights re-run extraction (none for hub ids)."""
-    from pathmm_pipeline.features import weights_input
+    from pathmm_pipeline.preprocess.features import weights_input
 
     weights = encoder_weights(encoder)
     if isinstance(weights, str) and Path(weights).parts[:1] == Path(RESULTS).parts[:1]:

@@ -1,5 +1,5 @@
-from pathmm_pipeline.training.pretrain import read_external_patients
-from pathmm_pipeline.training.stage import check_runs_against_cohort, resolve_runs
+from pathmm_pipeline.preprocess.samplesheet import read_external_patients
+from pathmm_pipeline.plan.runs import check_runs_against_cohort, resolve_runs
 
 TRAIN = config["training"]
 PRETRAIN = TRAIN["pretraining"]

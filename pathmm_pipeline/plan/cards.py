@@ -1,0 +1,70 @@
+"""What the DAG needs to know about each registered model, task kind and downstream evaluation, without
+importing torch: typed cards over the generated :mod:`.catalog`, looked up with did-you-mean errors.
+
+The catalogue is written from the registries by ``pathmm catalog --write`` (:mod:`pathmm_pipeline.stages.catalog`)
+and a test fails when it is stale, so the registries stay the single source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pathmm_pipeline.core.registry import Registry, UnknownEntryError
+from pathmm_pipeline.plan import catalog
+
+
+class UnknownModelCardError(UnknownEntryError):
+    """A model name that is not registered (as the planning floor sees it)."""
+
+
+class UnknownTaskCardError(UnknownEntryError, ValueError):
+    """A task kind that is not registered."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A registered model: the modalities it reads (``uses``) and must have (``requires``), whether it has a
+    pretraining objective, and the names of its build options."""
+
+    name: str
+    uses: frozenset[str]
+    requires: frozenset[str]
+    pretrainable: bool
+    options: tuple[str, ...]
+
+    @property
+    def takes_subsets(self) -> bool:
+        """Whether it can be built for a subset of its modalities (it has a ``modalities`` option)."""
+        return "modalities" in self.options
+
+
+@dataclass(frozen=True)
+class TaskCard:
+    """A registered task kind: whether it names a label column (``<kind>:<column>``)."""
+
+    name: str
+    label_column: bool
+
+
+@dataclass(frozen=True)
+class DownstreamCard:
+    """A registered downstream evaluation and what its jobs read."""
+
+    name: str
+    options: tuple[str, ...]
+    reads_every_modality: bool
+    needs_reports_table: bool
+
+
+MODEL_CARDS: Registry[ModelCard] = Registry("model", unknown=UnknownModelCardError)
+TASK_CARDS: Registry[TaskCard] = Registry(
+    "task", unknown=UnknownTaskCardError, hint="; write classification and binary tasks as <kind>:<label column>")
+DOWNSTREAM_CARDS: Registry[DownstreamCard] = Registry("downstream evaluation")
+
+for _name, _card in catalog.MODELS.items():
+    MODEL_CARDS.register(_name, ModelCard(_name, frozenset(_card["uses"]), frozenset(_card["requires"]),
+                                          bool(_card["pretrainable"]), tuple(_card["options"])))
+for _name, _card in catalog.TASKS.items():
+    TASK_CARDS.register(_name, TaskCard(_name, bool(_card["label_column"])))
+for _name, _card in catalog.DOWNSTREAM.items():
+    DOWNSTREAM_CARDS.register(_name, DownstreamCard(_name, tuple(_card["options"]), bool(_card["reads_every_modality"]),
+                                                    bool(_card["needs_reports_table"])))

@@ -1,0 +1,241 @@
+"""One small interface over OpenSlide and tiffslide: open a slide, know its mpp, read regions at any level.
+
+The microns per pixel come from the file (``openslide.mpp-x``/``tiffslide.mpp-x``, the Aperio ``MPP`` field,
+TIFF resolution tags) or from the sample sheet's override. A slide with neither fails: magnification is never
+guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from pathmm_pipeline.core.errors import MissingMppError, SlideReadError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("openslide", "tiffslide")
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """What the pipeline needs to know about a slide's geometry."""
+
+    path: str
+    backend: str
+    dimensions: tuple[int, int]  # level-0 (width, height)
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp: float  # level-0 microns per pixel (x)
+    mpp_source: str  # "metadata:<key>" or "override"
+    objective_power: float | None
+    vendor: str | None
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def level_mpp(self, level: int) -> float:
+        """Microns per pixel at ``level``."""
+        return self.mpp * self.level_downsamples[level]
+
+
+class SlideReader:
+    """An open slide. Use :func:`open_slide`; close it (or use ``with``) when done."""
+
+    def __init__(self, handle: Any, path: Path, backend: str, mpp_override: float | None) -> None:
+        self._handle = handle
+        self.path = path
+        self.backend = backend
+        props = dict(handle.properties)
+        mpp, source = _resolve_mpp(props, mpp_override)
+        if mpp is None:
+            raise MissingMppError(
+                path, "no microns-per-pixel in the file metadata (openslide/tiffslide mpp, Aperio MPP or TIFF "
+                "resolution) and no mpp override",
+                "add the scanner's mpp in the sample sheet's 'mpp' column for this slide")
+        power = _first_float(props, ("openslide.objective-power", "tiffslide.objective-power", "aperio.AppMag"))
+        self.info = SlideInfo(
+            path=str(path), backend=backend,
+            dimensions=tuple(int(v) for v in handle.dimensions),
+            level_dimensions=tuple(tuple(int(v) for v in d) for d in handle.level_dimensions),
+            level_downsamples=tuple(float(d) for d in handle.level_downsamples),
+            mpp=float(mpp), mpp_source=source, objective_power=power,
+            vendor=props.get("openslide.vendor") or props.get("tiffslide.vendor"),
+        )
+
+    def __enter__(self) -> "SlideReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the file handle."""
+        self._handle.close()
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 array (h, w, 3) of ``size`` pixels at ``level``, top-left at level-0 ``location``.
+
+        Pixels outside the slide, and transparent ones, are white.
+        """
+        x, y = (int(location[0]), int(location[1]))
+        w, h = (int(size[0]), int(size[1]))
+        level = int(level)
+        ds = self.info.level_downsamples[level]
+        lw, lh = self.info.level_dimensions[level]
+        # the part of the request inside the level, in level pixels (backends pad the rest differently)
+        lx, ly = int(np.floor(x / ds)), int(np.floor(y / ds))
+        cx0, cy0 = max(0, -lx), max(0, -ly)
+        cx1, cy1 = min(w, lw - lx), min(h, lh - ly)
+        out = np.full((h, w, 3), 255, np.uint8)
+        if cx1 <= cx0 or cy1 <= cy0:
+            return out
+        start = (x + int(round(cx0 * ds)), y + int(round(cy0 * ds)))
+        try:
+            region = self._handle.read_region(start, level, (cx1 - cx0, cy1 - cy0))
+        except Exception as exc:  # decoder errors differ per backend
+            raise SlideReadError(self.path, f"cannot read region {(x, y, w, h)} at level {level}: {exc}",
+                                 "the file may be truncated or corrupt; re-copy it from the scanner") from exc
+        arr = np.asarray(region)
+        if arr.ndim == 3 and arr.shape[2] == 4 and bool((arr[..., 3] == 255).all()):
+            arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2RGB)
+        elif arr.ndim == 3 and arr.shape[2] == 4:
+            rgb = arr[..., :3].astype(np.uint16)
+            alpha = arr[..., 3:4].astype(np.uint16)
+            # OpenSlide gives premultiplied RGBA: composite onto white.
+            arr = (rgb + (255 - alpha)).clip(0, 255).astype(np.uint8)
+        out[cy0:cy1, cx0:cx1] = arr[..., :3]
+        return out
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level whose downsample does not exceed ``downsample`` (1e-3 relative slack)."""
+        best = 0
+        for level, ds in enumerate(self.info.level_downsamples):
+            if ds <= downsample * (1 + 1e-3):
+                best = level
+        return best
+
+    def read_level_scaled(self, level: int, scale: float, band_px: int = 2048) -> np.ndarray:
+        """The whole ``level`` resized by ``scale`` (<= 1), read in horizontal bands to bound memory."""
+        import cv2
+
+        width, height = self.info.level_dimensions[level]
+        out_w = max(1, int(round(width * scale)))
+        out_h = max(1, int(round(height * scale)))
+        if scale >= 1 - 1e-6:
+            return self.read_region((0, 0), level, (width, height))
+        ds = self.info.level_downsamples[level]
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        # choose band heights in output rows so that bands tile the output exactly
+        rows_per_band = max(1, int(band_px * scale))
+        for oy in range(0, out_h, rows_per_band):
+            oy2 = min(out_h, oy + rows_per_band)
+            y0 = int(np.floor(oy / scale))
+            y1 = min(height, int(np.ceil(oy2 / scale)))
+            band = self.read_region((0, int(round(y0 * ds))), level, (width, y1 - y0))
+            out[oy:oy2] = cv2.resize(band, (out_w, oy2 - oy), interpolation=cv2.INTER_AREA)
+        return out
+
+
+def _first_float(props: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        value = props.get(key)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(number) and number > 0:
+            return number
+    return None
+
+
+def _resolve_mpp(props: dict[str, Any], override: float | None) -> tuple[float | None, str]:
+    if override is not None and np.isfinite(override) and override > 0:
+        return float(override), "override"
+    for key in ("openslide.mpp-x", "tiffslide.mpp-x", "aperio.MPP"):
+        value = _first_float(props, (key,))
+        if value is not None:
+            return value, f"metadata:{key}"
+    # TIFF resolution tags, when a backend exposes them without computing mpp
+    unit = str(props.get("tiff.ResolutionUnit", "")).lower()
+    res = _first_float(props, ("tiff.XResolution",))
+    if res is not None and unit in ("centimeter", "cm", "3"):
+        return 1e4 / res, "metadata:tiff.XResolution"
+    if res is not None and unit in ("inch", "2"):
+        return 25400.0 / res, "metadata:tiff.XResolution"
+    return None, "none"
+
+
+def _open_openslide(path: Path) -> Any:
+    import openslide
+
+    return openslide.OpenSlide(str(path))
+
+
+def _open_tiffslide(path: Path) -> Any:
+    import tiffslide
+
+    return tiffslide.TiffSlide(str(path))
+
+
+_OPENERS: dict[str, Callable[[Path], Any]] = {"openslide": _open_openslide, "tiffslide": _open_tiffslide}
+
+
+def open_slide(path: str | os.PathLike[str], backend: str = "openslide", fallback: bool = True,
+               mpp_override: float | None = None) -> SlideReader:
+    """Open ``path`` with ``backend``; when that backend cannot, try the other one (if ``fallback``).
+
+    Raises :class:`SlideReadError` when no backend can open it and :class:`MissingMppError` when the slide
+    has no mpp.
+    """
+    path = Path(path)
+    if backend not in _OPENERS:
+        raise ValueError(f"unknown slide backend {backend!r}; choose one of {BACKENDS}")
+    if not path.is_file():
+        raise SlideReadError(path, "file not found", "check the slide_path column of the sample sheet")
+    if path.stat().st_size == 0:
+        raise SlideReadError(path, "file is empty (0 bytes)", "the copy from the scanner failed; copy it again")
+    order = [backend] + ([b for b in BACKENDS if b != backend] if fallback else [])
+    failures = []
+    for name in order:
+        try:
+            handle = _OPENERS[name](path)
+        except Exception as exc:  # each backend raises its own types
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        if name != backend:
+            log.warning("%s: %s could not open it, read with %s instead", path, backend, name)
+        try:
+            reader = SlideReader(handle, path, name, mpp_override)
+            _probe(reader)
+        except MissingMppError:
+            handle.close()
+            raise
+        except SlideReadError as exc:
+            handle.close()
+            failures.append(f"{name}: {exc.problem}")
+            continue
+        return reader
+    raise SlideReadError(path, "no slide backend can open it (" + "; ".join(failures) + ")",
+                         "check that it is a whole-slide image and not truncated or corrupt")
+
+
+def _probe(reader: SlideReader) -> None:
+    """Decode the last pixel of the first and last levels, so a truncated file fails at open, not mid-stage."""
+    for level in (0, reader.info.level_count - 1):
+        ds = reader.info.level_downsamples[level]
+        w, h = reader.info.level_dimensions[level]
+        reader.read_region((int((w - 1) * ds), int((h - 1) * ds)), level, (1, 1))
+
+
+def slide_info(path: str | os.PathLike[str], **kwargs: Any) -> SlideInfo:
+    """Open, describe and close a slide."""
+    with open_slide(path, **kwargs) as reader:
+        return reader.info
