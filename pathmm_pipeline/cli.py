@@ -1,6 +1,7 @@
-"""The ``pathmm`` command: one subcommand per pipeline stage, plus validation, audit and the demo cohort.
-
-The Snakemake rules call these subcommands; each is a thin wrapper over a library function.
+"""The ``pathmm`` command: one subcommand per Snakemake rule, named as the rule (``segment_tissue`` ->
+``pathmm segment-tissue``) and calling the stage function of that name (:mod:`pathmm_pipeline.stages`), plus
+validation, audit, the catalogue and the demo cohorts. The names of earlier releases (``manifest``,
+``segment``, ``tile``, ``extract``, ``extract-cohort``, ``splits``, ``report``) remain as aliases for one release.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Callable
 
 from pathmm_pipeline import __version__
 from pathmm_pipeline.core.errors import InputError, PathmmError
+from pathmm_pipeline.plan.cards import DOWNSTREAM_CARDS
 
 log = logging.getLogger("pathmm")
 
@@ -61,45 +63,42 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_manifest(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.preprocess.samplesheet import write_manifest
+def cmd_cohort_manifest(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.preprocess import cohort_manifest
 
-    settings = args.settings
-    write_manifest(args.samplesheet, args.out, settings["cancer_types"], settings.get("labels", []))
+    cohort_manifest(args.samplesheet, args.out, args.settings)
     return 0
 
 
-def cmd_segment(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
+def cmd_segment_tissue(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.preprocess import segment_tissue
 
-    segment_slide(args.slide, args.store, args.geojson, args.thumbnail,
-                  SegmentationSettings.from_dict(args.settings), slide_id=args.slide_id, backend=args.backend,
-                  fallback=not args.no_fallback, mpp_override=args.mpp)
+    segment_tissue(args.slide, args.store, args.geojson, args.thumbnail, args.settings,
+                   slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
     return 0
 
 
-def cmd_tile(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.preprocess.tiling import TilingSettings, tile_slide
+def cmd_tile_slide(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.preprocess import tile_slide
 
-    tile_slide(args.slide, args.segmentation, args.store, TilingSettings.from_dict(args.settings),
+    tile_slide(args.slide, args.segmentation, args.store, args.settings,
                slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
     return 0
 
 
-def cmd_extract(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.preprocess.features import ExtractionSettings, extract_features
+def cmd_extract_features(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.preprocess import extract_features
 
-    extract_features(args.slide, args.tiles, args.store, ExtractionSettings.from_dict(args.settings),
-                     slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback,
-                     mpp_override=args.mpp)
+    extract_features(args.slide, args.tiles, args.store, args.settings,
+                     slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
     return 0
 
 
-def cmd_extract_cohort(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.preprocess.features import ExtractionSettings, extract_cohort_features
+def cmd_extract_fold_features(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.preprocess import extract_fold_features
 
-    extract_cohort_features(args.manifest, args.tiles, args.out, ExtractionSettings.from_dict(args.settings),
-                            backend=args.backend, fallback=not args.no_fallback)
+    extract_fold_features(args.manifest, args.tiles, args.out, args.settings, backend=args.backend,
+                          fallback=not args.no_fallback)
     return 0
 
 
@@ -114,63 +113,55 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 
 
 def cmd_genomics(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.genomics.stage import GenomicsSettings, build_genomics_store
+    from pathmm_pipeline.stages.modalities import genomics
 
-    settings = dict(args.settings)
-    patients = settings.pop("patients")
-    build_genomics_store(args.expression, patients, args.out, GenomicsSettings.from_dict(settings))
+    genomics(args.expression, args.out, args.settings)
     return 0
 
 
 def cmd_clean_report(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.reports.stage import clean_reports
+    from pathmm_pipeline.stages.modalities import clean_report
 
-    clean_reports({args.patient: args.report}, args.out, deid=bool(args.settings.get("deid", True)))
+    clean_report(args.report, args.patient, args.out, args.settings)
     return 0
 
 
 def cmd_merge_reports(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.reports.stage import merge_clean_tables
+    from pathmm_pipeline.stages.modalities import merge_reports
 
-    merge_clean_tables(args.tables, args.out)
+    merge_reports(args.tables, args.out)
     return 0
 
 
 def cmd_embed_reports(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.reports.stage import embed_reports
+    from pathmm_pipeline.stages.modalities import embed_reports
 
-    s = args.settings
-    embed_reports(args.table, args.out, encoder=s.get("encoder", "minilm"), pooling=s.get("pooling"),
-                  keep_tokens=bool(s.get("keep_tokens", True)), encoder_options=s.get("options") or None,
-                  hidden_dtype=s.get("hidden_dtype", "float16"))
+    embed_reports(args.table, args.out, args.settings)
     return 0
 
 
-def cmd_splits(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.stages.training import write_cohort_splits
+def cmd_make_splits(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.training import make_splits
 
-    s = args.settings
-    write_cohort_splits(args.manifest, args.out, k=s.get("k", 5), stratify=s.get("stratify", ["event"]),
-                        seed=s.get("seed", 0), published=s.get("published"),
-                        inner_fraction=s.get("inner_fraction", 0.2), inner_seed=s.get("inner_seed", 0))
+    make_splits(args.manifest, args.out, args.settings)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.stages.training import train_and_evaluate
+    from pathmm_pipeline.stages.training import train
 
-    train_and_evaluate(args.model, args.task, args.fold, args.manifest, args.splits, args.out, args.settings,
-                       features_dir=args.features, genomics=args.genomics, reports=args.reports,
-                       label=args.label, pretrained=args.pretrained)
+    train(args.model, args.task, args.fold, args.manifest, args.splits, args.out, args.settings,
+          features_dir=args.features, genomics=args.genomics, reports=args.reports, label=args.label,
+          pretrained=args.pretrained)
     return 0
 
 
 def cmd_downstream(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.stages.training import run_downstream
+    from pathmm_pipeline.stages.training import downstream
 
-    run_downstream(args.kind, args.model, args.task, args.fold, args.manifest, args.splits, args.out, args.settings,
-                   features_dir=args.features, genomics=args.genomics, reports=args.reports, label=args.label,
-                   checkpoint=args.checkpoint, pretrained=args.pretrained, reports_table=args.reports_table)
+    downstream(args.kind, args.model, args.task, args.fold, args.manifest, args.splits, args.out, args.settings,
+               features_dir=args.features, genomics=args.genomics, reports=args.reports, label=args.label,
+               checkpoint=args.checkpoint, pretrained=args.pretrained, reports_table=args.reports_table)
     return 0
 
 
@@ -199,25 +190,32 @@ def cmd_mstar_stage2(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.stages.training import pretrain_fold
+    from pathmm_pipeline.stages.training import pretrain
 
-    pretrain_fold(args.model, args.fold, args.manifest, args.splits, args.out, args.settings,
-                  features_dir=args.features, genomics=args.genomics, reports=args.reports,
-                  external=args.external, external_genomics=args.external_genomics)
+    pretrain(args.model, args.fold, args.manifest, args.splits, args.out, args.settings,
+             features_dir=args.features, genomics=args.genomics, reports=args.reports,
+             external=args.external, external_genomics=args.external_genomics)
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.stages.training import write_run_report
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.training import evaluate
 
-    write_run_report(args.folds, args.results, args.out)
+    evaluate(args.folds, args.results, args.out)
     return 0
 
 
 def cmd_qc_summary(args: argparse.Namespace) -> int:
-    from pathmm_pipeline.preprocess.qc import write_qc_summary
+    from pathmm_pipeline.stages.preprocess import qc_summary
 
-    write_qc_summary(args.tiles, args.segmentation, args.out)
+    qc_summary(args.tiles, args.segmentation, args.out)
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.catalog import write_catalog
+
+    print(write_catalog(check=not args.write))
     return 0
 
 
@@ -262,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "a report for every other one)")
     p.set_defaults(func=cmd_demo_cohort)
 
-    p = sub.add_parser("extract-cohort", help="extract every tiled slide of a manifest with one encoder into a "
+    p = sub.add_parser("extract-fold-features", aliases=["extract-cohort"], help="extract every tiled slide of a manifest with one encoder into a "
                                               "folder (one process)")
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--tiles", type=Path, required=True, help="folder of the tile stores (<slide_id>.zarr)")
@@ -270,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="openslide", choices=["openslide", "tiffslide"])
     p.add_argument("--no-fallback", action="store_true")
     p.add_argument("--settings", type=_settings, default={}, help="extraction settings as JSON")
-    p.set_defaults(func=cmd_extract_cohort)
+    p.set_defaults(func=cmd_extract_fold_features)
 
     p = sub.add_parser("tcga-cohort", help="a slide-less cohort (sample sheet, expression, published splits, "
                                            "cohort.yaml) from a TCGA folder in SurvPath's layout")
@@ -287,35 +285,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samplesheet", type=Path, default=None)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("manifest", help="validate a sample sheet and write it as a Parquet manifest")
+    p = sub.add_parser("cohort-manifest", aliases=["manifest"], help="validate a sample sheet and write it as a Parquet manifest")
     p.add_argument("samplesheet", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--settings", type=_settings, required=True, help='{"cancer_types": [...], "labels": [...]}')
-    p.set_defaults(func=cmd_manifest)
+    p.set_defaults(func=cmd_cohort_manifest)
 
-    p = sub.add_parser("segment", help="segment tissue of one slide")
+    p = sub.add_parser("segment-tissue", aliases=["segment"], help="segment tissue of one slide")
     _slide_args(p)
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--geojson", type=Path, required=True)
     p.add_argument("--thumbnail", type=Path, required=True)
-    p.set_defaults(func=cmd_segment)
+    p.set_defaults(func=cmd_segment_tissue)
 
-    p = sub.add_parser("tile", help="tile one slide at the target mpp")
+    p = sub.add_parser("tile-slide", aliases=["tile"], help="tile one slide at the target mpp")
     _slide_args(p)
     p.add_argument("--segmentation", type=Path, required=True)
     p.add_argument("--store", type=Path, required=True)
-    p.set_defaults(func=cmd_tile)
+    p.set_defaults(func=cmd_tile_slide)
 
-    p = sub.add_parser("extract", help="extract patch features of one slide with one encoder")
+    p = sub.add_parser("extract-features", aliases=["extract"], help="extract patch features of one slide with one encoder")
     _slide_args(p)
     p.add_argument("--tiles", type=Path, required=True, help="the slide's tile store")
     p.add_argument("--store", type=Path, required=True, help="feature store to write")
-    p.set_defaults(func=cmd_extract)
+    p.set_defaults(func=cmd_extract_features)
 
     p = sub.add_parser("encoders", help="list the registered patch encoders")
     p.set_defaults(func=cmd_encoders)
 
-    p = sub.add_parser("genomics", help="expression -> cohort genomics store (log scale, gene sets, rank scores)")
+    p = sub.add_parser("genomics", aliases=["external-genomics"], help="expression -> cohort genomics store (log scale, gene sets, rank scores)")
     p.add_argument("--expression", type=Path, nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--settings", type=_settings, required=True, help='genomics settings + "patients": [...]')
@@ -339,11 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=_settings, default={})
     p.set_defaults(func=cmd_embed_reports)
 
-    p = sub.add_parser("splits", help="write the cohort's patient-level k-fold split files")
+    p = sub.add_parser("make-splits", aliases=["splits"], help="write the cohort's patient-level k-fold split files")
     p.add_argument("manifest", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--settings", type=_settings, default={}, help='{"k": 5, "stratify": ["event"], "seed": 0}')
-    p.set_defaults(func=cmd_splits)
+    p.set_defaults(func=cmd_make_splits)
 
     p = sub.add_parser("train", help="train one model for one task on one fold, then evaluate the fold")
     p.add_argument("--model", required=True)
@@ -363,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("downstream", help="a downstream task of one run on one fold (report generation, data "
                                           "efficiency)")
     p.add_argument("--kind", required=True,
-                   choices=["report_generation", "data_efficiency", "linear_probe", "zero_shot"])
+                   choices=DOWNSTREAM_CARDS.names())
     p.add_argument("--model", required=True)
     p.add_argument("--label", default=None)
     p.add_argument("--task", required=True)
@@ -395,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="self-teach on this fold's training patients' slides only (default: every slide)")
     p.set_defaults(func=cmd_mstar_stage2)
 
-    p = sub.add_parser("pretrain", help="pretrain a multimodal model on one fold's training patients")
+    p = sub.add_parser("pretrain", aliases=["mstar-stage1"], help="pretrain a multimodal model on one fold's training patients")
     p.add_argument("--model", required=True)
     p.add_argument("--fold", type=int, required=True, help="the fold, or -1 for every patient")
     p.add_argument("--manifest", type=Path, required=True)
@@ -409,17 +407,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=_settings, default={}, help="pretraining settings (PretrainConfig) as JSON")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("report", help="aggregate trained folds into the HTML evaluation report")
+    p = sub.add_parser("evaluate", aliases=["report"], help="aggregate trained folds into the HTML evaluation report")
     p.add_argument("folds", type=Path, nargs="+", help="fold folders written by `pathmm train`")
     p.add_argument("--results", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("qc-summary", help="one row per slide: statuses, tissue area, tile counts")
     p.add_argument("--tiles", type=Path, nargs="+", required=True)
     p.add_argument("--segmentation", type=Path, nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_qc_summary)
+
+    p = sub.add_parser("catalog", help="check (or --write) the torch-free catalogue of models, encoders, tasks and "
+                                       "downstream evaluations that planning the DAG reads")
+    p.add_argument("--write", action="store_true", help="write it from the registries (after registering one)")
+    p.set_defaults(func=cmd_catalog)
 
     p = sub.add_parser("audit", help="verify the provenance of a store or of every store under a folder")
     p.add_argument("path", type=Path)

@@ -131,3 +131,33 @@ def test_the_planning_floor_imports_no_torch(module):
             "if m in sys.modules); print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"importing {module} imports {out}: the Snakefile's parse must stay torch-free"
+
+
+def _calls(attribute_names: set[str]) -> list[str]:
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            on_engine = isinstance(node, ast.Attribute) and (
+                (isinstance(node.value, ast.Name) and node.value.id == "engine")
+                or (isinstance(node.value, ast.Attribute) and node.value.attr == "engine"))
+            if isinstance(node, ast.Attribute) and node.attr in attribute_names and not on_engine:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} .{node.attr}")
+    return found
+
+
+def test_one_training_engine():
+    """Only the engine builds an optimiser, steps it, clips or back-propagates: every loop runs on it."""
+    outside = [c for c in _calls({"AdamW", "RAdam", "SGD", "Adam", "clip_grad_norm_", "backward", "LambdaLR"})
+               if not c.startswith("pathmm_pipeline/training/engine.py")]
+    assert not outside, "optimisation outside pathmm_pipeline/training/engine.py:\n" + "\n".join(outside)
+
+
+def test_one_registry_class():
+    """Every registry of the library is a core.registry.Registry: no module keeps its own name -> entry dict."""
+    own = []
+    for name, path in MODULES.items():
+        for node in ast.parse(path.read_text()).body:
+            target = node.target if isinstance(node, ast.AnnAssign) else None
+            if isinstance(target, ast.Name) and "REGISTRY" in target.id.upper() and name != "pathmm_pipeline.core.registry":
+                own.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {target.id}")
+    assert not own, "\n".join(own)

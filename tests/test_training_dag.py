@@ -17,7 +17,7 @@ import yaml
 from pathmm_pipeline.core.audit import audit
 
 from conftest import REPO
-from test_workflow import planned_jobs
+from conftest import planned_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def snakemake(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 # ------------------------------------------------------------------------------------- re-run bookkeeping
-#: the rerun triggers of test_workflow.planned_jobs (everything but software-env)
+#: the rerun triggers of conftest.planned_jobs (everything but software-env)
 TRIGGERS = ("--rerun-triggers", "mtime", "params", "input", "code")
 BASE = "efficientnet_lite0"
 MSTAR = "mstar_efficientnet_lite0"  # the pipeline-made encoder (mSTAR stage 2's weights)

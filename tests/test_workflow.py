@@ -17,37 +17,9 @@ from pathmm_pipeline.preprocess.features import load_features
 from pathmm_pipeline.preprocess.segmentation import load_mask
 from pathmm_pipeline.preprocess.tiling import load_tiles
 
-from conftest import REPO
+from conftest import REPO, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def planned_jobs(workdir: Path) -> dict[str, int]:
-    """Rule -> job count from Snakemake's own dry-run job table."""
-    proc = snakemake(workdir, "--dry-run", "--rerun-triggers", "mtime", "params", "input", "code")
-    text = proc.stdout + proc.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:")[1]
-    jobs = {}
-    for line in table.splitlines()[3:]:
-        match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s+(\d+)\s*", line)
-        if match and match.group(1) != "total":
-            jobs[match.group(1)] = int(match.group(2))
-        elif line.strip().startswith("total"):
-            break
-    return jobs
 
 
 @pytest.fixture(scope="module")

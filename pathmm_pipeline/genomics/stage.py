@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.core.provenance import build_provenance
 from pathmm_pipeline.core.stores import ArraySpec, open_store, write_store
@@ -59,7 +60,7 @@ _STR = np.dtypes.StringDType()
 
 
 @dataclass(frozen=True)
-class GenomicsSettings:
+class GenomicsSettings(SettingsMixin):
     """How the genomics stage reads and matches expression (``genomics:`` in config.yaml).
 
     * ``genesets``: built-in collection names (``survpath``, ``mcat_families``, ``hallmarks``, ``reactome``)
@@ -79,6 +80,8 @@ class GenomicsSettings:
       ``raw`` (raw values get ``log2(x+1)``); ``raw_threshold``: the ``auto`` cut-off (max above it, no
       negatives: raw).
     """
+
+    settings_name = "genomics"
 
     genesets: tuple[str, ...] = ("survpath", "mcat_families", "hallmarks")
     min_genes_per_set: int = 1
@@ -110,12 +113,6 @@ class GenomicsSettings:
     def min_genes(self, collection: str) -> int:
         return self.min_genes_by_collection.get(collection, self.min_genes_per_set)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "GenomicsSettings":
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown genomics setting(s): {sorted(unknown)}")
-        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pathmm_pipeline.core.registry import Registry, UnknownEntryError
+from pathmm_pipeline.core.weights import is_hub_reference, resolve_weights
 from pathmm_pipeline.plan import catalog
 
 
@@ -55,10 +56,20 @@ class DownstreamCard:
     needs_reports_table: bool
 
 
+@dataclass(frozen=True)
+class EncoderCard:
+    """A registered patch encoder: where its weights are by default (None: random init)."""
+
+    name: str
+    default_weights: str | None
+
+
 MODEL_CARDS: Registry[ModelCard] = Registry("model", unknown=UnknownModelCardError)
 TASK_CARDS: Registry[TaskCard] = Registry(
     "task", unknown=UnknownTaskCardError, hint="; write classification and binary tasks as <kind>:<label column>")
 DOWNSTREAM_CARDS: Registry[DownstreamCard] = Registry("downstream evaluation")
+ENCODER_CARDS: Registry[EncoderCard] = Registry("encoder", hint="; set features.encoders in config.yaml to some "
+                                                "of these (`pathmm encoders` describes them)")
 
 for _name, _card in catalog.MODELS.items():
     MODEL_CARDS.register(_name, ModelCard(_name, frozenset(_card["uses"]), frozenset(_card["requires"]),
@@ -68,3 +79,15 @@ for _name, _card in catalog.TASKS.items():
 for _name, _card in catalog.DOWNSTREAM.items():
     DOWNSTREAM_CARDS.register(_name, DownstreamCard(_name, tuple(_card["options"]), bool(_card["reads_every_modality"]),
                                                     bool(_card["needs_reports_table"])))
+for _name, _card in catalog.ENCODERS.items():
+    ENCODER_CARDS.register(_name, EncoderCard(_name, _card["default_weights"]))
+
+
+def weights_files(encoder: str, weights: str | None = "default") -> list[str]:
+    """The local weights file of an encoder (for a rule's ``input:``, so that new weights re-run extraction),
+    or nothing for hub ids and random init. ``weights``: ``"default"`` (the registry's) or a reference."""
+    source = ENCODER_CARDS.get(encoder).default_weights if weights == "default" else weights
+    if not source or is_hub_reference(source):
+        return []
+    resolved = resolve_weights(source)
+    return [str(resolved)] if not isinstance(resolved, str) else []

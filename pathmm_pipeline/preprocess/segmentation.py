@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.core.atomic import write_bytes_atomic, write_text_atomic
 from pathmm_pipeline.core.provenance import build_provenance
 from pathmm_pipeline.preprocess.slides import SlideReader, open_slide
@@ -30,8 +31,10 @@ STATUS_NO_TISSUE = "no_tissue"
 
 
 @dataclass(frozen=True)
-class SegmentationSettings:
+class SegmentationSettings(SettingsMixin):
     """Parameters of tissue segmentation (``segmentation:`` in config.yaml)."""
+
+    settings_name = "segmentation"
 
     mpp: float = 8.0
     threshold: str | int = "otsu"
@@ -43,9 +46,6 @@ class SegmentationSettings:
     remove_pen: bool = True
     thumbnail_px: int = 1024
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SegmentationSettings":
-        return cls(**values)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.core.provenance import build_provenance
 from pathmm_pipeline.preprocess.segmentation import STATUS_OK, TissueMask, load_mask
@@ -31,8 +32,10 @@ COORD_UNIT = "level-0 pixels, top-left corner, (x, y)"
 
 
 @dataclass(frozen=True)
-class TilingSettings:
+class TilingSettings(SettingsMixin):
     """Parameters of tiling (``tiling:`` in config.yaml)."""
+
+    settings_name = "tiling"
 
     mpp: float = 0.5
     tile_px: int = 256
@@ -40,9 +43,6 @@ class TilingSettings:
     min_tissue_fraction: float = 0.5
     max_upsample: float = 1.0
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TilingSettings":
-        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The torch-free catalogue the planning floor reads (:mod:`pathmm_pipeline.plan.catalog`), rendered from the
-registries of models, task kinds and downstream evaluations: ``pathmm catalog --write`` after registering a new
+registries of models, patch encoders, task kinds and downstream evaluations: ``pathmm catalog --write`` after registering a new
 one; ``pathmm catalog --check`` (and the test suite) fail when the file is stale."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ no longer matches the registries."""
 def catalog_data() -> dict[str, dict[str, Any]]:
     """What the registries hold, as plain data."""
     from pathmm_pipeline.downstream.registry import DOWNSTREAM
+    from pathmm_pipeline.encoders import get_encoder_spec, list_encoders
     from pathmm_pipeline.models import get_model_class, list_models, model_options
     from pathmm_pipeline.tasks.kinds import TASKS
 
@@ -34,7 +35,8 @@ def catalog_data() -> dict[str, dict[str, Any]]:
     tasks = {name: {"label_column": bool(kind.label_column)} for name, kind in TASKS.items()}
     downstream = {name: {"options": list(kind.options), "reads_every_modality": kind.reads_every_modality,
                          "needs_reports_table": kind.needs_reports_table} for name, kind in DOWNSTREAM.items()}
-    return {"MODELS": models, "TASKS": tasks, "DOWNSTREAM": downstream}
+    encoders = {name: {"default_weights": get_encoder_spec(name).default_weights} for name in list_encoders()}
+    return {"MODELS": models, "TASKS": tasks, "DOWNSTREAM": downstream, "ENCODERS": encoders}
 
 
 def render_catalog() -> str:

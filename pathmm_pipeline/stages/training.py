@@ -1,5 +1,6 @@
-"""The training and evaluation stages as the DAG runs them: splits once, one job per model x task x fold
-(train, then evaluate on the fold's held-out patients), and one report per run.
+"""The training and evaluation stages as the DAG runs them, one function per rule and named as the rule:
+``make_splits`` once, ``pretrain`` / ``mstar_stage1`` / ``mstar_stage2``, one ``train`` job per model x task x fold
+(train, then evaluate on the fold's held-out patients), ``downstream`` and one ``evaluate`` (the report) per run.
 
 Tasks are named in config: ``survival`` (discrete-time NLL), ``cox``, or a classification task on a sample-sheet
 label column written ``<kind>:<column>`` (``classification:subtype``, ``binary:msi_status``).
@@ -31,6 +32,22 @@ def patients_table(manifest: str | os.PathLike[str]) -> pd.DataFrame:
     patients = slides.drop_duplicates("patient_id").set_index("patient_id")
     patients.index = patients.index.astype(str)
     return strata_table(patients)
+
+
+def make_splits(manifest: str | os.PathLike[str], out_dir: str | os.PathLike[str], settings: dict[str, Any]) -> Path:
+    """The cohort's split files (:func:`write_cohort_splits`) from the rule's settings (:class:`SplitSettings`)."""
+    from pathmm_pipeline.stages.settings import SplitSettings
+
+    s = SplitSettings.from_dict(settings)
+    return write_cohort_splits(manifest, out_dir, k=s.k, stratify=s.stratify, seed=s.seed, published=s.published,
+                               inner_fraction=s.inner_fraction, inner_seed=s.inner_seed)
+
+
+def mstar_stage1(manifest: str | os.PathLike[str], splits_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                 settings: dict[str, Any], model: str = "mstar", **stores: Any) -> Path:
+    """mSTAR stage 1 on every patient, held-out ones included (``training.mstar.mode: transductive`` only): the
+    frozen aggregator stage 2 teaches against. ``per_fold`` mode uses the stage-1 run's :func:`pretrain` per fold."""
+    return pretrain(model, -1, manifest, splits_dir, out_dir, settings, **stores)
 
 
 def write_cohort_splits(manifest: str | os.PathLike[str], out_dir: str | os.PathLike[str], k: int = 5,
@@ -66,7 +83,7 @@ def _cohort(manifest: Path, features_dir: Path | None, genomics: Path | None, re
                                              if k in options})
 
 
-def pretrain_fold(model: str, fold_index: int, manifest: str | os.PathLike[str], splits_dir: str | os.PathLike[str],
+def pretrain(model: str, fold_index: int, manifest: str | os.PathLike[str], splits_dir: str | os.PathLike[str],
                   out_dir: str | os.PathLike[str], settings: dict[str, Any],
                   features_dir: str | os.PathLike[str] | None = None, genomics: str | os.PathLike[str] | None = None,
                   reports: str | os.PathLike[str] | None = None,
@@ -74,7 +91,8 @@ def pretrain_fold(model: str, fold_index: int, manifest: str | os.PathLike[str],
                   external_genomics: str | os.PathLike[str] | None = None) -> Path:
     """Pretrain ``model`` on fold ``fold_index``'s training patients (plus the external slide-less patients
     when given); writes ``pretrained.pt`` (+ provenance) and ``pretrain_log.csv`` into ``out_dir``."""
-    from pathmm_pipeline.training.pretrain import PretrainConfig, external_cohort, pretrain
+    from pathmm_pipeline.training.pretrain import PretrainConfig, external_cohort
+    from pathmm_pipeline.training.pretrain import pretrain as pretrain_model
     from pathmm_pipeline.cohort.splits import read_splits
 
     settings = dict(settings)
@@ -99,7 +117,7 @@ def pretrain_fold(model: str, fold_index: int, manifest: str | os.PathLike[str],
         ext = external_cohort(external, external_genomics, cohort, exclude=cohort.patient_ids)
         extra["external_patients"] = external
     split_file = Path(splits_dir) / f"splits_{fold_index}.csv"
-    result = pretrain(model, cohort, fold.train, config, external=ext, out_dir=out_dir,
+    result = pretrain_model(model, cohort, fold.train, config, external=ext, out_dir=out_dir,
                       split_file=split_file if split_file.is_file() else None, extra_inputs=extra)
     last = result.history.iloc[-1].to_dict()
     log.info("pretrained %s fold %d on %d + %d external patients in %.1f s: %s", model, fold_index,
@@ -108,7 +126,7 @@ def pretrain_fold(model: str, fold_index: int, manifest: str | os.PathLike[str],
     return Path(out_dir)
 
 
-def train_and_evaluate(model: str, task: str, fold_index: int, manifest: str | os.PathLike[str],
+def train(model: str, task: str, fold_index: int, manifest: str | os.PathLike[str],
                        splits_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                        settings: dict[str, Any], features_dir: str | os.PathLike[str] | None = None,
                        genomics: str | os.PathLike[str] | None = None,
@@ -123,7 +141,8 @@ def train_and_evaluate(model: str, task: str, fold_index: int, manifest: str | o
     moved into ``out_dir`` only once training and evaluation are done (:func:`publish_fold`): a killed run
     leaves no output that looks complete, and an earlier run's outputs stay as they were until then."""
     from pathmm_pipeline.evaluation.run import evaluate_fold
-    from pathmm_pipeline.training.finetune import TrainConfig, train_fold
+    from pathmm_pipeline.training.finetune import train_fold
+    from pathmm_pipeline.training.settings import TrainConfig
     from pathmm_pipeline.cohort.splits import read_splits
 
     settings = dict(settings)
@@ -203,7 +222,7 @@ def publish_fold(staging: str | os.PathLike[str], out_dir: str | os.PathLike[str
     return out
 
 
-def run_downstream(kind: str, model: str, task: str, fold_index: int, manifest: str | os.PathLike[str],
+def downstream(kind: str, model: str, task: str, fold_index: int, manifest: str | os.PathLike[str],
                    splits_dir: str | os.PathLike[str], out_csv: str | os.PathLike[str], settings: dict[str, Any],
                    features_dir: str | os.PathLike[str] | None = None,
                    genomics: str | os.PathLike[str] | None = None, reports: str | os.PathLike[str] | None = None,
@@ -333,7 +352,7 @@ def run_protocol(results_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return protocol
 
 
-def write_run_report(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.PathLike[str],
+def evaluate(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.PathLike[str],
                      out_html: str | os.PathLike[str], title: str = "pathmm evaluation report") -> Path:
     """Aggregate every fold of every model and task into the HTML report and its CSV tables."""
     from pathmm_pipeline.evaluation.html import (collect_inputs, read_pretraining_logs, write_report,

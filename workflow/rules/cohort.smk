@@ -15,7 +15,7 @@ rule cohort_manifest:
         mem_mb=memory(2000),
         runtime=10,
     shell:
-        "pathmm manifest {input.samplesheet:q} --out {output:q} --settings {params.settings:q} > {log:q} 2>&1"
+        "pathmm cohort-manifest {input.samplesheet:q} --out {output:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule qc_summary:

@@ -4,6 +4,8 @@ from pathlib import Path
 
 from pathmm_pipeline.core.errors import PathmmError
 from pathmm_pipeline.plan.resources import inputs_size_mb, job_memory_mb
+from pathmm_pipeline.plan.cards import weights_files
+from pathmm_pipeline.plan.training import CohortModalities, TrainingPlan
 from pathmm_pipeline.preprocess.samplesheet import load_samplesheet, slide_entries
 
 RESULTS = config["results"]
@@ -64,30 +66,31 @@ def slide_backend_args():
     return args if config["slide"]["fallback"] else args + " --no-fallback"
 
 
-#: feature-folder names that stand for a registered encoder with other weights (mSTAR's per-fold encoders)
-ENCODER_ALIASES = {}
+try:  # the training half's plan (runs, folds, encoders' weights, settings): pathmm_pipeline.plan.training
+    PLAN = TrainingPlan(config, CohortModalities(frozenset(e.patient_id for e in SLIDES.values()),
+                                                 frozenset(PATIENTS_WITH_EXPRESSION), frozenset(REPORTS)))
+except PathmmError as exc:
+    raise WorkflowError(f"the training configuration is invalid, no job was started:\n{exc}") from None
 
 
 def encoder_weights(encoder):
-    """The weights configured for an encoder: config's encoder_weights, else the registry default."""
-    return config["encoder_weights"].get(encoder, "default")
+    """The weights of a feature folder's encoder: config's encoder_weights, mSTAR stage 2's, or the default."""
+    return PLAN.encoder_weights(encoder)
 
 
 def encoder_weights_files(encoder):
     """Local weights file(s) of an encoder, so that new weights re-run extraction (none for hub ids)."""
-    from pathmm_pipeline.preprocess.features import weights_input
-
     weights = encoder_weights(encoder)
-    if isinstance(weights, str) and Path(weights).parts[:1] == Path(RESULTS).parts[:1]:
+    if PLAN.is_pipeline_output(weights):
         return [weights]  # written by a rule of this pipeline (mSTAR stage 2): Snakemake runs that rule first
-    return weights_input(ENCODER_ALIASES.get(encoder, encoder), weights)
+    return weights_files(PLAN.encoder_alias(encoder), weights)
 
 
 def extraction_settings_json(encoder):
     """Everything that shapes a feature store, as canonical JSON for params."""
     keys = ("batch_size", "num_workers", "dtype", "device", "channels_last", "compile", "threads", "seed")
     settings = {k: config["features"][k] for k in keys}
-    settings.update(encoder=ENCODER_ALIASES.get(encoder, encoder), weights=encoder_weights(encoder))
+    settings.update(encoder=PLAN.encoder_alias(encoder), weights=encoder_weights(encoder))
     return json.dumps(settings, sort_keys=True)
 
 

@@ -20,5 +20,5 @@ rule extract_features:
         mem_mb=memory(config["features"]["mem_mb"], scale_with=("weights",), per_input_mb=3),
         runtime=120,
     shell:
-        "pathmm extract {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"
+        "pathmm extract-features {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"
         " --settings {params.settings:q} --tiles {input.tiles:q} --store {output.store:q} > {log:q} 2>&1"

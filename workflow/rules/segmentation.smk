@@ -20,6 +20,6 @@ rule segment_tissue:
         mem_mb=memory(config["resources"]["segment_mem_mb"]),
         runtime=20,
     shell:
-        "pathmm segment {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"
+        "pathmm segment-tissue {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"
         " --settings {params.settings:q} --store {output.store:q} --geojson {output.geojson:q}"
         " --thumbnail {output.thumbnail:q} > {log:q} 2>&1"

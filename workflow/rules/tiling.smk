@@ -19,6 +19,6 @@ rule tile_slide:
         mem_mb=memory(config["resources"]["tile_mem_mb"]),
         runtime=20,
     shell:
-        "pathmm tile {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"
+        "pathmm tile-slide {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"
         " --settings {params.settings:q} --segmentation {input.segmentation:q} --store {output.store:q}"
         " > {log:q} 2>&1"

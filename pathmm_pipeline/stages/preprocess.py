@@ -1,0 +1,63 @@
+"""The slide stages as the rules run them, one function per rule and named as the rule: ``cohort_manifest``,
+``segment_tissue``, ``tile_slide``, ``extract_features``, ``extract_fold_features`` and ``qc_summary``. Each
+takes its inputs, its outputs and the rule's settings (a JSON object, refused on an unknown key)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pathmm_pipeline.stages.settings import ManifestSettings
+
+PathLike = str | os.PathLike[str]
+
+
+def cohort_manifest(samplesheet: PathLike, out: PathLike, settings: dict[str, Any]) -> Path:
+    """Validate the sample sheet and write the cohort manifest (Parquet, with provenance)."""
+    from pathmm_pipeline.preprocess.samplesheet import write_manifest
+
+    s = ManifestSettings.from_dict(settings)
+    return write_manifest(samplesheet, out, s.cancer_types, s.labels)
+
+
+def segment_tissue(slide: PathLike, store: PathLike, geojson: PathLike, thumbnail: PathLike,
+                   settings: dict[str, Any], **slide_options: Any) -> Path:
+    """Segment one slide's tissue (mask store, GeoJSON contours, thumbnail)."""
+    from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
+
+    return segment_slide(slide, store, geojson, thumbnail, SegmentationSettings.from_dict(settings), **slide_options)
+
+
+def tile_slide(slide: PathLike, segmentation: PathLike, store: PathLike, settings: dict[str, Any],
+               **slide_options: Any) -> Path:
+    """Tile one slide at the target mpp inside its tissue mask."""
+    from pathmm_pipeline.preprocess.tiling import TilingSettings
+    from pathmm_pipeline.preprocess.tiling import tile_slide as tile
+
+    return tile(slide, segmentation, store, TilingSettings.from_dict(settings), **slide_options)
+
+
+def extract_features(slide: PathLike, tiles: PathLike, store: PathLike, settings: dict[str, Any],
+                     **slide_options: Any) -> Path:
+    """One slide's patch features with one encoder."""
+    from pathmm_pipeline.preprocess.features import ExtractionSettings
+    from pathmm_pipeline.preprocess.features import extract_features as extract
+
+    return extract(slide, tiles, store, ExtractionSettings.from_dict(settings), **slide_options)
+
+
+def extract_fold_features(manifest: PathLike, tiles: PathLike, out: PathLike, settings: dict[str, Any],
+                          backend: str = "openslide", fallback: bool = True) -> Path:
+    """Every tiled slide of the manifest with one (per-fold mSTAR) encoder, in one job."""
+    from pathmm_pipeline.preprocess.features import ExtractionSettings, extract_cohort_features
+
+    return extract_cohort_features(manifest, tiles, out, ExtractionSettings.from_dict(settings), backend=backend,
+                                   fallback=fallback)
+
+
+def qc_summary(tiles: list[PathLike], segmentation: list[PathLike], out: PathLike) -> Path:
+    """One row per slide: statuses, tissue area, tile counts."""
+    from pathmm_pipeline.preprocess.qc import write_qc_summary
+
+    return write_qc_summary(tiles, segmentation, out)
