@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PATHMM_CACHE ?= $(CURDIR)/.cache/pathmm
 
-.PHONY: install demo demo-cohort test test-fast bench bad-corpus clean-results
+.PHONY: install demo demo-cohort test test-fast lint bench bad-corpus clean-results
 
 install: $(STAMP)
 
@@ -37,12 +37,15 @@ demo: $(STAMP) $(DEMO)/samplesheet.csv
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations 15
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pathmm_pipeline tests bench
+
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # The bad-input corpus of the README's troubleshooting table, to try by hand (the tests build their own copy)
 bad-corpus: $(STAMP)
-	$(PY) -c "from pathmm_pipeline.badcorpus import build_bad_corpus as b; print(len(b('tests/data/bad')), 'inputs in tests/data/bad')"
+	$(PY) -c "from pathmm_pipeline.demo.badcorpus import build_bad_corpus as b; print(len(b('tests/data/bad')), 'inputs in tests/data/bad')"
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py

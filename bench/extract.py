@@ -32,6 +32,7 @@ def make_tiles(work: Path, n_tiles: int) -> tuple[Path, Path]:
     import os
 
     from conftest import compose
+
     from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
     from pathmm_pipeline.preprocess.slides import open_slide
     from pathmm_pipeline.preprocess.slidewriter import write_pyramidal_tiff
@@ -142,7 +143,8 @@ def main() -> None:
                 samples["pipeline"].append(time_pipeline(slide, tiles_store, work / f"{name}_{r}.zarr", settings))
             med = {k: statistics.median(v) for k, v in samples.items()}
             floor = min(med["forward"], med["decode"])
-            rows.append({"encoder": name, "device": args.device, "tiles": n, **{f"{k}_tiles_s": v for k, v in med.items()},
+            rows.append({"encoder": name, "device": args.device, "tiles": n,
+                         **{f"{k}_tiles_s": v for k, v in med.items()},
                          "pipeline_vs_slower_floor": med["pipeline"] / floor,
                          "pipeline_vs_forward": med["pipeline"] / med["forward"],
                          "pipeline_vs_decode": med["pipeline"] / med["decode"]})
@@ -157,7 +159,8 @@ def main() -> None:
     print(f"{'encoder':40s} {'device':6s} {'tiles':>6s} {'pipeline/s':>11s} {'forward/s':>10s} {'decode/s':>9s} "
           f"{'pipe/floor':>10s}")
     for row in rows:
-        print(f"{row['encoder']:40s} {row['device']:6s} {row['tiles']:6d} {row.get('pipeline_tiles_s', float('nan')):11.1f} "
+        print(f"{row['encoder']:40s} {row['device']:6s} {row['tiles']:6d} "
+              f"{row.get('pipeline_tiles_s', float('nan')):11.1f} "
               f"{row['forward_tiles_s']:10.1f} {row.get('decode_tiles_s', float('nan')):9.1f} "
               f"{row.get('pipeline_vs_slower_floor', float('nan')):10.3f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -40,16 +40,15 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from pathmm_pipeline.cohort.splits import read_splits  # noqa: E402
 from pathmm_pipeline.core.atomic import write_text_atomic  # noqa: E402
+from pathmm_pipeline.core.provenance import package_versions  # noqa: E402
 from pathmm_pipeline.demo import tcga  # noqa: E402
-from pathmm_pipeline.stats.metrics import c_index, fold_summary  # noqa: E402
+from pathmm_pipeline.genomics import GeneScaler, filter_collection, load_collection, mean_pathway_scores  # noqa: E402
+from pathmm_pipeline.models.losses import discretize, make_time_bins, nll_survival_loss, risk_from_logits  # noqa: E402
 from pathmm_pipeline.stats.conventions import event_from_censorship  # noqa: E402
 from pathmm_pipeline.stats.kaplan_meier import assign_risk_groups, risk_cutoffs  # noqa: E402
-from pathmm_pipeline.stats.metrics import discrete_survival_metrics, logrank  # noqa: E402
-from pathmm_pipeline.genomics import GeneScaler, filter_collection, load_collection, mean_pathway_scores  # noqa: E402
-from pathmm_pipeline.core.provenance import package_versions  # noqa: E402
-from pathmm_pipeline.models.losses import discretize, make_time_bins, nll_survival_loss, risk_from_logits  # noqa: E402
-from pathmm_pipeline.cohort.splits import read_splits  # noqa: E402
+from pathmm_pipeline.stats.metrics import c_index, discrete_survival_metrics, fold_summary, logrank  # noqa: E402  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / ".cache" / "bench" / "genomics_baselines.json"

@@ -88,8 +88,9 @@ def main() -> None:
             base = next((b for b in rows if b["encoder"] == encoder), r)
             r["time_ratio"] = r["seconds_per_step"] / base["seconds_per_step"]
             rows.append(r)
-            print(f"{encoder:18s} {tiles:5d} tiles/step  {r['seconds_per_step']:8.3f} s/step (x{r['time_ratio']:6.2f})  "
-                  f"{r['tiles_per_s']:8.1f} tiles/s  peak {r['peak_mb']:8.0f} MB", flush=True)
+            print(f"{encoder:18s} {tiles:5d} tiles/step  {r['seconds_per_step']:8.3f} s/step "
+                  f"(x{r['time_ratio']:6.2f})  {r['tiles_per_s']:8.1f} tiles/s  peak {r['peak_mb']:8.0f} MB",
+                  flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2))
 

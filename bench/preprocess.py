@@ -103,8 +103,8 @@ def make_slides(sizes: list[tuple[int, int]]) -> list[Path]:
         return paths
     import cv2
     import numpy as np
-
     from conftest import compose
+
     from pathmm_pipeline.preprocess.slides import open_slide
     from pathmm_pipeline.preprocess.slidewriter import write_pyramidal_tiff
 
@@ -293,14 +293,15 @@ def fmt_s(v: float | None) -> str:
 
 
 def print_table(rows: list[dict], totals: dict) -> None:
-    head = (f"{'slide (px)':>13s} {'MB':>5s} {'tiles ours':>10s} {'peer':>6s} | {'ours s':>8s} {'core s':>8s} {'floor s':>8s} "
-            f"{'peer s':>8s} | {'ours/flr':>8s} {'core/flr':>8s} {'ours/peer':>9s} {'core/peer':>9s}")
+    head = (f"{'slide (px)':>13s} {'MB':>5s} {'tiles ours':>10s} {'peer':>6s} | {'ours s':>8s} {'core s':>8s} "
+            f"{'floor s':>8s} {'peer s':>8s} | {'ours/flr':>8s} {'core/flr':>8s} {'ours/peer':>9s} {'core/peer':>9s}")
     print(head)
     print("-" * len(head))
     for r in rows + [totals]:
         m = r["median_s"]
         tiles_peer = r["tiles"].get("peer")
-        print(f"{r['size']:>13s} {r['file_mb']:5.0f} {r['tiles']['ours']:>10d} {tiles_peer if tiles_peer is not None else '-':>6} | "
+        print(f"{r['size']:>13s} {r['file_mb']:5.0f} {r['tiles']['ours']:>10d} "
+              f"{tiles_peer if tiles_peer is not None else '-':>6} | "
               f"{fmt_s(m['ours'])} {fmt_s(m['core'])} {fmt_s(m['floor'])} {fmt_s(m.get('peer'))} | "
               f"{fmt_ratio(m['ours'], m['floor'])} {fmt_ratio(m['core'], m['floor'])} "
               f"{fmt_ratio(m['ours'], m.get('peer')):>9s} {fmt_ratio(m['core'], m.get('peer')):>9s}")
@@ -386,7 +387,8 @@ def main() -> None:
             tiles["peer"] = details[slide]["peer"]["n_tiles"]
         row = {"size": f"{size[0]}x{size[1]}", "slide": str(slide.relative_to(REPO)),
                "file_mb": round(slide.stat().st_size / 2**20, 1), "tiles": tiles, "median_s": med,
-               "min_s": {m: min(v) for m, v in samples[slide].items()}, "samples_s": samples[slide], "level_read": levels[slide],
+               "min_s": {m: min(v) for m, v in samples[slide].items()}, "samples_s": samples[slide],
+               "level_read": levels[slide],
                "level_dims": details[slide]["floor"]["level_dims"],
                "ours_split_median_s": median_split(splits[slide]["ours"], ("segment_slide", "tile_slide")),
                "ratios": {"ours/floor": med["ours"] / med["floor"], "core/floor": med["core"] / med["floor"]}}
@@ -396,7 +398,8 @@ def main() -> None:
                 splits[slide]["peer"], ("open", "find_tissues", "tile_tissues", "total"))}
         rows.append(row)
     tot = {m: sum(r["median_s"][m] for r in rows) for m in methods}
-    totals = {"size": "total", "file_mb": round(sum(r["file_mb"] for r in rows), 1), "tiles": {k: sum(r["tiles"][k] for r in rows) for k in rows[0]["tiles"]},
+    totals = {"size": "total", "file_mb": round(sum(r["file_mb"] for r in rows), 1),
+              "tiles": {k: sum(r["tiles"][k] for r in rows) for k in rows[0]["tiles"]},
               "median_s": tot, "ratios": {"ours/floor": tot["ours"] / tot["floor"],
                                           "core/floor": tot["core"] / tot["floor"]}}
     if peer is not None:

@@ -1,5 +1,5 @@
 """Pretraining + fine-tuning of the multimodal methods on CPU and on CUDA, side by side in one run: seconds and
-the held-out C-index on the toy cohort of tests/test_training.py (90 patients, planted signal), so a GPU run
+the held-out C-index on the toy cohort of tests/toy_cohort.py (90 patients, planted signal), so a GPU run
 can be checked to reach the same quality as the CPU run, and how much faster it is.
 
     python bench/train_devices.py [--models alter mice] [--devices cpu cuda]
@@ -29,15 +29,15 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from toy_cohort import build_toy_cohort
 
-    from pathmm_pipeline.stats.metrics import c_index
     from pathmm_pipeline.cohort.splits import Fold
-    from pathmm_pipeline.training.settings import TrainConfig
     from pathmm_pipeline.evaluation.predict import predict_logits
-    from pathmm_pipeline.training.finetune import train_fold
+    from pathmm_pipeline.stats.metrics import c_index
     from pathmm_pipeline.tasks.kinds import risk_scores
+    from pathmm_pipeline.training.finetune import train_fold
     from pathmm_pipeline.training.pretrain import PretrainConfig, pretrain
-    from test_training import build_toy_cohort
+    from pathmm_pipeline.training.settings import TrainConfig
 
     torch.set_num_threads(args.threads)
     devices = [d for d in args.devices if d != "cuda" or torch.cuda.is_available()]

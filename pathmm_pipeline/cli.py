@@ -10,8 +10,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pathmm_pipeline import __version__
 from pathmm_pipeline.core.errors import InputError, PathmmError
@@ -260,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "a report for every other one)")
     p.set_defaults(func=cmd_demo_cohort)
 
-    p = sub.add_parser("extract-fold-features", aliases=["extract-cohort"], help="extract every tiled slide of a manifest with one encoder into a "
-                                              "folder (one process)")
+    p = sub.add_parser("extract-fold-features", aliases=["extract-cohort"],
+                       help="extract every tiled slide of a manifest with one encoder into a folder (one process)")
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--tiles", type=Path, required=True, help="folder of the tile stores (<slide_id>.zarr)")
     p.add_argument("--out", type=Path, required=True, help="folder to write <slide_id>.zarr into")
@@ -285,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samplesheet", type=Path, default=None)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("cohort-manifest", aliases=["manifest"], help="validate a sample sheet and write it as a Parquet manifest")
+    p = sub.add_parser("cohort-manifest", aliases=["manifest"],
+                       help="validate a sample sheet and write it as a Parquet manifest")
     p.add_argument("samplesheet", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--settings", type=_settings, required=True, help='{"cancer_types": [...], "labels": [...]}')
@@ -304,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, required=True)
     p.set_defaults(func=cmd_tile_slide)
 
-    p = sub.add_parser("extract-features", aliases=["extract"], help="extract patch features of one slide with one encoder")
+    p = sub.add_parser("extract-features", aliases=["extract"],
+                       help="extract patch features of one slide with one encoder")
     _slide_args(p)
     p.add_argument("--tiles", type=Path, required=True, help="the slide's tile store")
     p.add_argument("--store", type=Path, required=True, help="feature store to write")
@@ -313,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encoders", help="list the registered patch encoders")
     p.set_defaults(func=cmd_encoders)
 
-    p = sub.add_parser("genomics", aliases=["external-genomics"], help="expression -> cohort genomics store (log scale, gene sets, rank scores)")
+    p = sub.add_parser("genomics", aliases=["external-genomics"],
+                       help="expression -> cohort genomics store (log scale, gene sets, rank scores)")
     p.add_argument("--expression", type=Path, nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--settings", type=_settings, required=True, help='genomics settings + "patients": [...]')
@@ -393,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="self-teach on this fold's training patients' slides only (default: every slide)")
     p.set_defaults(func=cmd_mstar_stage2)
 
-    p = sub.add_parser("pretrain", aliases=["mstar-stage1"], help="pretrain a multimodal model on one fold's training patients")
+    p = sub.add_parser("pretrain", aliases=["mstar-stage1"],
+                       help="pretrain a multimodal model on one fold's training patients")
     p.add_argument("--model", required=True)
     p.add_argument("--fold", type=int, required=True, help="the fold, or -1 for every patient")
     p.add_argument("--manifest", type=Path, required=True)

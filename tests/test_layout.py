@@ -78,7 +78,7 @@ def test_imports_run_only_downward():
     wrong = []
     for name, path in MODULES.items():
         own = _package(name)
-        for target, names, line in _imports(name, path):
+        for target, _names, line in _imports(name, path):
             other = _package(target)
             if own is None or other is None or other == own:
                 continue
@@ -135,7 +135,7 @@ def test_the_planning_floor_imports_no_torch(module):
 
 def _calls(attribute_names: set[str]) -> list[str]:
     found = []
-    for name, path in MODULES.items():
+    for path in MODULES.values():
         for node in ast.walk(ast.parse(path.read_text())):
             on_engine = isinstance(node, ast.Attribute) and (
                 (isinstance(node.value, ast.Name) and node.value.id == "engine")
@@ -158,6 +158,7 @@ def test_one_registry_class():
     for name, path in MODULES.items():
         for node in ast.parse(path.read_text()).body:
             target = node.target if isinstance(node, ast.AnnAssign) else None
-            if isinstance(target, ast.Name) and "REGISTRY" in target.id.upper() and name != "pathmm_pipeline.core.registry":
+            if (isinstance(target, ast.Name) and "REGISTRY" in target.id.upper()
+                    and name != "pathmm_pipeline.core.registry"):
                 own.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {target.id}")
     assert not own, "\n".join(own)

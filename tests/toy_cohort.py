@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pathmm_pipeline.genomics import GenomicsSettings, build_genomics_store
+from pathmm_pipeline.cohort.dataset import MultimodalCohort
 from pathmm_pipeline.core.provenance import build_provenance
 from pathmm_pipeline.core.stores import ArraySpec, write_store
-from pathmm_pipeline.cohort.dataset import MultimodalCohort
+from pathmm_pipeline.genomics import GenomicsSettings, build_genomics_store
 
 N_PATIENTS = 90
 D_WSI = 16
@@ -78,6 +78,11 @@ def genomics_store(toy_root: Path, frame: pd.DataFrame, gmts: tuple[Path, Path],
     store = build_genomics_store([csv], frame.index.tolist(), toy_root / f"{name}.zarr",
                                  GenomicsSettings(genesets=tuple(str(g) for g in gmts), orientation="samples_x_genes"))
     return store, csv
+
+
+#: small model options the training and report tests share
+ABMIL_SMALL = {"hidden_dim": 16, "attn_dim": 8, "dropout": 0.0}
+FUSION_SMALL = {"dim": 16, "attn_dim": 8, "snn_hidden": (16, 16), "report_hidden": (16, 16), "dropout": 0.0}
 
 
 def build_toy_cohort(root: Path, seed: int = 0) -> ToyCohort:

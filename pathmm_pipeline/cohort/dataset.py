@@ -35,10 +35,10 @@ import torch
 
 from pathmm_pipeline.cohort.bags import load_patient_bag
 from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.core.stores import open_store
 from pathmm_pipeline.genomics.normalize import GeneScaler
 from pathmm_pipeline.genomics.stage import GenomicsData, load_genomics
 from pathmm_pipeline.models.base import MODALITIES, InputDims, PatientInput
-from pathmm_pipeline.core.stores import open_store
 
 MISSING_LABEL = -1
 MISSING_EVENT = -1
@@ -183,7 +183,7 @@ class MultimodalCohort:
     def from_manifest(cls, manifest: str | os.PathLike[str] | pd.DataFrame,
                       features_dir: str | os.PathLike[str] | None = None,
                       genomics: str | os.PathLike[str] | GenomicsData | None = None,
-                      reports: str | os.PathLike[str] | None = None, **options: Any) -> "MultimodalCohort":
+                      reports: str | os.PathLike[str] | None = None, **options: Any) -> MultimodalCohort:
         """A cohort from the pipeline's manifest (one row per slide: ``patient_id``, ``slide_id``, ...) and the
         folder of one encoder's feature stores (``<features_dir>/<slide_id>.zarr``; absent stores are skipped)."""
         source = None
@@ -223,7 +223,7 @@ class MultimodalCohort:
         values = self.genomics.expression[[self._genomics_rows[p] for p in rows]]
         return GeneScaler(std_floor, clip).fit(values, train_patients=rows, genes=self.genomics.genes)
 
-    def with_scaler(self, scaler: GeneScaler | None) -> "MultimodalCohort":
+    def with_scaler(self, scaler: GeneScaler | None) -> MultimodalCohort:
         """A view of this cohort whose genomics are scaled by ``scaler`` (the caches are shared)."""
         view = copy.copy(self)
         view.scaler, view._scaled = None, None
@@ -231,7 +231,7 @@ class MultimodalCohort:
             view._apply_scaler(scaler)
         return view
 
-    def for_fold(self, train_patients: Iterable[str], std_floor: float = 0.1) -> "MultimodalCohort":
+    def for_fold(self, train_patients: Iterable[str], std_floor: float = 0.1) -> MultimodalCohort:
         """:meth:`with_scaler` of a scaler fitted on ``train_patients`` (a no-op without genomics)."""
         if self.genomics is None:
             return self.with_scaler(None)

@@ -134,14 +134,14 @@ class SplitSet:
                                        f"{len(known)} known patients")
         return out
 
-    def validate(self, known_patients: Iterable[str] | None = None) -> "SplitSet":
+    def validate(self, known_patients: Iterable[str] | None = None) -> SplitSet:
         """Raise :class:`SplitError` listing every problem; return ``self`` when there is none."""
         found = self.problems(known_patients)
         if found:
             raise SplitError(self.source or "<splits>", found)
         return self
 
-    def restrict(self, patients: Iterable[str]) -> tuple["SplitSet", list[str]]:
+    def restrict(self, patients: Iterable[str]) -> tuple[SplitSet, list[str]]:
         """The same folds with only ``patients`` kept (e.g. those with expression), and the patients dropped."""
         keep = {str(p) for p in patients}
         dropped = sorted(set(self.patients) - keep)

@@ -121,3 +121,21 @@ def write_text_atomic(final: str | os.PathLike[str], text: str) -> Path:
 def stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Left-over temporary siblings under ``folder`` (from killed jobs); safe to delete."""
     return sorted(p for p in Path(folder).rglob(f"*{TMP_MARK}*") if TMP_MARK in p.name)
+
+
+def staging_dir(final: str | os.PathLike[str], label: str) -> Path:
+    """Where a job that writes several files into folder ``final`` builds them first: ``<final>.tmp-<label>``
+    beside it (never taken for a finished output; :func:`stale_temporaries` lists what a kill leaves)."""
+    out = Path(os.path.abspath(final))
+    return out.with_name(f"{out.name}{TMP_MARK}{label}")
+
+
+def publish_staged(staging: str | os.PathLike[str], final: str | os.PathLike[str], names: list[str]) -> Path:
+    """Move the files ``names`` of ``staging`` into folder ``final``, in that order, each by
+    :func:`move_into_place` (an atomic rename; an older file of the same name is replaced only then). Put the file
+    that marks the output complete last: a kill in between leaves an output Snakemake does not take for done."""
+    staging, out = Path(staging), Path(final)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        move_into_place(staging / name, out / name)
+    return out

@@ -136,7 +136,8 @@ def format_table(results: list[StoreAudit], stale: list[Path]) -> str:
 def format_details(result: StoreAudit) -> str:
     """One store in full: status, stage, code identity, parameters and every input with its recorded hash."""
     changed = {f.role: f.problem for f in result.findings if f.kind == "input"}
-    lines = [f"{'OK' if result.ok else 'FAIL'}  {result.path}", f"  stage: {result.stage}  created: {result.created_utc}",
+    lines = [f"{'OK' if result.ok else 'FAIL'}  {result.path}",
+             f"  stage: {result.stage}  created: {result.created_utc}",
              "  code: " + ", ".join(f"{k}={v}" for k, v in sorted(result.code.items()) if v not in (None, ""))]
     lines.append("  params: " + json.dumps(result.params, sort_keys=True, default=str))
     for role, path in result.inputs.items():

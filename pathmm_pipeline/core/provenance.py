@@ -186,7 +186,7 @@ def build_provenance(
     record = {
         "schema": SCHEMA,
         "stage": stage,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "inputs": {role: describe_input(p) for role, p in inputs.items()},
         "params": params,
         "outputs": {name: {"path": str(Path(p).resolve()), "given_path": str(p), "sha256": hash_file(p)}

@@ -14,6 +14,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 HUB_PREFIXES = ("hf_hub:", "hf-hub:")
 PACKAGE_PREFIX = "package:"
+#: files looked for in a hub repository (or a snapshot of one), in order
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class WeightsError(InputError):

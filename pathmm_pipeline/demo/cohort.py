@@ -22,12 +22,12 @@ import pandas as pd
 
 from pathmm_pipeline.core.atomic import atomic_path, write_text_atomic
 from pathmm_pipeline.core.errors import InputError
-from pathmm_pipeline.preprocess.slides import open_slide
 from pathmm_pipeline.demo import tcga
 from pathmm_pipeline.demo.reports import PatientFacts, make_report
 from pathmm_pipeline.demo.slides import TRUTH_MPP, SlideResult, SlideSpec, write_slide
 from pathmm_pipeline.demo.source import ensure_source_slide, verify_source_slide
 from pathmm_pipeline.demo.tissue import TexturePools, extract_pools
+from pathmm_pipeline.preprocess.slides import open_slide
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,8 @@ def _readme(n_patients: int, seed: int, slides: int, slide_scale: float, slide_l
 
 Built by `pathmm demo-cohort` (`pathmm_pipeline.demo.build_demo_cohort`) with {n_patients} patients,
 seed {seed}, slide scale {slide_scale:g}: {slides} slides; and {slide_less} further patients without any slide
-(sample-sheet rows with empty slide_id and slide_path: expression for all, a report for every other one). Rebuilding with the same seed gives a byte-identical
+(sample-sheet rows with empty slide_id and slide_path: expression for all, a report for every other one). \
+Rebuilding with the same seed gives a byte-identical
 sample sheet, reports and expression table and pixel-identical slides.
 
 ## What is real and what is composed

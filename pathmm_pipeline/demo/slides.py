@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 
 from pathmm_pipeline.core.atomic import write_bytes_atomic
-from pathmm_pipeline.preprocess.slidewriter import write_pyramidal_tiff
 from pathmm_pipeline.demo.tissue import TexturePools, fill_texture
+from pathmm_pipeline.preprocess.slidewriter import write_pyramidal_tiff
 
 BASE_MPP = 0.5  # composition resolution (um/px)
 TRUTH_MPP = 8.0  # ground-truth mask resolution (um/px)

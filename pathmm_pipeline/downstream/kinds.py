@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dataclasses import dataclass, field
-
-from pathmm_pipeline.core.atomic import write_text_atomic
-from pathmm_pipeline.models import PathmmModel
 from pathmm_pipeline.cohort.dataset import MultimodalCohort
-from pathmm_pipeline.training.finetune import TrainConfig, model_input, score_metric, train_fold
 from pathmm_pipeline.cohort.selection import check_selection, inner_split, strata_table
 from pathmm_pipeline.cohort.splits import Fold
+from pathmm_pipeline.core.atomic import write_text_atomic
+from pathmm_pipeline.models import PathmmModel
+from pathmm_pipeline.training.finetune import TrainConfig, model_input, score_metric, train_fold
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,14 @@ from pathmm_pipeline.cohort.dataset import MultimodalCohort
 from pathmm_pipeline.cohort.splits import Fold
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.core.registry import Registry, UnknownEntryError
-from pathmm_pipeline.downstream.kinds import (DEFAULT_FRACTIONS, DownstreamResult, data_efficiency, linear_probe,
-                                              report_generation, zero_and_few_shot)
+from pathmm_pipeline.downstream.kinds import (
+    DEFAULT_FRACTIONS,
+    DownstreamResult,
+    data_efficiency,
+    linear_probe,
+    report_generation,
+    zero_and_few_shot,
+)
 from pathmm_pipeline.models.checkpoint import load_checkpoint
 from pathmm_pipeline.training.pretrain import load_pretrained_model
 from pathmm_pipeline.training.settings import TrainConfig

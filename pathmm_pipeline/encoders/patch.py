@@ -10,10 +10,17 @@ from typing import TypeVar, overload
 
 import torch
 
-from pathmm_pipeline.core.registry import DuplicateEntryError, Registry, UnknownEntryError
 from pathmm_pipeline.core.provenance import hash_file
-from pathmm_pipeline.encoders.weights import (StateDictMismatch, WeightsError, describe_mismatch, download_hub_weights, read_state_dict,
-                      resolve_weights, strip_prefixes)
+from pathmm_pipeline.core.registry import DuplicateEntryError, Registry, UnknownEntryError
+from pathmm_pipeline.encoders.weights import (
+    StateDictMismatch,
+    WeightsError,
+    describe_mismatch,
+    download_hub_weights,
+    read_state_dict,
+    resolve_weights,
+    strip_prefixes,
+)
 
 PRECISIONS = ("float16", "bfloat16", "float32")
 INTERPOLATIONS = ("area", "bilinear", "bicubic")

@@ -62,11 +62,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pathmm_pipeline.encoders.weights import (WeightsError, describe_mismatch, is_hub_reference, read_state_dict,
-                                resolve_weights, strip_prefixes)
-from pathmm_pipeline.core.errors import ConfigError, PathmmError
-from pathmm_pipeline.core.registry import DuplicateEntryError, Registry, UnknownEntryError
 from pathmm_pipeline.core.provenance import hash_file
+from pathmm_pipeline.core.registry import DuplicateEntryError, Registry, UnknownEntryError
+from pathmm_pipeline.encoders.weights import (
+    WeightsError,
+    describe_mismatch,
+    is_hub_reference,
+    read_state_dict,
+    resolve_weights,
+    strip_prefixes,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 

@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 
 from pathmm_pipeline.core.errors import ConfigError, InputError
-from pathmm_pipeline.core.registry import Registry, UnknownEntryError
 from pathmm_pipeline.core.provenance import hash_file
+from pathmm_pipeline.core.registry import Registry, UnknownEntryError
 
 POOLINGS = ("mean", "cls")
 WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin")

@@ -15,16 +15,22 @@ and every failure is a :class:`WeightsError` that names the file, the problem an
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from pathmm_pipeline.core.errors import InputError
-from pathmm_pipeline.core.weights import (HUB_PREFIXES, PACKAGE_PREFIX, TORCH_SUFFIXES, WEIGHT_SUFFIXES, WeightsError,
-                                          is_hub_reference, resolve_weights)
+from pathmm_pipeline.core.weights import (
+    HUB_PREFIXES,
+    HUB_WEIGHT_FILES,
+    PACKAGE_PREFIX,
+    TORCH_SUFFIXES,
+    WEIGHT_SUFFIXES,
+    WeightsError,
+    is_hub_reference,
+    resolve_weights,
+)
 
 __all__ = ["HUB_PREFIXES", "PACKAGE_PREFIX", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES", "WeightsError", "is_hub_reference",
            "resolve_weights"]
@@ -33,8 +39,6 @@ __all__ = ["HUB_PREFIXES", "PACKAGE_PREFIX", "TORCH_SUFFIXES", "WEIGHT_SUFFIXES"
 COMMON_PREFIXES = ("module.", "model.", "backbone.")
 #: keys under which training scripts nest the state dict in a checkpoint dict, in order of preference
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "teacher")
-#: files looked for in a hub repository, in order
-HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _TRUTHY = {"1", "on", "yes", "true"}
 
 
@@ -203,8 +207,8 @@ def download_hub_weights(hub_id: str, encoder: str) -> Path:
                   f"--local-dir <folder>`), then pass the local file: encoder_weights: {{{encoder}: "
                   f"/path/to/pytorch_model.bin}} in config.yaml, or weights=<path>")
     try:
-        from huggingface_hub import hf_hub_download
         from huggingface_hub import errors as hf_errors
+        from huggingface_hub import hf_hub_download
     except ImportError as exc:  # pragma: no cover - huggingface_hub comes with timm
         raise WeightsError(hub_id, "huggingface_hub is not installed, so hub weights cannot be fetched",
                            local_hint) from exc

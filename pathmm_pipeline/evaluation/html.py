@@ -378,7 +378,7 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
             written[name] = write_text_atomic(csv_root / f"{name}.csv", frame.to_csv(index=False))
 
     code = code_identity()
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     parts: list[str] = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",

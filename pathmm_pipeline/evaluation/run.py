@@ -47,10 +47,16 @@ import pandas as pd
 from pathmm_pipeline.evaluation.predict import predict_logits
 from pathmm_pipeline.evaluation.trained import FoldResult
 from pathmm_pipeline.models.checkpoint import LoadedCheckpoint, load_checkpoint
-from pathmm_pipeline.tasks.kinds import probabilities, risk_scores
 from pathmm_pipeline.stats.kaplan_meier import RiskGroupCurves, group_names, km_by_risk_group, risk_cutoffs
-from pathmm_pipeline.stats.metrics import (bootstrap_c_index, classification_metrics, default_eval_times, discrete_survival_metrics,
-                      fold_summary, time_dependent_auc)
+from pathmm_pipeline.stats.metrics import (
+    bootstrap_c_index,
+    classification_metrics,
+    default_eval_times,
+    discrete_survival_metrics,
+    fold_summary,
+    time_dependent_auc,
+)
+from pathmm_pipeline.tasks.kinds import probabilities, risk_scores
 
 ALL = "all"
 COMPLETE = "complete"

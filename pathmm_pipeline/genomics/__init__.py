@@ -10,7 +10,13 @@
 
 from __future__ import annotations
 
-from pathmm_pipeline.genomics.genesets import GeneSetCollection, FilteredCollection, filter_collection, load_collection, read_gmt
+from pathmm_pipeline.genomics.genesets import (
+    FilteredCollection,
+    GeneSetCollection,
+    filter_collection,
+    load_collection,
+    read_gmt,
+)
 from pathmm_pipeline.genomics.io import ExpressionMatrix, read_expression
 from pathmm_pipeline.genomics.normalize import GeneScaler
 from pathmm_pipeline.genomics.stage import GenomicsData, GenomicsSettings, build_genomics_store, load_genomics

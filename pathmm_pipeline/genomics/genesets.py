@@ -303,7 +303,8 @@ def filter_collection(collection: GeneSetCollection, measured_genes: Sequence[st
                               dropped, genes_in_collection=len(union), genes_matched=len(union & measured))
 
 
-def as_mapping(sets: Mapping[str, Sequence[str]] | FilteredCollection | GeneSetCollection) -> dict[str, tuple[str, ...]]:
+def as_mapping(sets: Mapping[str, Sequence[str]] | FilteredCollection | GeneSetCollection
+               ) -> dict[str, tuple[str, ...]]:
     """The set -> genes mapping of a collection or a plain mapping."""
     if isinstance(sets, (FilteredCollection, GeneSetCollection)):
         return dict(sets.sets)

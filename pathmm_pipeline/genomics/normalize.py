@@ -49,7 +49,7 @@ class GeneScaler:
         return np.maximum(self.std_, self.std_floor)
 
     def fit(self, expression: pd.DataFrame | np.ndarray, train_patients: Sequence[str] | None = None,
-            genes: Sequence[str] | None = None) -> "GeneScaler":
+            genes: Sequence[str] | None = None) -> GeneScaler:
         """Learn median, mean and std per gene from the training rows.
 
         ``expression`` is patients x genes: a DataFrame (then ``train_patients`` picks its training rows by
@@ -121,7 +121,7 @@ class GeneScaler:
                 "n_train": self.n_train, "train_patients": list(self.train_patients)}
 
     @classmethod
-    def from_dict(cls, record: dict[str, Any]) -> "GeneScaler":
+    def from_dict(cls, record: dict[str, Any]) -> GeneScaler:
         if record.get("schema") != SCHEMA:
             raise ValueError(f"not a GeneScaler record (schema {record.get('schema')!r}, expected {SCHEMA!r})")
         scaler = cls(std_floor=record["std_floor"], clip=record.get("clip"))

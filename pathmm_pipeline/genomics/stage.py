@@ -43,13 +43,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.core.provenance import build_provenance
+from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.core.stores import ArraySpec, open_store, write_store
 from pathmm_pipeline.genomics.genesets import FilteredCollection, filter_collection, load_collection
-from pathmm_pipeline.genomics.io import (DUPLICATE_POLICIES, MULTI_SAMPLE_POLICIES, ORIENTATIONS, RAW_THRESHOLD, SCALES, ExpressionMatrix,
-                 drop_sparse_genes, read_expression)
+from pathmm_pipeline.genomics.io import (
+    DUPLICATE_POLICIES,
+    MULTI_SAMPLE_POLICIES,
+    ORIENTATIONS,
+    RAW_THRESHOLD,
+    SCALES,
+    ExpressionMatrix,
+    drop_sparse_genes,
+    read_expression,
+)
 from pathmm_pipeline.genomics.tokens import RANK_SCORE_DEFINITION, flatten_sets, rank_scores, unflatten_sets
 
 log = logging.getLogger(__name__)

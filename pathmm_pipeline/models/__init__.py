@@ -31,12 +31,46 @@ Multimodal methods with a pretraining objective (``pretrainable``; :mod:`pathmm_
 
 from __future__ import annotations
 
-from pathmm_pipeline.models.base import (MODALITIES, MODALITY_FIELDS, TASK_KINDS, InputDims, MissingModalityError, ModelConfigError,
-                   ModelError, ModelInputError, ModelOutput, PathmmModel, PatientInput, PretrainBatch,
-                   TaskSpec)
-from pathmm_pipeline.models.registry import (DuplicateModelError, ModelOptionError, UnknownModelError, build_model, get_model_class,
-                       list_models, model_options, register_model, unregister_model)
-from pathmm_pipeline.models import abmil, alter, late_fusion, mcat, mice, modaltune, mstar, ridge_cox, snn, survpath, transmil, umeml  # noqa: E402,F401  (register the baselines)
+from pathmm_pipeline.models import (  # noqa: E402,F401  (register the baselines)
+                   abmil,
+                   alter,
+                   late_fusion,
+                   mcat,
+                   mice,
+                   modaltune,
+                   mstar,
+                   ridge_cox,
+                   snn,
+                   survpath,
+                   transmil,
+                   umeml,
+)
+from pathmm_pipeline.models.base import (
+                   MODALITIES,
+                   MODALITY_FIELDS,
+                   TASK_KINDS,
+                   InputDims,
+                   MissingModalityError,
+                   ModelConfigError,
+                   ModelError,
+                   ModelInputError,
+                   ModelOutput,
+                   PathmmModel,
+                   PatientInput,
+                   PretrainBatch,
+                   TaskSpec,
+)
+from pathmm_pipeline.models.registry import (
+                   DuplicateModelError,
+                   ModelOptionError,
+                   UnknownModelError,
+                   build_model,
+                   get_model_class,
+                   list_models,
+                   model_options,
+                   register_model,
+                   unregister_model,
+)
 
 __all__ = [
     "MODALITIES", "MODALITY_FIELDS", "TASK_KINDS", "DuplicateModelError", "InputDims", "MissingModalityError",

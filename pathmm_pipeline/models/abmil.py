@@ -1,9 +1,10 @@
-"""ABMIL: gated attention-based multiple-instance learning (Ilse et al., ICML 2018), in the form CLAM and the
-CLAM-lab survival baselines use on patch features.
+"""ABMIL: gated attention-based multiple-instance learning on patch features (the ``abmil`` model).
 
-fc (D_wsi -> 512, ReLU, Dropout 0.25) -> gated attention scores ``w^T (tanh(V h) * sigmoid(U h))`` (attention
-dim 256, dropout 0.25 in both branches) -> softmax over the patches -> attention-weighted mean -> linear head.
-(Ilse et al. used L = 500, D = 128 behind their own CNN; 512/256 are CLAM's sizes for 1024-d features.)
+Holds :class:`ABMIL`: fc -> gated attention pooling (:class:`~pathmm_pipeline.models.layers.AttentionPool`) ->
+linear head, with CLAM's sizes.
+
+Paper: Ilse et al., ICML 2018 (in the form CLAM and the CLAM-lab survival baselines use).
+Paper-to-code mapping and deviations: docs/methods/baselines.md
 """
 
 from __future__ import annotations

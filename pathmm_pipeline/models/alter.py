@@ -1,78 +1,12 @@
-"""ALTER (Sun et al., arXiv 2505.12711): any-to-any tri-modal pretraining on WSIs, genomics and reports.
+"""ALTER: any-to-any tri-modal pretraining on WSIs, genomics and reports (the ``alter`` model).
 
-Encoders (one per modality; each turns a patient's modality into a short sequence of ``dim``-wide tokens):
+Holds the region-pooled TransMIL WSI encoder (:class:`RegionWSIEncoder`), the Performer (FAVOR+) gene encoder
+with pathway pooling (:class:`PathwayGeneEncoder`), the universal transformer (:class:`UniversalBlock`: shared
+self-attention + per-modality mixture of experts) and :class:`ALTER` with its pretraining loss (masked
+modelling + pairwise InfoNCE + cancer-type triplet + MoE balance).
 
-* **wsi** -> region tokens. fc (D_wsi -> dim, ReLU) -> a TransMIL block (:mod:`.transmil`: the bag padded to a
-  square by repeating its first patches, a learned encoder CLS prepended, Nystrom layer -> PPEG -> Nystrom
-  layer, LayerNorm; the encoder CLS and the padding are dropped afterwards) -> **region-wise pooling**
-  (:func:`region_pool`): every patch is put on the 2-D grid of its level-0 coordinates ``wsi_coords`` (the grid
-  step is the smallest positive difference between distinct x or distinct y coordinates; without
-  coordinates the patches are laid out in bag order as a raster of ceil(sqrt(N)) columns) and the patch tokens
-  are averaged over non-overlapping ``region_size`` x ``region_size`` cells of that grid: one token per
-  non-empty region, in raster order (top row first). When a slide has more than ``max_regions`` non-empty
-  regions, the region side is doubled (4 -> 8 -> 16 ...) until it has at most ``max_regions``; the side used
-  is ``extras["region_size"]``.
-* **genomics** -> pathway tokens. One token per gene of ``genes`` (G of them): ``E[gene id] + value * w + b``
-  (a learned gene-id embedding plus the scaled expression times a learned vector) -> ``gene_layers``
-  Performer layers (pre-norm ``x + FAVOR+(LN x)``, ``x + FFN(LN x)``; FAVOR+ with ``n_features`` orthogonal
-  positive random features, a fixed buffer drawn at build time, so the cost is O(G) rather than O(G^2)) ->
-  **pathway pooling** (:func:`pathway_pool`): the mean of each pathway's gene tokens, the pathways being the
-  cohort's pathway collection (``InputDims.pathway_members``) -> P tokens.
-* **report** -> report tokens: the stored token hidden states ``report_tokens`` (T, D_text) -> Linear(D_text,
-  dim); a patient with only the pooled ``report`` embedding gives one token.
-
-Fusion, the "universal transformer": each present modality contributes a learned [CLS] token followed by its
-tokens, and a learned modality-type embedding is added to all of them; the concatenation goes through
-``layers`` blocks of
-
-    h = h + Dropout(MHSA(LN h))                 modality-shared multi-head self-attention over all tokens
-    h = h + Dropout(FFN_m(LN h))                FFN_m: a mixture of experts per modality (top-k routing)
-
-(:class:`~pathmm_pipeline.models.moe.MixtureOfExperts`, ``n_experts`` experts of hidden width ``ff_dim``,
-``top_k``); every token is routed only among its own modality's experts. ``fusion_mode`` ablates the block:
-``"both"`` (default, as above), ``"shared_only"`` (one dense FFN shared by every modality, no experts) and
-``"moe_only"`` (the attention is masked block-diagonally: a token attends only to its own modality). A final
-LayerNorm; the patient embedding is the mean of the present modalities' [CLS] outputs (``dim``), followed by
-the linear head ``classifier``. ``extras["aux_loss"] = moe_loss_weight *`` the mean Switch load-balancing loss
-over layers and modalities (``None`` in ``"shared_only"``).
-
-Any non-empty subset of the modalities the model is built for may be present; an absent modality simply
-contributes no tokens (no stand-in embeddings, so ``extras["missing"]`` is always empty). The model reads the
-modalities whose sizes the InputDims give (or ``modalities=``); genomics needs ``InputDims.pathway_members``.
-
-Pretraining (:meth:`ALTER.pretraining_loss`), on a batch of patients with any modality subsets:
-
-* **masked** -- intra-modal masked modelling: for each patient and present modality a random ``mask_ratio`` of
-  its tokens (regions, pathways, report tokens; at least one) is replaced by a learned [MASK] token before
-  the fusion; the fused outputs at those positions go through a per-modality linear decoder and regress the
-  tokens' pre-masking encoder outputs (detached targets), mean squared error; averaged over (patient,
-  modality).
-* **contrastive** -- inter-modal alignment: each modality's tokens alone (with its [CLS]) go through the same
-  universal transformer (a *unimodal* pass, so the two sides of a pair cannot see each other); for every pair
-  of modalities, symmetric InfoNCE (CLIP) between their [CLS] outputs over the batch's patients that have
-  both (a pair with fewer than two such patients is skipped); averaged over the pairs used. The temperature
-  is learned: ``logit_scale`` starts at log(1 / 0.07) and is clamped at log(100), as in CLIP.
-* **triplet** -- batch-all triplet margin loss (``triplet_margin``) on the L2-normalised fused embeddings of
-  the unmasked multimodal pass, with the cancer types as labels.
-* **moe** -- ``moe_loss_weight`` times the mean load-balancing loss of every pass of the step.
-
-``loss = w_masked * masked + w_contrastive * contrastive + w_triplet * triplet + moe``; the returned terms are
-already weighted. Randomness (masks, dropout) comes from torch's global generator: reproducible under
-``torch.manual_seed``.
-
-Choices where the paper is not specific, and deviations:
-
-* The report encoder is a linear projection of the stored hidden states of the pipeline's frozen text
-  encoder: the language model itself is not trained here, and there is no report-generation decoder.
-* The masked-modelling targets are the model's own encoder outputs, detached (no EMA teacher); the
-  contrastive and triplet terms are what keeps them from collapsing.
-* The contrastive term averages the pairwise InfoNCE over the pairs that have at least two patients in the
-  batch; the triplet loss is batch-all (every valid triple).
-* Region grid: the coordinates of all of a patient's slides are treated as one plane (the bag carries no slide
-  id), so patches of different slides at the same position share a region. PPEG sees the patches in bag
-  order, as in TransMIL (not on the coordinate grid).
-* In ``"moe_only"`` the unimodal passes of the contrastive term equal the multimodal pass (no cross-modal
-  attention), so they are not recomputed.
+Paper: Sun et al., arXiv 2505.12711.
+Paper-to-code mapping and deviations: docs/methods/alter.md
 """
 
 from __future__ import annotations
@@ -85,10 +19,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pathmm_pipeline.models.objectives import mask_tokens, masked_token_loss, symmetric_info_nce, triplet_margin_loss
-from pathmm_pipeline.models.base import (MODALITIES, InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel,
-                   PatientInput, PretrainBatch, TaskSpec)
+from pathmm_pipeline.models.base import (
+    MODALITIES,
+    InputDims,
+    ModelConfigError,
+    ModelInputError,
+    ModelOutput,
+    PathmmModel,
+    PatientInput,
+    PretrainBatch,
+    TaskSpec,
+)
 from pathmm_pipeline.models.moe import Expert, MixtureOfExperts, RoutingStats
+from pathmm_pipeline.models.objectives import mask_tokens, masked_token_loss, symmetric_info_nce, triplet_margin_loss
 from pathmm_pipeline.models.registry import register_model
 from pathmm_pipeline.models.transmil import PPEG, TransLayer, square_pad
 

@@ -14,8 +14,8 @@ Modalities are ``"wsi"`` (patch features, ``wsi``/``wsi_coords``), ``"genomics"`
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch

@@ -29,10 +29,17 @@ from torch import nn
 
 from pathmm_pipeline.core.atomic import atomic_path
 from pathmm_pipeline.core.errors import ProvenanceError
+from pathmm_pipeline.core.provenance import (
+    SIDECAR_SUFFIX,
+    build_provenance,
+    hash_file,
+    jsonable,
+    read_provenance,
+    verify_provenance,
+    write_sidecar,
+)
 from pathmm_pipeline.genomics.normalize import GeneScaler
 from pathmm_pipeline.models import InputDims, PathmmModel, TaskSpec, build_model
-from pathmm_pipeline.core.provenance import (SIDECAR_SUFFIX, jsonable, build_provenance, hash_file, read_provenance,
-                          verify_provenance, write_sidecar)
 
 SCHEMA = "pathmm.checkpoint/1"
 STAGE = "train"

@@ -1,25 +1,10 @@
-"""Late-fusion baselines: one encoder per modality, fused by concatenation or by a gated Kronecker product.
+"""Late-fusion baselines: one encoder per modality (wsi, genomics, report), fused by concatenation
+(``late_fusion_concat``) or by a gated Kronecker product (``late_fusion_kronecker``); an absent modality gets a
+learned "missing" embedding.
 
-Unimodal encoders (PORPOISE's, Chen et al. 2022; the report encoder is ours):
-* wsi: fc (D_wsi -> 256, ReLU, Dropout 0.25) -> gated attention-MIL pooling (256/256) -> rho (Linear 256,
-  ReLU, Dropout 0.25);
-* genomics: SNN on ``genes`` (2 blocks of 256, SELU, AlphaDropout 0.25);
-* report: MLP on the report embedding (D_text -> 256 -> 256, ReLU, Dropout 0.25); the mean of
-  ``report_tokens`` when only those are given.
-
-Fusion:
-* ``late_fusion_concat``: [v_wsi; v_genomics; v_report] -> Linear(k * 256, 256) -> ReLU -> Linear(256, 256) ->
-  ReLU (PORPOISE's "concat" fusion, extended to k modalities) -> linear head.
-* ``late_fusion_kronecker``: the gated Kronecker fusion of Pathomic Fusion / PORPOISE (see
-  :class:`~pathmm_pipeline.models.layers.KroneckerFusion`): each vector reduced to 256 / 8 = 32 and gated by
-  a sigmoid of a linear map of all the vectors, a 1 appended to each, the outer product of the k vectors
-  (33^3 = 35,937 terms for three modalities, as Pathomic Fusion's trimodal fusion), Linear -> 256, skip
-  connection of the unimodal vectors, Linear -> 256 -> linear head.
-
-Modalities: the model reads those of wsi, genomics, report whose sizes the InputDims give (or ``modalities=``).
-Missing-modality policy: any subset of them may be absent (not all); an absent modality's vector is replaced by
-a learned "missing" embedding (one 256-d vector per modality) before fusion. The stand-ins only learn when
-training sees the modality absent (real gaps, or ``modality_dropout`` > 0).
+Holds the shared base ``_LateFusion``, :class:`LateFusionConcat` and :class:`LateFusionKronecker`.
+Paper: PORPOISE's unimodal encoders and fusion (Chen et al. 2022); Pathomic Fusion's gated Kronecker fusion.
+Paper-to-code mapping and deviations: docs/methods/baselines.md
 """
 
 from __future__ import annotations
@@ -29,7 +14,15 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from pathmm_pipeline.models.base import MODALITIES, InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
+from pathmm_pipeline.models.base import (
+    MODALITIES,
+    InputDims,
+    ModelConfigError,
+    ModelOutput,
+    PathmmModel,
+    PatientInput,
+    TaskSpec,
+)
 from pathmm_pipeline.models.layers import AttentionPool, KroneckerFusion, MissingEmbedding, mlp, snn
 from pathmm_pipeline.models.registry import register_model
 

@@ -1,29 +1,10 @@
 """Training losses: discrete-time survival NLL (as in MCAT / PORPOISE / SurvPath), Cox partial likelihood,
-class-weighted cross-entropy and binary cross-entropy with ``pos_weight``.
+class-weighted cross-entropy and binary cross-entropy with ``pos_weight``, and the survival time bins.
 
 Conventions (times in months, ``events`` 1 = observed, risk higher = earlier event, bins left-closed) are those
-of :mod:`pathmm_pipeline.stats.conventions`. The survival losses take ``events``; the published code
-takes ``c = 1 - events`` (censorship).
-
-**Discrete-time NLL** (Zadeh & Schmid 2020; the ``nll_loss`` of SurvPath's ``utils/loss_func.py``, itself
-from Patch-GCN/MCAT): the model outputs one logit per time bin, ``hazards = sigmoid(logits)`` (the probability
-of the event in bin ``k`` given survival to its start), ``S = cumprod(1 - hazards)``, ``S_pad = [1, S]``. For a
-patient in bin ``y``:
-
-* event observed: ``uncensored = -(log S_pad[y] + log hazards[y])`` (survived the earlier bins, died in ``y``);
-* censored: ``censored = -log S_pad[y + 1]`` (survived bin ``y``);
-* ``loss = (1 - alpha) * (censored + uncensored) + alpha * uncensored``, each factor clamped below at ``eps``
-  (1e-7) before the log; then mean (our default) or sum over the batch.
-
-``alpha`` up-weights the uncensored patients. Its default here is **0.0**, that of SurvPath's ``NLLSurvLoss``
-class and of its ``--alpha_surv`` argument (MCAT's class defaults to 0.15 but its runs, named ``..._a0.0_...``,
-pass 0.0). Note that SurvPath's released shell scripts (``scripts/survpath.sh``, ``snn.sh``) pass
-``--alpha_surv 0.5``. SurvPath's class reduces with ``sum``, but trains with batch size 1, where sum = mean.
-
-**Time bins**: SurvPath cuts the quartiles of the uncensored patients' times of the *whole cohort*
-(``pd.qcut``), widens the outer edges to cover everyone and assigns bins with ``pd.cut(right=False)``.
-:func:`make_time_bins` takes the quantiles of the uncensored *training* patients only (no validation patient
-shapes the labels), with outer edges 0 and ``inf``.
+of :mod:`pathmm_pipeline.stats.conventions`. Discrete-time NLL: Zadeh & Schmid 2020 (SurvPath's ``nll_loss``).
+The NLL formula, the ``alpha`` default (0.0), the time bins (training patients only) and how each differs from
+the published code: docs/methods/baselines.md
 """
 
 from __future__ import annotations

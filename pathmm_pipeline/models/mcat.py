@@ -1,19 +1,10 @@
-"""MCAT: multimodal co-attention transformer (Chen et al., ICCV 2021).
+"""MCAT: multimodal co-attention transformer on ``wsi`` and gene-family tokens (the ``mcat`` model).
 
-* WSI: fc (D_wsi -> 256, ReLU, Dropout 0.25) on every patch.
-* Genomics: one SNN per gene family (2 blocks of 256) -> 6 genomic tokens.
-* Genomic-guided co-attention: single-head attention with the 6 genomic tokens as queries over the patch
-  tokens (keys = values), giving 6 WSI tokens (the "genomic-guided" bag of the paper).
-* Each branch: a 2-layer transformer encoder (8 heads, feed-forward 512, dropout 0.25, post-norm, ReLU) over its
-  6 tokens, gated attention-MIL pooling (256/256) and rho (Linear 256, ReLU, Dropout).
-* Fusion: concatenation -> Linear(512, 256) -> ReLU -> Linear(256, 256) -> ReLU (published default), or
-  ``fusion="bilinear"``: the gated Kronecker fusion of PORPOISE (scale 8, no skip); then a linear head.
+Holds :class:`MCAT` (genomic-guided co-attention, per-branch transformers, attention pooling, concat or gated
+Kronecker fusion; learned stand-ins when a modality is absent) and its :func:`transformer` helper.
 
-Missing modalities (MCAT as published needs both; here either may be absent, not both):
-* genomics absent -> the 6 family tokens are replaced by 6 learned "missing" tokens; they are still the
-  co-attention queries over the patches (learned prototypes) and still go through the genomic branch.
-* wsi absent -> the pooled WSI vector (after rho) is replaced by a learned "missing" vector.
-Both stand-ins only learn when training sees the modality absent (real gaps, or ``modality_dropout`` > 0).
+Paper: Chen et al., ICCV 2021.
+Paper-to-code mapping and deviations: docs/methods/baselines.md
 """
 
 from __future__ import annotations

@@ -1,56 +1,11 @@
-"""MICE: multimodal integration via collaborative experts (arXiv 2509.12600), for pan-cancer survival with
-missing modalities.
+"""MICE: per-modality encoders, cancer-type-conditioned synthesis of absent modalities and collaborative
+(consensual, cancer-type-specialized, routed overlapping) experts fused by a small transformer, for pan-cancer
+survival with missing modalities (the ``mice`` model).
 
-Architecture (``dim`` = D, M = the number of modalities the instance reads, in the order wsi, genomics, report):
+Holds :func:`expert_mlp`, :class:`OverlappingExperts` and :class:`MICE` with its pretraining loss.
 
-* **Encoders** to a common width D: wsi: ``Linear(D_wsi, D) -> ReLU -> Dropout`` on every patch, then gated
-  attention-MIL pooling (:class:`~pathmm_pipeline.models.layers.AttentionPool`, ``attn_dim``); genomics: an SNN
-  on the flat ``genes`` vector (``snn_hidden``, ending at D); report: an MLP on the report embedding (the mean
-  of ``report_tokens`` when only those are given; ``report_hidden``, ending at D).
-* **Missing-modality synthesis**: a learned cancer-type embedding table ``c`` (n_cancer_types x D) and, per
-  modality, a synthesiser ``SNN(D -> D) -> Linear(D, D)`` mapping ``c[type]`` to a stand-in embedding used when
-  the modality is absent (``extras["missing"]`` lists them). Its training signal, for every *present* modality,
-  is ``MSE(synth_m(c[type]), e_m.detach())`` (weight ``w_synthesis``): in :meth:`MICE.pretraining_loss`, and
-  inside ``extras["aux_loss"]`` of :meth:`MICE.forward` when training.
-* **Collaborative experts**, each over the **concatenation** ``z = [e_wsi; e_genomics; e_report]`` (M*D, real or
-  synthesised embeddings), each ``Linear(M*D, expert_hidden) -> GELU -> Dropout -> Linear(expert_hidden, D)``:
-  (1) one *consensual* expert shared by all cancer types; (2) one *specialized* expert per cancer type, chosen
-  by the patient's ``cancer_type`` (a fixed assignment); (3) ``n_overlap`` *overlapping* experts, of which a
-  (noisy, when training) top-``top_k`` router picks ``top_k`` per patient from ``[z; c[type]]``
-  (:class:`~pathmm_pipeline.models.moe.MixtureOfExperts` with ``context_dim = D``; gates: the softmax of the
-  chosen logits; Switch-style load-balancing loss).
-* **Fusion**: a pre-norm transformer encoder (``fusion_layers`` layers, ``fusion_heads`` heads, feed-forward
-  2D, GELU) over 4 tokens: a learned fusion token and the three expert outputs (each plus a learned
-  expert-type embedding); the fusion token's output, layer-normalised, is the patient embedding (D) ->
-  ``classifier = Linear(D, n_outputs)``.
-
-``extras``: ``present``, ``missing``, ``attention`` (wsi), ``router_load`` (n_overlap,) the fraction of routed
-slots per overlapping expert, ``router_indices`` (1, top_k), ``router_entropy``, and ``aux_loss`` =
-``moe_loss_weight * load_balance`` (+ ``w_synthesis * synthesis`` when training and some modality is present).
-
-Pretraining (:meth:`MICE.pretraining_loss`, pan-cancer: cancer types vary within a batch), the weighted terms:
-
-* ``survival``: the discrete-time survival NLL of a separate head ``pretrain_head = Linear(D, pretrain_bins)``
-  over the patients whose bin (>= 0) and event (0/1) are known; zero when there are none;
-* ``contrastive``: ``alpha`` x the mean, over the modality pairs with >= 2 patients having both, of the
-  symmetric InfoNCE between the *real* embeddings of those patients, with a learnable CLIP temperature
-  (``logit_scale`` initialised at log(1/0.07), clamped at log(100) as in CLIP);
-* ``synthesis``: ``w_synthesis`` x the MSE between the stand-ins and the detached real embeddings over every
-  present (patient, modality);
-* ``moe``: ``moe_loss_weight`` x the load-balancing loss of the router over the batch's patients;
-* ``loss``: their sum.
-
-:meth:`~pathmm_pipeline.models.base.PathmmModel.pretrained_state` is the default (all but ``classifier``): the
-``pretrain_head`` is inherited too (unused by fine-tuning, it only keeps the checkpoint complete). Fine-tuning
-per cancer type is the harness's (it filters patients); ``freeze_encoders=True`` freezes the modality encoders
-(``requires_grad = False``) for a data-efficient fine-tuning mode.
-
-Deviations from the paper (whose code is not public; the description is followed where it is precise):
-the expert MLP shapes, the 4-token fusion transformer with expert-type embeddings, the SNN-based synthesiser
-with its MSE target, and the use of the discrete-time NLL (the harness's survival objective) for the
-supervised pretraining term are this implementation's choices. The paper pretrains on TCGA-scale foundation
-features (e.g. a pathology foundation model and a text encoder); here the encoders start from the features the
-harness's stores hold.
+Paper: MICE, multimodal integration via collaborative experts, arXiv 2509.12600.
+Paper-to-code mapping and deviations: docs/methods/mice.md
 """
 
 from __future__ import annotations
@@ -63,12 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pathmm_pipeline.models.losses import nll_survival_loss
-from pathmm_pipeline.models.objectives import symmetric_info_nce
-from pathmm_pipeline.models.base import (MODALITIES, InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel,
-                   PatientInput, PretrainBatch, TaskSpec)
+from pathmm_pipeline.models.base import (
+    MODALITIES,
+    InputDims,
+    ModelConfigError,
+    ModelInputError,
+    ModelOutput,
+    PathmmModel,
+    PatientInput,
+    PretrainBatch,
+    TaskSpec,
+)
 from pathmm_pipeline.models.layers import AttentionPool, mlp, snn
+from pathmm_pipeline.models.losses import nll_survival_loss
 from pathmm_pipeline.models.moe import MixtureOfExperts, RoutingStats, load_balance_loss, router_entropy
+from pathmm_pipeline.models.objectives import symmetric_info_nce
 from pathmm_pipeline.models.registry import register_model
 
 #: CLIP's initial inverse temperature, log(1 / 0.07), and its clamp, log(100)

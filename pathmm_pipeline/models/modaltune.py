@@ -1,83 +1,12 @@
-"""ModalTune (Ramanathan et al., "Fine-Tuning Slide-Level Foundation Models with Multi-Modal Information";
-code: martellab-sri/ModalTune): a **frozen** slide foundation model tuned by Modal Adapters that exchange
-information between its image tokens and genomic + task-prompt tokens, trained against text embeddings of the
-patients' clinical data on several tasks at once.
+"""ModalTune: a frozen slide foundation model tuned by Modal Adapters that exchange information between its
+image tokens and pathway + task-prompt tokens, trained against text embeddings of the patients' clinical data
+on several tasks at once (the ``modaltune`` model).
 
-Architecture (``E`` the slide encoder's width, ``dim`` the adapter-token width, default ``E`` as published):
-
-* **Frozen slide encoder** (:mod:`.slide_encoders`: ``tiny_slide`` by default, ``gigapath_slide`` the
-  published Prov-GigaPath LongNet with ``slide_weights``): ``embed`` -> blocks -> ``finalize``; no parameter of
-  it is trained (``requires_grad`` False) and it stays in eval mode while the model trains (:meth:`train`).
-* **Modality tokens** ``c`` (K = n_tasks + n_pathway_tokens tokens of width ``dim``, plus a learned positional
-  embedding ``token_pos`` used as the query/key position in the attentions): one learned **prompt token per
-  task** (``tasks``, default general / survival / subtype), followed by the **pathway tokens**: one SNN per
-  pathway (:func:`~pathmm_pipeline.models.layers.snn`, ``gene_dim`` wide, as SurvPath's tokeniser) ->
-  ``mixer_depth`` MLP-mixer blocks over the P pathway tokens (pre-norm residual token mixing and channel
-  mixing, expansion 0.5 both, GELU) -> LayerNorm -> Linear(gene_dim, dim) -> a Linear over the token axis
-  compressing P tokens to ``n_pathway_tokens`` (published: 64). Genomics absent: ``n_pathway_tokens`` learned
-  "missing" tokens instead (``extras["missing"] = ["genomics"]``).
-* **Modal Adapters** (ViT-Adapter style): the encoder's blocks are cut into groups of ``adapter_every``
-  (default ``depth // 3``; 4 for GigaPath's 12 layers: the published ``[[0, 3], [4, 7], [8, 11]]``); around each
-  group: (i) from the second adapter on, pre-norm **self-attention** over the modality tokens (residual); (ii)
-  the **injector**: pre-norm cross-attention from the patch tokens (queries; the [CLS] token is left out) to the
-  modality tokens, its output added to the patch tokens times a learnable per-channel gate ``gamma``
-  **initialised at zero** -- at step 0 the encoder's image tokens are exactly what the frozen encoder computes
-  alone; (iii) the frozen blocks of the group; (iv) the **extractor**: pre-norm cross-attention from the
-  modality tokens to the patch tokens (residual), then a pre-norm FFN (residual). ``extra_extractors`` (2, as
-  published) more extractors follow the last adapter. The attentions are multi-head (``heads``) in an inner
-  width ``dim * cffn_ratio`` (the published compressed FFN/attention, ratio 0.25).
-* **Task embeddings**: for task t, ``final_project(final_norm(img + mean(pathway tokens) + prompt_t))``
-  (``out_dim`` wide; the published ``token_agg="sum"``, ``prompt_agg="avg"``) where ``img`` is the encoder's
-  finalised [CLS] token (through ``image_proj`` when ``E != dim``). ``extras["task_embeddings"]`` maps each task
-  to its (1, out_dim) embedding; the harness's head ``classifier = Linear(out_dim, n_outputs)`` reads the one of
-  ``task_prompt`` (default: ``"survival"`` for survival tasks, ``"subtype"`` for classification / binary tasks, else
-  ``"general"``), which is also the returned ``embedding``. The published evaluation (logistic regression /
-  Cox on frozen features) uses the general embedding: :meth:`ModalTune.task_embedding` ``(x, "general")``.
-
-Text-embedded multi-task targets (the published training signal):
-
-* :func:`task_texts` writes each task's clinical fields as text -- ``"survival: follow-up interval 2, death
-  observed"``, ``"subtype: BLCA"``; ``general``: all fields, ``"; "``-joined; a task holds the fields of
-  :data:`TASK_FIELDS` (default: the field of its own name); a task with no known field has no target.
-* a text encoder ``list[str] -> (n, text_dim)`` embeds them: by default :class:`HashingTextEncoder` (a
-  deterministic signed hashing bag of words and bigrams, so pretraining runs offline without any model); the
-  pipeline passes its MiniLM encoder with :meth:`ModalTune.set_text_encoder` (``text_dim`` 384 by default =
-  MiniLM's width);
-* a **fixed random projector** :class:`TextProjector` (seeded by ``projector_seed``, buffers only, never
-  trained; the published 1x1-conv -> LayerNorm -> ReLU -> 1x1-conv) maps them to ``out_dim``;
-* :func:`multitask_kl` = the mean over tasks of :func:`~pathmm_pipeline.models.objectives.kl_softmax`
-  (KL(softmax(target / T) || softmax(pred / T)) * T^2) between the L2-normalised task embedding and the
-  L2-normalised projected text embedding, as published (PromptKD-style distillation).
-
-``ModalTune.pretraining_loss(batch)`` (``pretrainable``): for every patient of the batch that has a slide
-(patients without one are skipped: the frozen encoder needs it), the fields ``subtype`` = the name of
-``batch.cancer_type[i]`` (``cancer_type_names``, default ``"cancer type <i>"``) and, when ``batch.bins[i] >= 0``
-and ``batch.events[i]`` is 0/1, ``survival``; terms ``kl = kl_weight * multitask_kl`` over the (patient, task)
-pairs that have a target, and ``loss`` (= ``kl``). In the fine-tuning forward, ``forward(x, targets=...)``
-(targets from :meth:`ModalTune.targets_for`) puts the same weighted KL in ``extras["aux_loss"]``; the
-harness's plain ``model(x)`` gets ``aux_loss = None``.
-
-Deviations from the published code, all deliberate:
-
-* The published model runs one forward pass per task with a one-hot task token (``Linear(n_tasks, E)`` +
-  LayerNorm) among the gene tokens; here all task prompts are modality tokens of **one** pass (the injected
-  image tokens then see every prompt): a third of the frozen-encoder cost with three tasks. A learned prompt per
-  task equals the published Linear of a one-hot vector up to its shared bias and LayerNorm.
-* The frozen encoder is in eval mode while training (the published code calls ``model.train()``, which runs the
-  frozen LongNet's dropout 0.25 and drop-path 0.1); no drop-path in the extractors.
-* ``img`` is the encoder's *finalised* [CLS] token (GigaPath's two closing LayerNorms); the published adapter
-  uses the [CLS] token before them.
-* The KL is averaged over tasks and patients and weighted by ``kl_weight`` (10, the published factor); the
-  published loss *sums* over the tasks (x 3 with three tasks) and is not averaged over a batch (batch of one).
-* The SNN blocks are SELU (the project's :func:`~pathmm_pipeline.models.layers.snn`), published ELU; the
-  mixer depth defaults to 3 and the widths to the published ``latent_dim`` 256 (``gene_dim``).
-* ``heads`` defaults to 4 (published 12 for the 768-d GigaPath; set ``heads=12`` there); ``dim`` may differ
-  from ``E`` (cross-attentions project between the widths), published ``dim = E``; ``out_dim`` defaults to
-  ``dim`` (published 256).
-* Text targets come from the fields the harness has (cancer type, survival bin and event): the published
-  clinical texts (e.g. months of survival, molecular subtype, CONCH text encoder) need data the pipeline's
-  :class:`~pathmm_pipeline.models.base.PretrainBatch` does not carry. The clinical-prior variant
-  (``clinfeat_dim``) and reports are not implemented.
+Holds the text targets (:func:`task_texts`, :class:`HashingTextEncoder`, :class:`TextProjector`,
+:func:`multitask_kl`), the adapter blocks (:class:`Injector`, :class:`Extractor`, :class:`ModalAdapter`,
+:class:`PathwayTokens`) and :class:`ModalTune`.
+Paper: Ramanathan et al., "Fine-Tuning Slide-Level Foundation Models with Multi-Modal Information".
+Paper-to-code mapping and deviations: docs/methods/modaltune.md
 """
 
 from __future__ import annotations
@@ -95,12 +24,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pathmm_pipeline.models.objectives import kl_softmax
-from pathmm_pipeline.models.base import (InputDims, ModelConfigError, ModelInputError, ModelOutput, PathmmModel, PatientInput,
-                   PretrainBatch, TaskSpec)
-from pathmm_pipeline.models.layers import MissingEmbedding, snn
-from pathmm_pipeline.models.registry import register_model
 from pathmm_pipeline.encoders.slide import SlideEncoder, build_slide_encoder
+from pathmm_pipeline.models.base import (
+    InputDims,
+    ModelConfigError,
+    ModelInputError,
+    ModelOutput,
+    PathmmModel,
+    PatientInput,
+    PretrainBatch,
+    TaskSpec,
+)
+from pathmm_pipeline.models.layers import MissingEmbedding, snn
+from pathmm_pipeline.models.objectives import kl_softmax
+from pathmm_pipeline.models.registry import register_model
 
 DEFAULT_TASKS = ("general", "survival", "subtype")
 #: the clinical fields each task's text holds; "general" holds every field, any other task the field of its name

@@ -1,45 +1,11 @@
-"""mSTAR stage 1 (Xu et al., arXiv 2407.15362, "Multimodal Self-TAught pRetraining"): a whole-slide aggregator
-pretrained by slide-level contrastive learning against pathology reports and RNA-seq.
+"""mSTAR stage 1 (the ``mstar`` model): a TransMIL slide aggregator pretrained by slide-level contrastive
+learning against pathology reports and RNA-seq, with an inter-cancer triplet term.
 
-The model (``@register_model("mstar")``):
-
-* **slide aggregator** -- TransMIL (:mod:`.transmil`, its layers reused): ``fc`` (D_wsi -> dim, then ReLU) ->
-  the bag padded to a square by repeating its first patches -> a learned CLS token prepended -> Nystrom layer
-  -> PPEG -> Nystrom layer -> LayerNorm. The **slide embedding** is the CLS output (``dim``); the outputs at
-  the first N (non-padding) positions are the **re-embedded patch features**, each patch seen in the context
-  of its slide (used as the targets of stage 2, :mod:`pathmm_pipeline.training.self_taught`).
-* **shared space** (``proj_dim``) -- ``wsi_projection`` (Linear dim -> proj_dim) of the slide embedding;
-  ``report_projection`` (Linear D_text -> proj_dim, or an MLP with ``report_hidden``) of the stored report
-  embedding of the pipeline's frozen text encoder (the mean of ``report_tokens`` when only those are given),
-  which is also the **text projection** of zero-shot classification (prompts embedded by the same text
-  encoder, :mod:`pathmm_pipeline.downstream.zero_shot`); ``genomics_encoder``: an SNN (``genomics_hidden``,
-  SELU + AlphaDropout, as :mod:`.snn`) on ``genes`` followed by Linear -> proj_dim.
-* **fine-tuning** -- the linear head ``classifier`` on the slide embedding; the forward pass reads the WSI
-  only (as the paper fine-tunes its aggregator on slides), the other modalities serve pretraining.
-
-Pretraining (:meth:`MSTAR.pretraining_loss`) on a batch of patients with any modality subsets; the patients
-without a slide cannot take part in any WSI pair and are left out of the step (a batch without any slide gives
-a zero loss):
-
-* **wsi_report** -- symmetric InfoNCE (CLIP) between the projected slide embeddings and the projected report
-  embeddings of the batch's patients that have both (skipped, i.e. 0, with fewer than two such patients);
-* **wsi_genomics** -- the same between slides and expression (``genes``);
-* **triplet** -- the inter-cancer regularisation: batch-all triplet margin loss (``triplet_margin``) on the
-  L2-normalised slide embeddings with the cancer types as labels (0 when the batch has no valid triple).
-
-``loss = w_report * wsi_report + w_genomics * wsi_genomics + w_triplet * triplet``; the terms are returned
-already weighted. The temperature is learned: ``logit_scale`` starts at log(1 / ``init_temperature``) and is
-clamped at log(100), as in CLIP; both InfoNCE terms share it.
-
-Choices where the paper is not specific, and deviations:
-
-* The report side is a projection of the stored embedding of the pipeline's frozen text encoder; the paper
-  fine-tunes a language model (BioBERT-like) on the reports. So the text tower is frozen here and zero-shot
-  prompts must be embedded by the same text encoder as the reports were.
-* The report <-> RNA pair is not contrasted (the brief's WSI-centred pairs); patients without a slide are
-  dropped from the step rather than used for a report <-> RNA term.
-* The triplet term is computed on the aggregator's slide embedding (the representation fine-tuning uses),
-  not on the projected one; batch-all mining.
+Holds :class:`SlideAggregator` and :class:`MSTAR` (slide embedding, the re-embedded patch features that are the
+targets of stage 2 in :mod:`pathmm_pipeline.training.self_taught`, the shared-space projections that
+:mod:`pathmm_pipeline.downstream.zero_shot` uses).
+Paper: Xu et al., arXiv 2407.15362, "Multimodal Self-TAught pRetraining".
+Paper-to-code mapping and deviations: docs/methods/mstar.md
 """
 
 from __future__ import annotations
@@ -50,10 +16,19 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from pathmm_pipeline.models.objectives import symmetric_info_nce, triplet_margin_loss
-from pathmm_pipeline.models.base import (MODALITIES, InputDims, ModelConfigError, ModelError, ModelOutput, PathmmModel, PatientInput,
-                   PretrainBatch, TaskSpec)
+from pathmm_pipeline.models.base import (
+    MODALITIES,
+    InputDims,
+    ModelConfigError,
+    ModelError,
+    ModelOutput,
+    PathmmModel,
+    PatientInput,
+    PretrainBatch,
+    TaskSpec,
+)
 from pathmm_pipeline.models.layers import snn
+from pathmm_pipeline.models.objectives import symmetric_info_nce, triplet_margin_loss
 from pathmm_pipeline.models.registry import register_model
 from pathmm_pipeline.models.transmil import PPEG, TransLayer, square_pad
 

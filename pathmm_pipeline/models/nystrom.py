@@ -1,17 +1,9 @@
-"""Nystrom self-attention (Xiong et al., AAAI 2021), as TransMIL uses it.
+"""Nystrom self-attention, as TransMIL uses it: :class:`NystromAttention` (segment-mean landmarks,
+:func:`segment_means`; the iterative pseudo-inverse, :func:`iterative_pinv`; a depthwise convolution over the
+values as a skip path).
 
-softmax(Q K^T) V is approximated by ``softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V`` where the m
-landmarks Q~, K~ are segment means of the queries and keys (the sequence cut into m contiguous segments), and
-the pseudo-inverse is computed with the iterative method of Razavi et al. (2014) (6 iterations by default).
-A depthwise convolution along the sequence over the values (kernel 33, one filter per head) is added as a
-skip path, as in the Nystromformer code TransMIL builds on.
-
-Landmarks and short sequences: the sequence is split into ``min(m, n)`` segments whose lengths differ by at
-most one (the Nystromformer paper's segment means). The widely used implementation instead pads the sequence
-at the front with zero tokens to a multiple of m; without a mask those zero tokens take part in the attention
-as keys with logit 0, so a bag shorter than m attends to up to m - 1 phantom tokens. Here no phantom tokens
-exist, and for n <= m every token is its own landmark, so the approximation is exact up to the convergence of
-the iterative pseudo-inverse.
+Paper: Xiong et al., AAAI 2021 (iterative pseudo-inverse: Razavi et al. 2014).
+Paper-to-code mapping and deviations (landmarks over the real tokens only): docs/methods/baselines.md
 """
 
 from __future__ import annotations

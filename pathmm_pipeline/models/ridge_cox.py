@@ -1,15 +1,9 @@
-"""Ridge Cox on pathway mean scores: the classic genomics baseline (a penalised Cox proportional-hazards model on
-the mean z-scored expression of each pathway, e.g. the 50 MSigDB Hallmarks).
+"""Ridge Cox on pathway mean scores (the ``ridge_cox`` model): the classic genomics baseline, a penalised Cox
+model on the mean z-scored expression of each pathway, fitted in closed form with lifelines
+(:meth:`RidgeCox.fit_direct`; the penalty searched over :data:`PENALTIES` under selection ``inner``).
 
-It is fitted in closed form, not by gradient steps: :meth:`RidgeCox.fit_direct` standardises the pathway scores
-on the patients it is fitted on, fits lifelines' ``CoxPHFitter`` (``l1_ratio`` 0: ridge) and copies the
-coefficients into a linear layer, so that the harness evaluates it like every other model (held-out
-predictions, the missing-modality stress test, the checkpoint). The penalty is ``penalty`` under the
-``last`` protocol; under ``inner`` the harness passes the inner-validation patients and the penalty of
-:data:`PENALTIES` whose fit orders them best (Harrell's C-index) is kept, then the model is refitted on all
-training patients. For the discrete-time ``survival`` task the logits are the hazards of each time bin implied
-by the Breslow baseline cumulative hazard, ``h_j = 1 - exp(-dH0_j * exp(lp))``; for ``cox`` the logit is the
-linear predictor ``lp``.
+Paper: none cited (the classic baseline).
+Paper-to-code mapping and deviations: docs/methods/baselines.md
 """
 
 from __future__ import annotations

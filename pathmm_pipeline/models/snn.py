@@ -1,8 +1,10 @@
-"""SNN: a self-normalising network (Klambauer et al., NeurIPS 2017) on the flat gene-expression vector, the
-genomics baseline of PORPOISE and MCAT.
+"""SNN: a self-normalising network on the flat gene-expression vector (the ``snn`` model), the genomics
+baseline of PORPOISE and MCAT.
 
-``genes`` (G) -> [Linear -> SELU -> AlphaDropout 0.25] x 2 at width 256 (PORPOISE's "small" SNN) -> linear
-head; LeCun-normal weights, zero biases. (The CLAM-lab code writes ELU in these blocks; SELU is the SNN's.)
+Holds :class:`SNN` (PORPOISE's "small" SNN, built from :func:`~pathmm_pipeline.models.layers.snn`).
+
+Paper: Klambauer et al., NeurIPS 2017.
+Paper-to-code mapping and deviations: docs/methods/baselines.md
 """
 
 from __future__ import annotations

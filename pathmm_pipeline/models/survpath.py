@@ -1,22 +1,10 @@
-"""SurvPath (Jaume et al., CVPR 2024): biological-pathway tokens and patch tokens in one sparse transformer.
+"""SurvPath: biological-pathway tokens and patch tokens in one sparse transformer (the ``survpath`` model).
 
-* Pathway tokeniser: one SNN per pathway (2 blocks of 256, AlphaDropout 0.25) on that pathway's genes -> P
-  tokens (P = 331 with the Reactome + Hallmarks sets of the paper).
-* Patch tokens: a linear projection D_wsi -> 256 (no activation, as published).
-* Multimodal attention, one layer, 1 head of dim 128, on LayerNorm(tokens): pathway queries attend to pathway
-  and patch keys (pathway<->pathway and pathway->patch), patch queries attend to pathway keys only
-  (patch->pathway); there is no patch<->patch block, so the cost is O(P (P + N)) rather than O((P + N)^2). The
-  output is the 128-d attention output per token (no output projection, no residual, as published).
-* A feed-forward block (LayerNorm, 128 -> 512, GELU, Dropout 0.1, 512 -> 128; no residual) and a LayerNorm.
-* Mean of the pathway tokens and mean of the patch tokens, concatenated (256) -> Linear(256, 64) -> ReLU ->
-  Linear(64, n_outputs).
+Holds :class:`SparseMultimodalAttention`, :class:`FeedForward` and :class:`SurvPath` (learned stand-ins when a
+modality is absent).
 
-Missing modalities (SurvPath as published needs both; here either may be absent, not both):
-* genomics absent -> the P pathway tokens are replaced by P learned "missing" tokens (they still serve as the
-  keys the patches attend to, and as queries over the patches).
-* wsi absent -> no patch tokens: pathway tokens attend to pathways only, and the patch half of the embedding
-  (the mean of patch tokens) is replaced by a learned "missing" vector.
-Both stand-ins only learn when training sees the modality absent (real gaps, or ``modality_dropout`` > 0).
+Paper: Jaume et al., CVPR 2024.
+Paper-to-code mapping and deviations: docs/methods/baselines.md
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
-"""TransMIL (Shao et al., NeurIPS 2021): a correlated-MIL transformer over patch features.
+"""TransMIL: a correlated-MIL transformer over patch features (the ``transmil`` model).
 
-fc (D_wsi -> 512, ReLU) -> the sequence padded to the next square number of tokens by repeating its first
-tokens -> a CLS token prepended -> Nystrom transformer layer -> PPEG (depthwise 7x7 + 5x5 + 3x3 convolutions
-and identity on the tokens reshaped to a sqrt(N) x sqrt(N) grid, in bag order) -> Nystrom transformer
-layer -> LayerNorm -> the CLS token -> linear head. Each transformer layer is ``x + NystromAttention(LN(x))``
-with 8 heads of dim/8, dim/2 landmarks, 6 pseudo-inverse iterations, the residual value convolution and
-dropout 0.1 (as published; no MLP block). Patch coordinates are not used (as published).
+Holds :class:`TransLayer` (pre-norm Nystrom self-attention), :class:`PPEG` and :func:`square_pad` (reused by
+ALTER and mSTAR), and :class:`TransMIL`.
 
-Deviation: :mod:`.nystrom` computes landmarks over the real tokens only (no zero-padding to a multiple of
-the landmark count), see there.
+Paper: Shao et al., NeurIPS 2021.
+Paper-to-code mapping and deviations: docs/methods/baselines.md
 """
 
 from __future__ import annotations

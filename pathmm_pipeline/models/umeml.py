@@ -1,69 +1,11 @@
-"""UMEML (Yi, Wang, Li & Li, arXiv 2406.07078): unified modeling enhanced multimodal learning -- pathology
-prototypes, genomic gene-group tokens and register tokens in one decoder, with a modularity loss.
+"""UMEML: pathology prototypes, genomic gene-group tokens and register tokens in one decoder, trained with a
+modularity loss (the ``umeml`` model).
 
-Architecture (``dim`` = D; every transformer layer below is a pre-norm ``nn.TransformerEncoderLayer`` with
-``heads`` heads, feed-forward ``ff_dim`` (GELU) and dropout ``attn_dropout``; each stack ends in a LayerNorm):
+Holds the modularity loss (:func:`patch_graph`, :func:`soft_assignment`, :func:`modularity`,
+:func:`modularity_loss`), :class:`PrototypeCrossAttention` and :class:`UMEML`.
 
-* **Pathology encoder** (wsi). Patches ``Linear(D_wsi, D) -> ReLU -> Dropout`` (the published ``path_net``)
-  give N patch tokens. ``n_prototypes`` (K) learnable prototypes (uniform(-1/K, 1/K) initialised, as
-  published) are refined by ``proto_layers`` cross-attention blocks, ``p = p + Dropout(LN(MHA(p, patches,
-  patches)))`` (prototypes are the queries, the patch tokens the keys and values), then a learned pathology
-  [CLS] token is prepended and ``path_layers`` self-attention layers run over [CLS; K prototypes].
-* **Genomic encoder** (genomics). One SNN per gene group (``snn_hidden``, ending at D; as SurvPath's pathway
-  tokeniser) on that group's expression vector -> one token per group; ``gene_groups="pathways"`` (default)
-  reads ``PatientInput.pathways`` (the SurvPath pathway vectors, ``InputDims.pathway_sizes``),
-  ``gene_groups="families"`` reads ``families`` (the 6 MCAT gene families, ``InputDims.family_sizes``). A
-  learned genomic [CLS] token is prepended and ``omic_layers`` self-attention layers run over [CLS; G tokens].
-* **Unified decoder**: ``decoder_layers`` self-attention layers over the sequence
-  ``[path CLS; K prototypes; R registers; genomic CLS; G gene-group tokens]`` -- the ``n_registers`` (R)
-  learned register tokens sit between the two modalities (``use_registers=False`` drops them).
-* **Pooling** (``pooling``): ``"cls"`` (default, as published) takes each modality's [CLS] output;
-  ``"mean"`` the mean of each modality's decoder outputs (its [CLS] included). The per-modality vectors are
-  concatenated and fused by the published "concat" fusion ``Linear(M*D, D) -> ReLU -> Linear(D, D) -> ReLU``
-  (M = the number of modalities the instance reads) -> the patient embedding (D).
-* **Heads**: ``classifier = Linear(D, n_outputs)`` for the harness's task; ``aux_tasks`` (name -> number of
-  classes; default none) adds one ``Linear(D, n)`` per name (the paper's multi-task grading / subtype /
-  survival heads) whose logits go to ``extras["aux_logits"]`` ({name: (1, n)}): the harness ignores them,
-  a caller training them adds their losses itself.
-
-**Modularity loss** (Newman modularity of a soft clustering of the patch graph): the patch tokens (detached, as
-in the published code, so the term trains the prototype / gene-token side, not the patch graph) form the graph
-``A = relu(cos(h_i, h_j))`` with a zero diagonal; ``d = A 1``, ``2m = 1^T d``, ``B = A - d d^T / 2m``. Each
-patch is softly assigned to K centres, ``C = softmax(cos(h_i, c_k) / temperature)`` over k, and
-``L = -trace(C^T B C) / 2m`` (:func:`modularity_loss`: -Q, the modularity Q < 1). Two variants: the centres are
-the K prototypes (the pathology encoder's prototype outputs), and -- when genomics is present -- the G
-gene-group tokens (the genomic encoder's outputs); the value is the mean of the variants computed.
-``extras["modularity"]`` is that unweighted value (detached), ``extras["modularity_terms"]`` each variant's
-(detached) and ``extras["aux_loss"] = gamma * modularity`` (the harness adds it to the training loss). It is
-computed in training and in eval (in eval it only informs; the harness uses ``aux_loss`` only when training)
-whenever ``use_modularity`` and ``gamma > 0`` and the patient has wsi; otherwise the three keys are absent.
-A bag of more than ``modularity_max_patches`` patches is subsampled for the loss (the graph is N x N): a
-random subset from ``torch.randperm`` (torch's global generator, so reproducible under ``torch.manual_seed``)
-when training, evenly spaced patches in eval (no random numbers drawn). The forward pass itself always sees
-every patch.
-
-Missing modalities (UMEML as published needs both; here either may be absent, not both): an absent modality's
-encoder output ([CLS] + its K prototypes or G tokens) is replaced by learned "missing" tokens
-(``missing_wsi`` / ``missing_genomics``, as MCAT/SurvPath here), which still enter the decoder; they only
-learn when training sees the modality absent (real gaps, or ``modality_dropout`` > 0). ``modalities``
-(default: those the dims give) builds the model without one modality altogether (no tokens, no stand-ins).
-
-Deviations from the paper and its code (HarveyYi/MMDP, ``umeml.py``):
-
-* The published encoders and decoder are TransMIL ``TransLayer`` s (Nystrom attention, no feed-forward); here
-  exact multi-head attention with a feed-forward block (the token sequences are short: K + R + G + 2). The
-  published cross-attention has one head; here it uses ``heads``.
-* The published gene tokens are linear projections of fixed-size chunks of the expression vector plus one
-  token of the whole vector; here SurvPath-style SNNs over biological gene groups.
-* The published modularity (``compute_modularity``) assigns patches by ``tanh(C C^T / 0.1)`` of clamped
-  cosine similarities; here the softmax soft assignment above (temperature 0.1 by default), whose loss is
-  exactly -Q. The published code *sums* the prototype and gene-token variants and weights them by 5 in
-  training only (``alpha = 5``); here their *mean* times ``gamma`` (5.0) -- so the same gamma weighs the
-  term half as much -- and the variants use the encoders' outputs (published: the prototypes after the
-  cross-attention, the genomic tokens before the last self-attention layer, [CLS] included).
-* The published code processes large bags in random micro-batches of patches and averages the logits; here
-  the whole bag goes through the model and only the modularity graph is subsampled.
-* [CLS] and register tokens are N(0, 0.02) initialised (published: uniform(0, 1)).
+Paper: Yi, Wang, Li & Li, arXiv 2406.07078 (unified modeling enhanced multimodal learning).
+Paper-to-code mapping and deviations: docs/methods/umeml.md
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ the refusal, before any job, of a run the cohort cannot feed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
-from typing import Any, Sequence
+from typing import Any
 
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.plan.cards import MODEL_CARDS, TASK_CARDS, UnknownModelCardError

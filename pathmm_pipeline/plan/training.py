@@ -17,8 +17,7 @@ from pathmm_pipeline.core.errors import ConfigError
 from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.downstream.settings import GenerationConfig
 from pathmm_pipeline.plan.cards import DOWNSTREAM_CARDS, MODEL_CARDS
-from pathmm_pipeline.plan.runs import ModelRun, check_runs_against_cohort, resolve_runs, task_slug
-from pathmm_pipeline.plan.runs import COHORT_KEYS
+from pathmm_pipeline.plan.runs import COHORT_KEYS, ModelRun, check_runs_against_cohort, resolve_runs, task_slug
 from pathmm_pipeline.preprocess.samplesheet import read_external_patients
 from pathmm_pipeline.training.settings import PretrainConfig, SelfTaughtConfig, TrainConfig
 

@@ -28,11 +28,11 @@ import zarr
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pathmm_pipeline.core.atomic import TMP_MARK, move_into_place, scratch_root
+from pathmm_pipeline.core.provenance import build_provenance, hash_path, jsonable
 from pathmm_pipeline.core.runtime import resolve_device
 from pathmm_pipeline.core.settings import SettingsMixin
-from pathmm_pipeline.core.atomic import TMP_MARK, move_into_place, scratch_root
-from pathmm_pipeline.encoders import LoadedEncoder, load_encoder, resolve_weights
-from pathmm_pipeline.core.provenance import jsonable, build_provenance, hash_path
+from pathmm_pipeline.encoders import LoadedEncoder, load_encoder
 from pathmm_pipeline.preprocess.slides import open_slide
 from pathmm_pipeline.preprocess.tiling import STATUS_OK, TileGeometry, load_tiles, read_tile
 

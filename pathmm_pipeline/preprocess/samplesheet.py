@@ -2,8 +2,9 @@
 
 One row per slide; a patient without any slide has one row with ``slide_id`` and ``slide_path`` empty and takes
 part through expression and/or a report (models that need a slide leave such patients out, with a count).
-Patient-level fields (cancer type, survival, labels) repeat on each of a patient's slides and must agree. Paths are relative to the sample sheet's folder unless absolute. Every problem found is
-reported at once, each naming its row (the line number in a CSV) and column.
+Patient-level fields (cancer type, survival, labels) repeat on each of a patient's slides and must agree. Paths are
+relative to the sample sheet's folder unless absolute. Every problem found is reported at once, each naming its row
+(the line number in a CSV) and column.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import numpy as np
 import pandas as pd
 
 from pathmm_pipeline.core.config import load_schema
-from pathmm_pipeline.core.errors import InputError
-from pathmm_pipeline.core.errors import SampleSheetError
+from pathmm_pipeline.core.errors import InputError, SampleSheetError
 
 PATH_COLUMNS = ("slide_path", "expression_path", "report_path")
 PATIENT_COLUMNS = ("cancer_type", "survival_time", "survival_event", "subtype", "grade", "stage", "age", "sex",
@@ -103,7 +103,8 @@ def load_samplesheet(path: str | os.PathLike[str], cancer_types: list[str], extr
     for column in frame.columns:
         if column not in known:
             close = difflib.get_close_matches(str(column), sorted(known), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else " (declare extra label columns under 'labels' in config.yaml)"
+            hint = (f" (did you mean '{close[0]}'?)" if close
+                    else " (declare extra label columns under 'labels' in config.yaml)")
             problems.append(f"unknown column '{column}'{hint}")
     missing = [c for c in schema["required"] if c not in frame.columns]
     pair = [c for c in ("slide_id", "slide_path") if c in frame.columns]
@@ -149,8 +150,8 @@ def load_samplesheet(path: str | os.PathLike[str], cancer_types: list[str], extr
     for column in [c for c in PATIENT_COLUMNS if c in frame]:
         per_patient = frame.groupby("patient_id")[column].agg(lambda s: s.dropna().astype(str).nunique())
         for patient in per_patient[per_patient > 1].index:
-            problems.append(f"patient '{patient}': slides disagree on '{column}' "
-                            f"({', '.join(sorted(frame.loc[frame.patient_id == patient, column].dropna().astype(str).unique()))})")
+            seen = sorted(frame.loc[frame.patient_id == patient, column].dropna().astype(str).unique())
+            problems.append(f"patient '{patient}': slides disagree on '{column}' ({', '.join(seen)})")
 
     base = path.parent
     for column in [c for c in PATH_COLUMNS if c in frame]:
@@ -193,7 +194,7 @@ def _slide_less_problems(frame: pd.DataFrame, path: Path) -> list[str]:
         elif len(rows) > 1:
             problems.append(f"patient '{patient}' has more than one row without a slide ({labels})")
     nothing = []
-    for i, row in slide_less.iterrows():
+    for _, row in slide_less.iterrows():
         if not any(_present(row.get(c)) for c in ("expression_path", "report_path")):
             nothing.append(str(row.patient_id))
     if nothing:
@@ -232,9 +233,10 @@ def slide_entries(frame: pd.DataFrame) -> dict[str, SlideEntry]:
 def write_manifest(sheet_path: str | os.PathLike[str], out_path: str | os.PathLike[str], cancer_types: list[str],
                    extra_labels: list[str] | None = None) -> Path:
     """Validate the sample sheet and write it as a Parquet manifest carrying its provenance."""
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import json
 
     from pathmm_pipeline.core.atomic import atomic_path
     from pathmm_pipeline.core.provenance import PARQUET_KEY, build_provenance

@@ -18,11 +18,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.core.atomic import write_bytes_atomic, write_text_atomic
 from pathmm_pipeline.core.provenance import build_provenance
-from pathmm_pipeline.preprocess.slides import SlideReader, open_slide
+from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.core.stores import ArraySpec, write_store
+from pathmm_pipeline.preprocess.slides import SlideReader, open_slide
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ def tissue_mask(image: np.ndarray, mask_mpp: float, settings: SegmentationSettin
     return mask, threshold, pen_fraction
 
 
-def filter_contours(mask: np.ndarray, mask_mpp: float, settings: SegmentationSettings) -> tuple[np.ndarray, list[TissueContour]]:
+def filter_contours(mask: np.ndarray, mask_mpp: float,
+                    settings: SegmentationSettings) -> tuple[np.ndarray, list[TissueContour]]:
     """Keep tissue pieces and holes above their area thresholds; small holes are filled.
 
     Returns the filtered mask and the kept contours (largest first).
@@ -162,7 +163,8 @@ def filter_contours(mask: np.ndarray, mask_mpp: float, settings: SegmentationSet
     return out, pieces
 
 
-def segment_image(image: np.ndarray, mask_mpp: float, settings: SegmentationSettings) -> tuple[np.ndarray, list[TissueContour], float, float]:
+def segment_image(image: np.ndarray, mask_mpp: float,
+                  settings: SegmentationSettings) -> tuple[np.ndarray, list[TissueContour], float, float]:
     """Segment an RGB image at ``mask_mpp``: (mask, contours, threshold, pen fraction)."""
     raw, threshold, pen_fraction = tissue_mask(image, mask_mpp, settings)
     mask, contours = filter_contours(raw, mask_mpp, settings)

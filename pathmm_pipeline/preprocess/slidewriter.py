@@ -61,7 +61,8 @@ def write_pyramidal_tiff(
                 fields = [] if app_mag is None else [f"AppMag = {app_mag:g}"]
                 if mpp is not None:
                     fields.append(f"MPP = {mpp:.4f}")
-                base = f"Aperio Image Library v12.0.0\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) {'JPEG/RGB Q=' + str(quality) if compression == 'jpeg' else 'Deflate'}"
+                base = (f"Aperio Image Library v12.0.0\n{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) "
+                        f"{'JPEG/RGB Q=' + str(quality) if compression == 'jpeg' else 'Deflate'}")
                 desc = "|".join([base] + fields)
                 tif.write(pyramid[0], tile=(tile, tile), **codec,
                           photometric="rgb", description=desc, metadata=None, subfiletype=0)

@@ -18,12 +18,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.core.provenance import build_provenance
+from pathmm_pipeline.core.settings import SettingsMixin
+from pathmm_pipeline.core.stores import ArraySpec, open_store, write_store
 from pathmm_pipeline.preprocess.segmentation import STATUS_OK, TissueMask, load_mask
 from pathmm_pipeline.preprocess.slides import SlideInfo, SlideReader, open_slide
-from pathmm_pipeline.core.stores import ArraySpec, open_store, write_store
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class TileGeometry:
         return {**asdict(self), "resample_factor": self.resample_factor, "achieved_mpp": self.achieved_mpp}
 
     @classmethod
-    def from_attrs(cls, attrs: dict[str, Any]) -> "TileGeometry":
+    def from_attrs(cls, attrs: dict[str, Any]) -> TileGeometry:
         return cls(**{k: attrs[k] for k in cls.__dataclass_fields__})
 
 
@@ -141,7 +141,8 @@ def tissue_fractions(coords: np.ndarray, tile_size_level0: float, tissue: Tissue
     return np.clip(covered / area, 0.0, 1.0).astype(np.float32)
 
 
-def select_tiles(info: SlideInfo, tissue: TissueMask, settings: TilingSettings) -> tuple[TileGeometry, np.ndarray, np.ndarray]:
+def select_tiles(info: SlideInfo, tissue: TissueMask,
+                 settings: TilingSettings) -> tuple[TileGeometry, np.ndarray, np.ndarray]:
     """(geometry, kept coords (N, 2) int64, their tissue fractions (N,) float32)."""
     geometry = tile_geometry(info, settings)
     coords = grid_positions(info.dimensions, geometry)

@@ -42,9 +42,9 @@ from pathmm_pipeline.core.atomic import atomic_path
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.core.provenance import PARQUET_KEY, build_provenance, hash_file
 from pathmm_pipeline.core.stores import ArraySpec, write_store
+from pathmm_pipeline.encoders.text import TextEncoder, get_text_encoder
 from pathmm_pipeline.reports.clean import SECTION_KEYS, clean_report, join_sections, normalize, repair_hyphenation
 from pathmm_pipeline.reports.deid import PHI_TYPES, deidentify
-from pathmm_pipeline.encoders.text import TextEncoder, get_text_encoder
 
 STAGE_CLEAN = "reports_clean"
 STAGE_EMBED = "reports_embed"

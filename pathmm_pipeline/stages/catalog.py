@@ -1,6 +1,6 @@
 """The torch-free catalogue the planning floor reads (:mod:`pathmm_pipeline.plan.catalog`), rendered from the
-registries of models, patch encoders, task kinds and downstream evaluations: ``pathmm catalog --write`` after registering a new
-one; ``pathmm catalog --check`` (and the test suite) fail when the file is stale."""
+registries of models, patch encoders, task kinds and downstream evaluations: ``pathmm catalog --write`` after
+registering a new one; ``pathmm catalog --check`` (and the test suite) fail when the file is stale."""
 
 from __future__ import annotations
 

@@ -12,15 +12,16 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
-from pathmm_pipeline.core.atomic import TMP_MARK, write_text_atomic
-from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.cohort.selection import strata_table
+from pathmm_pipeline.core.atomic import publish_staged, write_text_atomic
+from pathmm_pipeline.core.atomic import staging_dir as atomic_staging_dir
+from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.plan.runs import COHORT_KEYS, parse_task
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,9 @@ def pretrain(model: str, fold_index: int, manifest: str | os.PathLike[str], spli
                   external_genomics: str | os.PathLike[str] | None = None) -> Path:
     """Pretrain ``model`` on fold ``fold_index``'s training patients (plus the external slide-less patients
     when given); writes ``pretrained.pt`` (+ provenance) and ``pretrain_log.csv`` into ``out_dir``."""
+    from pathmm_pipeline.cohort.splits import read_splits
     from pathmm_pipeline.training.pretrain import PretrainConfig, external_cohort
     from pathmm_pipeline.training.pretrain import pretrain as pretrain_model
-    from pathmm_pipeline.cohort.splits import read_splits
 
     settings = dict(settings)
     cohort_options = {k: settings.pop(k) for k in COHORT_KEYS if k in settings}
@@ -140,10 +141,10 @@ def train(model: str, task: str, fold_index: int, manifest: str | os.PathLike[st
     The run writes into ``<out_dir>.tmp-train`` (its epoch logs are there while it trains) and its files are
     moved into ``out_dir`` only once training and evaluation are done (:func:`publish_fold`): a killed run
     leaves no output that looks complete, and an earlier run's outputs stay as they were until then."""
+    from pathmm_pipeline.cohort.splits import read_splits
     from pathmm_pipeline.evaluation.run import evaluate_fold
     from pathmm_pipeline.training.finetune import train_fold
     from pathmm_pipeline.training.settings import TrainConfig
-    from pathmm_pipeline.cohort.splits import read_splits
 
     settings = dict(settings)
     cohort_options = {k: settings.pop(k) for k in COHORT_KEYS if k in settings}
@@ -191,12 +192,12 @@ def fold_inner_split(splits_dir: str | os.PathLike[str], fold: Any, selection: s
 
 def staging_dir(out_dir: str | os.PathLike[str]) -> Path:
     """Where a training run writes before its outputs are moved into ``out_dir``: ``<out_dir>.tmp-train``."""
-    out = Path(os.path.abspath(out_dir))
-    return out.with_name(f"{out.name}{TMP_MARK}train")
+    return atomic_staging_dir(out_dir, "train")
 
 
 def publish_fold(staging: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
-    """Move a finished run's files from ``staging`` into ``out_dir`` (each by a rename), then remove ``staging``.
+    """Move a finished run's files from ``staging`` into ``out_dir`` (each by an atomic rename), then remove
+    ``staging``.
 
     The logs and predictions go first, then the checkpoint and its provenance sidecar (re-pointed at the
     checkpoint's new path), ``metrics.csv`` last: a kill in between leaves a new checkpoint beside an old
@@ -204,20 +205,18 @@ def publish_fold(staging: str | os.PathLike[str], out_dir: str | os.PathLike[str
     from pathmm_pipeline.core.provenance import SIDECAR_SUFFIX, write_sidecar
 
     staging, out = Path(staging), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint, metrics = "checkpoint.pt", "metrics.csv"
     sidecar = checkpoint + SIDECAR_SUFFIX
-    first = sorted(p.name for p in staging.iterdir() if p.name not in (checkpoint, sidecar, metrics))
-    for name in first:
-        os.replace(staging / name, out / name)
+    publish_staged(staging, out, sorted(p.name for p in staging.iterdir()
+                                        if p.name not in (checkpoint, sidecar, metrics)))
     if (staging / checkpoint).exists():
         record = json.loads((staging / sidecar).read_text())
-        os.replace(staging / checkpoint, out / checkpoint)
+        publish_staged(staging, out, [checkpoint])
         entry = record["outputs"]["checkpoint"]
         entry.update(path=str((out / checkpoint).resolve()), given_path=str(out / checkpoint))
         write_sidecar(out / checkpoint, record)
     if (staging / metrics).exists():
-        os.replace(staging / metrics, out / metrics)
+        publish_staged(staging, out, [metrics])
     shutil.rmtree(staging)
     return out
 
@@ -268,8 +267,8 @@ def mstar_stage2(manifest: str | os.PathLike[str], tiles_dir: str | os.PathLike[
     frozen stage-1 aggregator ``stage1`` (a pretraining checkpoint); writes the weights (+ provenance) at
     ``out`` for the registered mSTAR encoder to load (:mod:`pathmm_pipeline.training.self_taught`); the student
     starts from ``base_weights`` (as :func:`~pathmm_pipeline.encoders.load_encoder`)."""
-    from pathmm_pipeline.training.self_taught import SelfTaughtConfig, train_patch_encoder
     from pathmm_pipeline.core.stores import open_store
+    from pathmm_pipeline.training.self_taught import SelfTaughtConfig, train_patch_encoder
 
     source = Path(manifest)
     slides = pd.read_parquet(source) if source.suffix == ".parquet" else pd.read_csv(source, dtype=str)
@@ -355,8 +354,12 @@ def run_protocol(results_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def evaluate(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.PathLike[str],
                      out_html: str | os.PathLike[str], title: str = "pathmm evaluation report") -> Path:
     """Aggregate every fold of every model and task into the HTML report and its CSV tables."""
-    from pathmm_pipeline.evaluation.html import (collect_inputs, read_pretraining_logs, write_report,
-                                     write_report_provenance)
+    from pathmm_pipeline.evaluation.html import (
+        collect_inputs,
+        read_pretraining_logs,
+        write_report,
+        write_report_provenance,
+    )
     from pathmm_pipeline.evaluation.run import aggregate_folds, read_fold_evaluation
 
     if not fold_dirs:

@@ -17,9 +17,17 @@ import torch
 from pathmm_pipeline.cohort.dataset import MultimodalCohort
 from pathmm_pipeline.core.registry import Registry, UnknownEntryError
 from pathmm_pipeline.models.base import TaskSpec
-from pathmm_pipeline.models.losses import (binary_bce_with_pos_weight, class_weights, cox_ph_loss, discretize,
-                                           make_time_bins, nll_survival_loss, pos_weight_from_labels,
-                                           risk_from_logits, weighted_cross_entropy)
+from pathmm_pipeline.models.losses import (
+    binary_bce_with_pos_weight,
+    class_weights,
+    cox_ph_loss,
+    discretize,
+    make_time_bins,
+    nll_survival_loss,
+    pos_weight_from_labels,
+    risk_from_logits,
+    weighted_cross_entropy,
+)
 
 
 class UnknownTaskError(UnknownEntryError, ValueError):

@@ -32,16 +32,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
-import resource
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +49,8 @@ from torch import nn
 from tqdm import tqdm
 
 from pathmm_pipeline.cohort.dataset import MultimodalCohort
+from pathmm_pipeline.cohort.selection import inner_split, strata_table
+from pathmm_pipeline.cohort.splits import Fold
 from pathmm_pipeline.core.atomic import write_text_atomic
 from pathmm_pipeline.evaluation.predict import model_input, predict_logits
 from pathmm_pipeline.evaluation.run import evaluate_fold
@@ -62,8 +61,6 @@ from pathmm_pipeline.tasks.kinds import Objective, has_target, metric_name, reso
 from pathmm_pipeline.training.engine import Engine, cosine_with_warmup, peak_gpu_mb, peak_rss_mb, run_on
 from pathmm_pipeline.training.pretrain import apply_pretrained
 from pathmm_pipeline.training.settings import TrainConfig
-from pathmm_pipeline.cohort.selection import SELECTIONS, inner_split, strata_table
-from pathmm_pipeline.cohort.splits import Fold
 
 LOG_COLUMNS = ("epoch", "train_loss", "inner_val_loss", "inner_val_metric", "lr", "seconds", "best")
 
@@ -128,7 +125,7 @@ def epoch_order(patients: Sequence[str], epoch: int, config: TrainConfig,
     return [patients[int(i)] for i in draws]
 
 
-def _sampling_strata(objective: "Objective", targets: dict[str, torch.Tensor]) -> list[Any] | None:
+def _sampling_strata(objective: Objective, targets: dict[str, torch.Tensor]) -> list[Any] | None:
     if "bin" in targets:
         return [f"{int(b)}|{int(e)}" for b, e in zip(targets["bin"], targets["event"])]
     if "label" in targets:
@@ -292,7 +289,8 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
                                                      {k: v for k, v in select_targets.items()}))
                     inner_metric = score_metric(spec, logits, view, kept)
                     monitored = inner_loss if config.monitor == "val_loss" else -inner_metric
-                    improved = bool(np.isfinite(monitored) and monitored < best_value - config.min_delta) or best_epoch < 0
+                    improved = (bool(np.isfinite(monitored) and monitored < best_value - config.min_delta)
+                                or best_epoch < 0)
                 else:
                     monitored, improved = float("nan"), True  # ``last``: every epoch replaces the previous one
                 if improved:

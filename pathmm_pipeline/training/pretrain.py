@@ -28,27 +28,25 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
+from pathmm_pipeline.cohort.dataset import MultimodalCohort
 from pathmm_pipeline.core.atomic import atomic_path
-from pathmm_pipeline.preprocess.samplesheet import EXTERNAL_COLUMNS, read_external_patients
 from pathmm_pipeline.core.errors import InputError, ProvenanceError
+from pathmm_pipeline.core.provenance import build_provenance, hash_file, write_sidecar
 from pathmm_pipeline.genomics.normalize import GeneScaler
 from pathmm_pipeline.genomics.stage import GenomicsData, load_genomics
 from pathmm_pipeline.models import InputDims, PathmmModel, PretrainBatch, TaskSpec, build_model, get_model_class
-from pathmm_pipeline.core.settings import SettingsMixin
-from pathmm_pipeline.core.provenance import build_provenance, hash_file, write_sidecar
 from pathmm_pipeline.models.checkpoint import dims_from_record, options_from_record, plain_json
-from pathmm_pipeline.cohort.dataset import MultimodalCohort
 from pathmm_pipeline.models.losses import discretize, make_time_bins
+from pathmm_pipeline.preprocess.samplesheet import EXTERNAL_COLUMNS, read_external_patients
 from pathmm_pipeline.training.engine import Engine, cosine_with_warmup, peak_gpu_mb, peak_rss_mb, run_on
 from pathmm_pipeline.training.settings import PretrainConfig
 
@@ -288,8 +286,8 @@ def apply_pretrained(model: PathmmModel, path: str | os.PathLike[str]) -> dict[s
     report = model.load_pretrained(payload["state_dict"])
     log.info("%s: loaded %d pretrained tensors into '%s' (%d new, %d skipped)", path, len(report["loaded"]),
              model.name, len(report["missing"]), len(report["skipped"]))
-    return {"path": str(path), "options": options_from_record(payload["model_options"]), "n_loaded": len(report["loaded"]),
-            "missing": report["missing"], "skipped": report["skipped"]}
+    return {"path": str(path), "options": options_from_record(payload["model_options"]),
+            "n_loaded": len(report["loaded"]), "missing": report["missing"], "skipped": report["skipped"]}
 
 
 def load_pretrained_model(path: str | os.PathLike[str]) -> PathmmModel:
@@ -298,6 +296,7 @@ def load_pretrained_model(path: str | os.PathLike[str]) -> PathmmModel:
     payload = read_pretrained(path)
     dims = dims_from_record(payload["dims"])
     n_bins = int(payload.get("config", {}).get("n_bins", 4))
-    model = build_model(payload["model_name"], dims, TaskSpec.survival(n_bins), **options_from_record(payload["model_options"]))
+    model = build_model(payload["model_name"], dims, TaskSpec.survival(n_bins),
+                        **options_from_record(payload["model_options"]))
     model.load_pretrained(payload["state_dict"])
     return model.eval()

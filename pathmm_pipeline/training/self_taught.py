@@ -1,57 +1,11 @@
-"""mSTAR stage 2, self-taught training: the stage-1 slide aggregator (frozen) teaches the patch encoder the
-whole-slide, multimodal context it learned.
+"""mSTAR stage 2, self-taught training: the stage-1 slide aggregator (frozen) teaches the patch encoder (the
+student, with an EMA teacher) the whole-slide, multimodal context it learned.
 
-Three networks:
-
-* the **student** -- the patch encoder being trained: a registered encoder (``base_encoder_name``, e.g. ``uni``
-  as in the paper, or ``vit_tiny_test``) with its weights (``base_weights``, the registry default unless
-  given); trainable;
-* the **teacher** -- an exponential moving average of the student (a copy at the start; after every step
-  ``teacher = momentum * teacher + (1 - momentum) * student``,
-  :func:`~pathmm_pipeline.models.objectives.ema_update_`); never trained by gradient;
-* the **aggregator** -- the stage-1 :class:`~pathmm_pipeline.models.mstar.MSTAR` model, frozen (eval mode,
-  no gradient to its weights).
-
-One step takes one slide: ``tiles_per_slide`` of its tiles (sampled without replacement, seeded, kept in tile
-order so that PPEG sees them in raster order) are read from the slide exactly as feature extraction reads
-them (:class:`~pathmm_pipeline.preprocess.features.TileDataset`: the tile store's level and read size, resized to the
-encoder's input size with its interpolation, then its mean/std), then
-
-    target  = aggregator.reembed_patches(teacher(tiles))          (N, dim), no gradient
-    student = aggregator.patch_projection(student(tiles))         (N, dim), the frozen ``fc`` (before its ReLU)
-    patch   = mean_i (1 - cos(student_i, target_i))               (``similarity="cosine"``, default)
-            | mean_i ||student_i - target_i||^2 / dim             (``similarity="mse"``)
-
-i.e. the student's features, mapped into the aggregator's space by the aggregator's own patch projection,
-must agree with the aggregator's *re-embedded* (slide-contextualised, multimodally pretrained) features of
-the teacher's features of the same tiles. The target passes through the whole aggregator and the student
-side only through its first layer, so the loss is not zero at the start (student = teacher) and carries the
-slide context into the patch encoder. Optionally (``w_slide`` > 0, default 0) a slide-level agreement term
-``1 - cos(aggregator(student(tiles)).cls, aggregator(teacher(tiles)).cls)`` is added (our addition, see
-below). ``loss = w_patch * patch + w_slide * slide``; AdamW on the student; gradient clipping; then the EMA
-update of the teacher.
-
-The student's tiles go through the encoder in chunks of ``batch_size`` (the patch term is a mean over tiles,
-so the chunks' gradients are accumulated exactly); with ``w_slide`` > 0 the whole bag is kept in one graph.
-Each epoch visits every slide once in a seeded random order; ``max_steps`` caps the total.
-
-Output: the student's weights (``state_dict`` of the timm model, the architecture's own key names, so
-:func:`~pathmm_pipeline.encoders.load_encoder` loads them strictly into ``base_encoder_name``'s builder),
-written atomically, and the provenance sidecar ``<weights>.provenance.json`` (stage ``mstar_self_taught``;
-inputs: every slide and tile store read, the stage-1 checkpoint when given, the base weights when they are a
-local file; params: the configuration; extra: the per-step loss history). :func:`register_mstar_encoder`
-registers an encoder whose default weights are that file, so feature extraction can use it.
-
-Choices where the paper is not specific, and deviations:
-
-* The paper states that the pretrained aggregator is the "teacher" whose re-embedded patch features
-  supervise the patch extractor ("student"), with an EMA copy of the patch extractor; how the two feature
-  spaces are matched is not spelled out. Here the student's features enter the frozen aggregator's patch
-  projection (the aggregator's input layer, so no new trainable head is needed) and the targets are the
-  aggregator's contextual outputs on the EMA teacher's features.
-* The slide-level agreement term is not from the paper (off by default).
-* No data augmentation: student and teacher see the same tiles (the targets differ through the aggregator).
-* The student is saved (not the EMA teacher); training runs in float32 (no autocast).
+Holds :func:`similarity_loss`, :class:`SelfTaughtTrainer` (one step on a slide's tiles),
+:func:`train_patch_encoder` (writes the student's weights and their provenance sidecar) and
+:func:`register_mstar_encoder` (registers the result for feature extraction).
+Paper: Xu et al., arXiv 2407.15362 (mSTAR).
+Paper-to-code mapping and deviations: docs/methods/mstar.md
 """
 
 from __future__ import annotations
@@ -74,16 +28,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pathmm_pipeline.core.atomic import atomic_path
+from pathmm_pipeline.core.provenance import build_provenance, hash_file, write_sidecar
 from pathmm_pipeline.encoders import EncoderSpec, get_encoder_spec, load_encoder, register_encoder
 from pathmm_pipeline.encoders.weights import TORCH_SUFFIXES
-from pathmm_pipeline.preprocess.features import TileDataset
 from pathmm_pipeline.models import TaskSpec, build_model
 from pathmm_pipeline.models.mstar import MSTAR
-from pathmm_pipeline.core.provenance import build_provenance, hash_file, write_sidecar
+from pathmm_pipeline.models.objectives import ema_update_
+from pathmm_pipeline.preprocess.features import TileDataset
 from pathmm_pipeline.preprocess.tiling import STATUS_OK, load_tiles
 from pathmm_pipeline.training.engine import Engine, deterministic_mode, resolve_device
 from pathmm_pipeline.training.settings import SIMILARITIES, SelfTaughtConfig
-from pathmm_pipeline.models.objectives import ema_update_
 
 log = logging.getLogger(__name__)
 

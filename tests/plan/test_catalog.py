@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from pathmm_pipeline.downstream.registry import DOWNSTREAM
 from pathmm_pipeline.encoders import get_encoder_spec, list_encoders
 from pathmm_pipeline.models import get_model_class, list_models, model_options

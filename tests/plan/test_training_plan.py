@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from pathmm_pipeline.core.errors import ConfigError, InputError
 from pathmm_pipeline.plan.training import CohortModalities, TrainingPlan
 

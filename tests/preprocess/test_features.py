@@ -1,0 +1,152 @@
+"""Feature extraction on real TIFF slides with real forward passes; stores, resume, bags, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pathmm_pipeline.cohort.bags import load_patient_bag
+from pathmm_pipeline.core.audit import audit
+from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.core.provenance import read_provenance
+from pathmm_pipeline.preprocess import features as features_module
+from pathmm_pipeline.preprocess.features import ExtractionSettings, extract_features, load_features
+from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
+from pathmm_pipeline.preprocess.slidewriter import write_pyramidal_tiff
+from pathmm_pipeline.preprocess.tiling import TilingSettings, tile_slide
+
+
+def prepare(slide_path, out, backend="openslide"):
+    segment_slide(slide_path, out / "seg.zarr", out / "seg.geojson", out / "seg.png", SegmentationSettings(),
+                  backend=backend, fallback=False)
+    tile_slide(slide_path, out / "seg.zarr", out / "tiles.zarr", TilingSettings(), backend=backend, fallback=False)
+    return out / "tiles.zarr"
+
+
+@pytest.fixture(scope="module")
+def tiled(slide_factory, tmp_path_factory):
+    slide = slide_factory("s")
+    out = tmp_path_factory.mktemp("feat")
+    return slide.path, prepare(slide.path, out), out
+
+
+def tiny(**kw):
+    options = dict(encoder="vit_tiny_test", weights=None, batch_size=8, num_workers=0, dtype="float32")
+    options.update(kw)
+    return ExtractionSettings(**options)
+
+
+def test_demo_encoder_real_forward(tiled):
+    slide, tiles, out = tiled
+    settings = ExtractionSettings(encoder="efficientnet_lite0", batch_size=16, num_workers=2)
+    n = extract_features(slide, tiles, out / "eff.zarr", settings)
+    store = load_features(out / "eff.zarr")
+    assert store.features.shape == (n, 1280) and store.features.dtype == np.float16
+    assert np.isfinite(store.features).all() and store.features.std(axis=0).mean() > 0.01
+    record = read_provenance(out / "eff.zarr")
+    assert set(record["inputs"]) == {"slide", "tiles", "weights"}
+    assert record["extra"]["encoder"]["weights_sha256"] == record["inputs"]["weights"]["sha256"]
+    assert record["extra"]["encoder"]["name"] == "efficientnet_lite0" and record["extra"]["tiles_per_second"] > 0
+    np.testing.assert_array_equal(store.coords, np.asarray(__import__("zarr").open_group(str(tiles))["coords"]))
+
+
+def test_deterministic_and_worker_count_does_not_matter(tiled):
+    slide, tiles, out = tiled
+    extract_features(slide, tiles, out / "a.zarr", tiny())
+    extract_features(slide, tiles, out / "b.zarr", tiny(num_workers=2))
+    a, b = load_features(out / "a.zarr"), load_features(out / "b.zarr")
+    np.testing.assert_array_equal(a.features, b.features)
+    assert a.features.shape[1] == 192
+
+
+def test_backends_give_identical_features_on_lossless_slide(he_texture, tmp_path):
+    from conftest import compose
+
+    rgb, _ = compose(he_texture, (2048, 1792), seed=1)
+    path = write_pyramidal_tiff(tmp_path / "lossless.tiff", rgb, mpp=0.5, style="generic", compression="deflate")
+    results = {}
+    for backend in ("openslide", "tiffslide"):
+        tiles = prepare(path, tmp_path / backend, backend=backend)
+        extract_features(path, tiles, tmp_path / backend / "f.zarr", tiny(), backend=backend, fallback=False)
+        results[backend] = load_features(tmp_path / backend / "f.zarr")
+    assert len(results["openslide"].features) > 5
+    np.testing.assert_array_equal(results["openslide"].coords, results["tiffslide"].coords)
+    np.testing.assert_array_equal(results["openslide"].features, results["tiffslide"].features)
+
+
+def test_jpeg_slide_features_agree_across_backends(tiled, tmp_path):
+    slide, tiles, _ = tiled
+    extract_features(slide, tiles, tmp_path / "o.zarr", tiny(), backend="openslide", fallback=False)
+    extract_features(slide, tiles, tmp_path / "t.zarr", tiny(), backend="tiffslide", fallback=False)
+    a, b = load_features(tmp_path / "o.zarr").features, load_features(tmp_path / "t.zarr").features
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.995
+
+
+def test_killed_extraction_resumes(tiled, tmp_path, monkeypatch, caplog):
+    slide, tiles, _ = tiled
+    monkeypatch.setattr(features_module, "CHUNK_ROWS", 8)
+    calls = {"n": 0}
+    original = features_module.FeatureExtractor.__call__
+
+    def dying(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, batch)
+
+    monkeypatch.setattr(features_module.FeatureExtractor, "__call__", dying)
+    target = tmp_path / "f.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(slide, tiles, target, tiny())
+    assert not target.exists()
+    partial = tmp_path / ("f.zarr" + features_module.PARTIAL_SUFFIX)
+    assert partial.exists()
+    results, stale = audit(tmp_path)
+    assert results == [] and stale  # nothing looks complete; the partial is reported as left-over
+    monkeypatch.setattr(features_module.FeatureExtractor, "__call__", original)
+    with caplog.at_level("INFO"):
+        extract_features(slide, tiles, target, tiny())
+    assert "resuming at tile 16" in caplog.text
+    assert not partial.exists()
+    extract_features(slide, tiles, tmp_path / "clean.zarr", tiny())
+    np.testing.assert_array_equal(load_features(target).features, load_features(tmp_path / "clean.zarr").features)
+
+
+def test_corrupt_weights_and_missing_tiles_fail_clearly(tiled, tmp_path):
+    from pathmm_pipeline.encoders.weights import WeightsError
+
+    slide, tiles, _ = tiled
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"\x80\x02 definitely not a checkpoint")
+    with pytest.raises(WeightsError) as err:
+        extract_features(slide, tiles, tmp_path / "x.zarr", tiny().__class__(encoder="vit_tiny_test", weights=str(bad)))
+    assert str(bad) in str(err.value)
+    with pytest.raises(InputError, match="no Zarr store"):
+        extract_features(slide, tmp_path / "missing.zarr", tmp_path / "y.zarr", tiny())
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()
+
+
+def test_patient_bag_concatenates_slides_and_refuses_mixing(tiled, tmp_path):
+    slide, tiles, out = tiled
+    extract_features(slide, tiles, tmp_path / "s1.zarr", tiny())
+    extract_features(slide, tiles, tmp_path / "s2.zarr", tiny(seed=0))
+    bag = load_patient_bag("P1", [tmp_path / "s1.zarr", tmp_path / "s2.zarr"])
+    n = len(load_features(tmp_path / "s1.zarr").features)
+    assert bag.n_tiles == 2 * n and bag.slide_index.tolist() == [0] * n + [1] * n
+    sampled = load_patient_bag("P1", [tmp_path / "s1.zarr", tmp_path / "s2.zarr"], max_tiles=n // 2, seed=3)
+    again = load_patient_bag("P1", [tmp_path / "s1.zarr", tmp_path / "s2.zarr"], max_tiles=n // 2, seed=3)
+    assert sampled.n_tiles == n // 2
+    np.testing.assert_array_equal(sampled.features, again.features)
+    extract_features(slide, tiles, tmp_path / "eff.zarr",
+                     ExtractionSettings(encoder="efficientnet_lite0", batch_size=16, num_workers=0))
+    with pytest.raises(InputError, match="same encoder"):
+        load_patient_bag("P1", [tmp_path / "s1.zarr", tmp_path / "eff.zarr"])
+
+
+def test_skipped_slide_gives_empty_store(slide_factory, tmp_path):
+    slide = slide_factory("blank", blank=True)
+    tiles = prepare(slide.path, tmp_path)
+    assert extract_features(slide.path, tiles, tmp_path / "f.zarr", tiny()) == 0
+    store = load_features(tmp_path / "f.zarr")
+    assert store.status == "skipped" and store.features.shape == (0, 192)
