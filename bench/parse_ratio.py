@@ -74,6 +74,19 @@ def demo_workdir(parent: Path, cohort: Path) -> Path:
     return root
 
 
+def alternate_dry_runs(repos: dict[str, Path], roots: dict[str, Path], repeats: int
+                       ) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """``repeats`` dry-runs of each checkout on its own work folder, alternating; (seconds, jobs planned)."""
+    seconds: dict[str, list[float]] = {label: [] for label in repos}
+    jobs: dict[str, int] = {}
+    for _ in range(repeats):
+        for label, repo in repos.items():
+            elapsed, text = run(repo, roots[label], "--dry-run", "--quiet", "rules")
+            seconds[label].append(elapsed)
+            jobs[label] = job_count(text)
+    return seconds, jobs
+
+
 def measure(workloads: dict[str, Path], repos: dict[str, Path], repeats: int) -> list[dict]:
     rows = []
     for name, template in workloads.items():
@@ -81,22 +94,10 @@ def measure(workloads: dict[str, Path], repos: dict[str, Path], repeats: int) ->
         for label in repos:  # one work folder per checkout: Snakemake's records are per Snakefile's code
             roots[label] = template.parent / f"{template.name}_{label}"
             shutil.copytree(template, roots[label], symlinks=True)
-        build: dict[str, list[float]] = {label: [] for label in repos}
-        jobs = {}
-        for _ in range(repeats):
-            for label, repo in repos.items():
-                seconds, text = run(repo, roots[label], "--dry-run", "--quiet", "rules")
-                build[label].append(seconds)
-                jobs[label] = job_count(text)
+        build, jobs = alternate_dry_runs(repos, roots, repeats)
         for label, repo in repos.items():
             mark_complete(repo, roots[label])
-        noop: dict[str, list[float]] = {label: [] for label in repos}
-        left = {}
-        for _ in range(repeats):
-            for label, repo in repos.items():
-                seconds, text = run(repo, roots[label], "--dry-run", "--quiet", "rules")
-                noop[label].append(seconds)
-                left[label] = job_count(text)
+        noop, left = alternate_dry_runs(repos, roots, repeats)
         row = {"workload": name, "jobs": jobs, "jobs_left_after_touch": left,
                **{f"build_{k}_s": statistics.median(v) for k, v in build.items()},
                **{f"noop_{k}_s": statistics.median(v) for k, v in noop.items()}}
