@@ -320,3 +320,14 @@ def test_conch_checkpoint_keys_are_taken_from_the_visual_tower():
     del coca["visual.ln_contrast.weight"]
     with pytest.raises(WeightsError, match="missing key.*ln_contrast.weight"):
         fit_state_dict(spec, coca, expected, "conch.bin")
+
+
+@pytest.mark.parametrize("name", list_encoders())
+def test_every_registered_encoder_builds_and_gives_its_embedding(name):
+    """Contract of every registry entry, built on the meta device (no memory, no weights): a (B, 3, S, S) batch
+    at the spec's input size gives (B, embed_dim)."""
+    spec = get_encoder_spec(name)
+    with torch.device("meta"):
+        model = spec.builder()
+        out = model(torch.empty(2, 3, spec.input_size, spec.input_size))
+    assert tuple(out.shape) == (2, spec.embed_dim)

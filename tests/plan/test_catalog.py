@@ -53,3 +53,13 @@ def test_no_card_without_a_registered_entry():
     assert set(MODEL_CARDS.names()) == set(list_models())
     assert set(TASK_CARDS.names()) == set(TASKS.names())
     assert set(DOWNSTREAM_CARDS.names()) == set(DOWNSTREAM.names())
+
+
+def test_the_schema_lists_every_downstream_evaluation_with_its_options():
+    import yaml
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    sections = schema["properties"]["training"]["properties"]["downstream"]["properties"]
+    assert set(sections) == set(DOWNSTREAM_CARDS.names())
+    for name, section in sections.items():
+        assert set(section["properties"]) == {"models", *DOWNSTREAM_CARDS.get(name).options}, name
