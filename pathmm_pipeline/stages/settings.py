@@ -1,6 +1,6 @@
 """The settings of the stages that had none of their own, one dataclass each (the single source of their
 defaults; :class:`~pathmm_pipeline.core.settings.SettingsMixin` refuses unknown keys): the manifest, the splits,
-report cleaning and report embedding."""
+report cleaning and report embedding, the cohort a training job reads, and a fold's evaluation."""
 
 from __future__ import annotations
 
@@ -56,3 +56,25 @@ class EmbedReportSettings(SettingsMixin):
     keep_tokens: bool = True
     hidden_dtype: str = "float16"
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CohortSettings(SettingsMixin):
+    """The cohort a training, pretraining or downstream job reads (``training.max_tiles`` and a run's own
+    ``pathway_collection`` / ``family_collection``; ``seed`` is the run's)."""
+
+    settings_name = "cohort"
+
+    max_tiles: int | None = 4096
+    pathway_collection: str | None = "survpath"
+    family_collection: str | None = "mcat_families"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FoldEvaluationSettings(SettingsMixin):
+    """How a trained fold is evaluated: bootstrap resamples of the C-index CI (``training.n_boot``)."""
+
+    settings_name = "evaluation"
+
+    n_boot: int = 1000

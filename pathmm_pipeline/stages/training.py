@@ -23,6 +23,7 @@ from pathmm_pipeline.core.atomic import publish_staged, write_text_atomic
 from pathmm_pipeline.core.atomic import staging_dir as atomic_staging_dir
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.plan.runs import COHORT_KEYS, parse_task
+from pathmm_pipeline.stages.settings import CohortSettings, FoldEvaluationSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +74,23 @@ def write_cohort_splits(manifest: str | os.PathLike[str], out_dir: str | os.Path
     return Path(out_dir)
 
 
+def split_settings(settings: dict[str, Any], keys: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A job's settings JSON split into the cohort's keys (:data:`COHORT_KEYS`) plus ``keys``, and the rest
+    (the training / pretraining settings)."""
+    rest = dict(settings)
+    taken = {k: rest.pop(k) for k in (*COHORT_KEYS, *keys) if k in rest}
+    return taken, rest
+
+
 def _cohort(manifest: Path, features_dir: Path | None, genomics: Path | None, reports: Path | None, task: str,
-            options: dict[str, Any]):
+            options: CohortSettings):
     from pathmm_pipeline.cohort.dataset import MultimodalCohort
 
     _, label = parse_task(task)
     return MultimodalCohort.from_manifest(manifest, features_dir, genomics, reports, label_column=label,
-                                          max_tiles=options.get("max_tiles", 4096), seed=options.get("seed", 0),
-                                          **{k: options[k] for k in ("pathway_collection", "family_collection")
-                                             if k in options})
+                                          max_tiles=options.max_tiles, seed=options.seed,
+                                          pathway_collection=options.pathway_collection,
+                                          family_collection=options.family_collection)
 
 
 def pretrain(model: str, fold_index: int, manifest: str | os.PathLike[str], splits_dir: str | os.PathLike[str],
@@ -96,10 +105,9 @@ def pretrain(model: str, fold_index: int, manifest: str | os.PathLike[str], spli
     from pathmm_pipeline.training.pretrain import PretrainConfig, external_cohort
     from pathmm_pipeline.training.pretrain import pretrain as pretrain_model
 
-    settings = dict(settings)
-    cohort_options = {k: settings.pop(k) for k in COHORT_KEYS if k in settings}
-    cohort_options["seed"] = settings.get("seed", 0)
+    taken, settings = split_settings(settings)
     config = PretrainConfig.from_dict(settings)
+    cohort_options = CohortSettings.from_dict({**taken, "seed": config.seed})
     cohort = _cohort(Path(manifest), Path(features_dir) if features_dir else None,
                      Path(genomics) if genomics else None, Path(reports) if reports else None, "survival",
                      cohort_options)
@@ -146,11 +154,10 @@ def train(model: str, task: str, fold_index: int, manifest: str | os.PathLike[st
     from pathmm_pipeline.training.finetune import train_fold
     from pathmm_pipeline.training.settings import TrainConfig
 
-    settings = dict(settings)
-    cohort_options = {k: settings.pop(k) for k in COHORT_KEYS if k in settings}
-    cohort_options["seed"] = settings.get("seed", 0)
-    n_boot = int(settings.pop("n_boot", 1000))
+    taken, settings = split_settings(settings, ("n_boot",))
     config = TrainConfig.from_dict(settings)
+    n_boot = FoldEvaluationSettings.from_dict({k: taken.pop(k) for k in ("n_boot",) if k in taken}).n_boot
+    cohort_options = CohortSettings.from_dict({**taken, "seed": config.seed})
     out = Path(out_dir)
     cohort = _cohort(Path(manifest), Path(features_dir) if features_dir else None,
                      Path(genomics) if genomics else None, Path(reports) if reports else None, task, cohort_options)
@@ -238,12 +245,11 @@ def downstream(kind: str, model: str, task: str, fold_index: int, manifest: str 
     from pathmm_pipeline.training.settings import TrainConfig
 
     evaluation = DOWNSTREAM.get(kind)
-    settings = dict(settings)
-    cohort_options = {k: settings.pop(k) for k in COHORT_KEYS if k in settings}
-    cohort_options["seed"] = settings.get("seed", 0)
-    settings.pop("n_boot", None)
-    options = settings.pop("downstream", {})
+    taken, settings = split_settings(settings, ("n_boot", "downstream"))
+    options = taken.pop("downstream", {})
+    taken.pop("n_boot", None)  # a downstream job evaluates no fold
     config = TrainConfig.from_dict({**settings, "progress": False})
+    cohort_options = CohortSettings.from_dict({**taken, "seed": config.seed})
     cohort = _cohort(Path(manifest), Path(features_dir) if features_dir else None,
                      Path(genomics) if genomics else None, Path(reports) if reports else None, task, cohort_options)
     fold = read_splits(splits_dir)[fold_index]
