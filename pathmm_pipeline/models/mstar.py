@@ -29,10 +29,31 @@ from pathmm_pipeline.models.base import (
 )
 from pathmm_pipeline.models.layers import snn
 from pathmm_pipeline.models.objectives import symmetric_info_nce, triplet_margin_loss
+from pathmm_pipeline.models.performer import PerformerLayer
 from pathmm_pipeline.models.registry import register_model
 from pathmm_pipeline.models.transmil import PPEG, TransLayer, square_pad
 
 MAX_LOGIT_SCALE = math.log(100.0)
+GENOMICS_ENCODERS = ("performer", "snn")
+
+
+class PerformerGeneEncoder(nn.Module):
+    """mSTAR's RNA-seq encoder: (n, G) scaled expression -> gene tokens (a learned gene-id embedding plus a
+    linear embedding of the value) -> Performer (FAVOR+) layers over the G genes -> mean -> (n, dim)."""
+
+    def __init__(self, n_genes: int, dim: int = 64, heads: int = 4, n_features: int = 32, layers: int = 1,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.gene_embedding = nn.Embedding(n_genes, dim)
+        self.value = nn.Linear(1, dim)
+        self.layers = nn.ModuleList(PerformerLayer(dim, heads, n_features, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, genes: torch.Tensor) -> torch.Tensor:
+        h = self.gene_embedding.weight.unsqueeze(0) + self.value(genes.unsqueeze(-1))   # (n, G, dim)
+        for layer in self.layers:
+            h = layer(h)
+        return self.norm(h).mean(dim=1)
 
 
 class SlideAggregator(nn.Module):
@@ -75,11 +96,14 @@ class MSTAR(PathmmModel):
     """mSTAR's stage-1 slide aggregator (wsi required; genomics as ``genes`` and reports for pretraining).
 
     Options: ``dim`` (512: TransMIL width), ``heads`` (8), ``num_landmarks`` (dim // 2), ``dropout`` (0.1, in
-    the attention layers), ``proj_dim`` (256: the shared contrastive space), ``genomics_hidden`` ((256, 256):
-    SNN widths), ``genomics_dropout`` (0.25), ``report_hidden`` (None: a linear report/text projection; an int:
-    Linear -> GELU -> Linear through that width), pretraining: ``w_report`` (1.0), ``w_genomics`` (1.0),
-    ``w_triplet`` (1.0), ``triplet_margin`` (0.3), ``init_temperature`` (0.07); ``modalities`` (default: wsi
-    plus those the dims give). The embedding is the slide embedding (dim)."""
+    the attention layers), ``proj_dim`` (256: the shared contrastive space), ``genomics_encoder`` ("performer",
+    the paper's: :class:`PerformerGeneEncoder` of width ``genomics_dim`` (64) with ``genomics_layers`` (1),
+    ``genomics_heads`` (4) and ``genomics_features`` (32) random features; or "snn": an SNN of widths
+    ``genomics_hidden`` ((256, 256))), ``genomics_dropout`` (0.25), ``report_hidden`` (None: a linear report/text
+    projection; an int: Linear -> GELU -> Linear through that width), pretraining: ``w_report`` (1.0: slide <->
+    report), ``w_genomics`` (1.0: slide <-> RNA), ``w_report_genomics`` (1.0: report <-> RNA), ``w_triplet``
+    (1.0), ``triplet_margin`` (0.3), ``init_temperature`` (0.07); ``modalities`` (default: wsi plus those the
+    dims give). The embedding is the slide embedding (dim)."""
 
     uses = frozenset(MODALITIES)
     requires = frozenset({"wsi"})
@@ -91,7 +115,9 @@ class MSTAR(PathmmModel):
                  genomics_hidden: Sequence[int] = (256, 256), genomics_dropout: float = 0.25,
                  report_hidden: int | None = None, w_report: float = 1.0, w_genomics: float = 1.0,
                  w_triplet: float = 1.0, triplet_margin: float = 0.3, init_temperature: float = 0.07,
-                 modalities: Iterable[str] | None = None) -> None:
+                 modalities: Iterable[str] | None = None, genomics_encoder: str = "performer",
+                 genomics_dim: int = 64, genomics_layers: int = 1, genomics_heads: int = 4,
+                 genomics_features: int = 32, w_report_genomics: float = 1.0) -> None:
         available = {"wsi": dims.wsi, "genomics": dims.genes, "report": dims.report}
         chosen = ([m for m in MODALITIES if m == "wsi" or available[m] is not None] if modalities is None
                   else list(modalities))
@@ -112,27 +138,45 @@ class MSTAR(PathmmModel):
             problems.append(f"report_hidden must be >= 1 or None, got {report_hidden}")
         if not 0.0 <= dropout < 1.0 or not 0.0 <= genomics_dropout < 1.0:
             problems.append("dropout and genomics_dropout must be in [0, 1)")
-        if min(w_report, w_genomics, w_triplet, triplet_margin) < 0:
-            problems.append("w_report, w_genomics, w_triplet and triplet_margin must be >= 0")
+        if min(w_report, w_genomics, w_report_genomics, w_triplet, triplet_margin) < 0:
+            problems.append("w_report, w_genomics, w_report_genomics, w_triplet and triplet_margin must be >= 0")
+        if genomics_encoder not in GENOMICS_ENCODERS:
+            problems.append(f"genomics_encoder must be one of {', '.join(GENOMICS_ENCODERS)}, got {genomics_encoder!r}")
+        sizes = (genomics_dim, genomics_layers, genomics_heads, genomics_features)
+        if genomics_encoder == "performer" and (min(sizes) < 1 or genomics_dim % genomics_heads):
+            problems.append("genomics_dim must be a positive multiple of genomics_heads; genomics_layers and "
+                            "genomics_features >= 1")
         if not 0.0 < init_temperature <= 1.0:
             problems.append(f"init_temperature must be in (0, 1], got {init_temperature}")
         if problems:
             raise ModelConfigError(f"model '{self.name}': " + "; ".join(problems))
         self.w_report, self.w_genomics, self.w_triplet = float(w_report), float(w_genomics), float(w_triplet)
+        self.w_report_genomics = float(w_report_genomics)
         self.triplet_margin = float(triplet_margin)
 
         self.aggregator = SlideAggregator(self.need_dim(dims.wsi, "wsi", "wsi"), dim, heads, num_landmarks,
                                           dropout=dropout)
         self.wsi_projection = nn.Linear(dim, proj_dim)
-        if "genomics" in self.modalities:
-            n_genes = self.need_dim(dims.genes, "genes", "genomics (flat gene vector)")
-            self.genomics_encoder = nn.Sequential(snn(n_genes, tuple(genomics_hidden), genomics_dropout),
-                                                  nn.Linear(genomics_hidden[-1], proj_dim))
-        if "report" in self.modalities:
-            d_text = self.need_dim(dims.report, "report", "report")
-            self.report_projection = (nn.Linear(d_text, proj_dim) if report_hidden is None else
-                                      nn.Sequential(nn.Linear(d_text, report_hidden), nn.GELU(),
-                                                    nn.Linear(report_hidden, proj_dim)))
+        # the pretraining-only towers draw their initial weights from a stream of their own (seeded from the run's
+        # seed), so that the slide path and the task head start the same whichever towers exist (an ablation
+        # without reports or RNA differs in its objective only)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed() + 1)
+            if "genomics" in self.modalities:
+                n_genes = self.need_dim(dims.genes, "genes", "genomics (flat gene vector)")
+                if genomics_encoder == "performer":
+                    self.genomics_encoder = nn.Sequential(
+                        PerformerGeneEncoder(n_genes, genomics_dim, genomics_heads, genomics_features, genomics_layers,
+                                             dropout),
+                        nn.Linear(genomics_dim, proj_dim))
+                else:
+                    self.genomics_encoder = nn.Sequential(snn(n_genes, tuple(genomics_hidden), genomics_dropout),
+                                                          nn.Linear(genomics_hidden[-1], proj_dim))
+            if "report" in self.modalities:
+                d_text = self.need_dim(dims.report, "report", "report")
+                self.report_projection = (nn.Linear(d_text, proj_dim) if report_hidden is None else
+                                          nn.Sequential(nn.Linear(d_text, report_hidden), nn.GELU(),
+                                                        nn.Linear(report_hidden, proj_dim)))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
         self.classifier = nn.Linear(dim, task.n_outputs)
         self.dim, self.proj_dim = dim, proj_dim
@@ -194,30 +238,46 @@ class MSTAR(PathmmModel):
     # -- pretraining -----------------------------------------------------------------------------------------
 
     def pretraining_loss(self, batch: PretrainBatch) -> dict[str, torch.Tensor]:
-        """WSI <-> report and WSI <-> RNA InfoNCE + inter-cancer triplet (see the module docstring)."""
+        """Slide <-> report, slide <-> RNA and report <-> RNA InfoNCE + inter-cancer triplet on the slides (see
+        docs/methods/mstar.md). Slide-less patients take part in the report <-> RNA term only."""
         labels = self.batch_cancer_types(batch)
-        with_slide = [i for i, x in enumerate(batch.inputs) if x.present()["wsi"]]
-        if not with_slide:  # e.g. a batch of the external, slide-less patients only: nothing to learn from
-            zero = self.logit_scale * 0.0
-            return {"wsi_report": zero, "wsi_genomics": zero, "triplet": zero, "loss": zero}
-        present = {i: self.check_input(batch.inputs[i]) for i in with_slide}
-        slides = torch.cat([self.aggregate(self.wsi_features(batch.inputs[i]))[0] for i in with_slide])  # (B, dim)
-        shared = self.slide_projection(slides)
-        row = {i: r for r, i in enumerate(with_slide)}
-        zero = slides.sum() * 0.0
         scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE)
+        zero = self.logit_scale * 0.0
+        present = {i: self.check_input(x) if x.present()["wsi"] else self.present_without_slide(x)
+                   for i, x in enumerate(batch.inputs)}
+        with_slide = [i for i, x in enumerate(batch.inputs) if x.present()["wsi"]]
 
-        def contrast(modality: str, encode) -> torch.Tensor:
-            have = [i for i in with_slide if present[i].get(modality)]
+        def pair(first: str, second: str, encode_first, encode_second, among: list[int]) -> torch.Tensor:
+            have = [i for i in among if present[i].get(first) and present[i].get(second)]
             if len(have) < 2:
-                return zero + 0.0 * scale
-            other = torch.cat([encode(batch.inputs[i]) for i in have])
-            return symmetric_info_nce(shared[[row[i] for i in have]], other, scale)
+                return zero
+            return symmetric_info_nce(torch.cat([encode_first(i) for i in have]),
+                                      torch.cat([encode_second(i) for i in have]), scale)
 
-        wsi_report = contrast("report", lambda x: self.report_projection(self.report_vector(x)))
-        wsi_genomics = contrast("genomics", lambda x: self.genomics_encoder(self.gene_vector(x)))
-        triplet = triplet_margin_loss(slides, labels[with_slide].to(slides.device), self.triplet_margin)
-        terms = {"wsi_report": self.w_report * wsi_report, "wsi_genomics": self.w_genomics * wsi_genomics,
+        if with_slide:
+            stacked = torch.cat([self.aggregate(self.wsi_features(batch.inputs[i]))[0] for i in with_slide])
+            shared = dict(zip(with_slide, self.slide_projection(stacked).split(1)))
+            triplet = triplet_margin_loss(stacked, labels[with_slide].to(stacked.device), self.triplet_margin)
+        else:  # e.g. a batch of the external, slide-less patients only: no slide term
+            shared, triplet = {}, zero
+
+        def report(i: int) -> torch.Tensor:
+            return self.report_projection(self.report_vector(batch.inputs[i]))
+
+        def genes(i: int) -> torch.Tensor:
+            return self.genomics_encoder(self.gene_vector(batch.inputs[i]))
+
+        everyone = list(range(len(batch.inputs)))
+        terms = {"wsi_report": self.w_report * pair("wsi", "report", shared.__getitem__, report, with_slide),
+                 "wsi_genomics": self.w_genomics * pair("wsi", "genomics", shared.__getitem__, genes, with_slide),
+                 "report_genomics": self.w_report_genomics * pair("report", "genomics", report, genes, everyone)
+                 if "report" in self.modalities and "genomics" in self.modalities else zero,
                  "triplet": self.w_triplet * triplet}
-        terms["loss"] = terms["wsi_report"] + terms["wsi_genomics"] + terms["triplet"]
+        terms["loss"] = terms["wsi_report"] + terms["wsi_genomics"] + terms["report_genomics"] + terms["triplet"]
         return terms
+
+    def present_without_slide(self, x: PatientInput) -> dict[str, bool]:
+        """Which of the report and RNA a slide-less patient has (the model requires a slide everywhere but in
+        the report <-> RNA pretraining term)."""
+        has = x.present()
+        return {m: bool(has[m]) and m in self.modalities for m in ("report", "genomics")}

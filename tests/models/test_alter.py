@@ -26,7 +26,8 @@ from pathmm_pipeline.models import (
     list_models,
     model_options,
 )
-from pathmm_pipeline.models.alter import ALTER, FUSION_MODES, favor_attention, grid_positions, pathway_pool, region_pool
+from pathmm_pipeline.models.alter import ALTER, FUSION_MODES, grid_positions, pathway_pool, region_pool
+from pathmm_pipeline.models.performer import favor_attention
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -164,7 +165,7 @@ def test_pathway_pooling_hand_computed_means():
 
 
 def test_favor_attention_approximates_softmax_attention():
-    from pathmm_pipeline.models.alter import orthogonal_random_features
+    from pathmm_pipeline.models.performer import orthogonal_random_features
 
     g = torch.Generator().manual_seed(0)
     n, d = 16, 8

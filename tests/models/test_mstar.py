@@ -52,7 +52,7 @@ def stage1(dims: InputDims = DIMS, seed: int = 0, **extra) -> MSTAR:
 
 def mixed_batch(seed: int = 0) -> PretrainBatch:
     """Eight patients: all three modalities, slide + report only, slide + genes only, slide only, and a
-    slide-less genomics-only patient (left out of every term)."""
+    slide-less genomics-only patient (left out of every term: it has no report to pair its RNA with)."""
     g = torch.Generator().manual_seed(seed)
 
     def patient(n: int, wsi: bool = True, genes: bool = True, report: bool = True) -> PatientInput:
@@ -71,11 +71,12 @@ def mixed_batch(seed: int = 0) -> PretrainBatch:
 def test_pretraining_loss_terms_on_mixed_modality_subsets():
     model = stage1()
     terms = model.pretraining_loss(mixed_batch())
-    assert set(terms) == {"wsi_report", "wsi_genomics", "triplet", "loss"}
+    assert set(terms) == {"wsi_report", "wsi_genomics", "report_genomics", "triplet", "loss"}
     assert all(torch.isfinite(v) and v.dim() == 0 for v in terms.values())
-    assert all(float(terms[k].detach()) > 0 for k in ("wsi_report", "wsi_genomics", "triplet"))
+    assert all(float(terms[k].detach()) > 0 for k in ("wsi_report", "wsi_genomics", "report_genomics", "triplet"))
     values = {k: float(v.detach()) for k, v in terms.items()}
-    assert math.isclose(values["loss"], values["wsi_report"] + values["wsi_genomics"] + values["triplet"], rel_tol=1e-6)
+    parts = values["wsi_report"] + values["wsi_genomics"] + values["report_genomics"] + values["triplet"]
+    assert math.isclose(values["loss"], parts, rel_tol=1e-6)
     terms["loss"].backward()
     assert model.logit_scale.grad is not None and model.aggregator.fc.weight.grad is not None
     assert model.report_projection.weight.grad.abs().sum() > 0
@@ -83,10 +84,43 @@ def test_pretraining_loss_terms_on_mixed_modality_subsets():
     # reproducible, and the weights apply to the named terms
     again = stage1().pretraining_loss(mixed_batch())
     assert all(torch.equal(terms[k].detach(), again[k].detach()) for k in terms)
-    weighted = stage1(w_report=2.0, w_genomics=0.0, w_triplet=0.5).pretraining_loss(mixed_batch())
+    weighted = stage1(w_report=2.0, w_genomics=0.0, w_triplet=0.5, w_report_genomics=3.0).pretraining_loss(
+        mixed_batch())
     assert torch.allclose(weighted["wsi_report"], 2 * terms["wsi_report"].detach())
     assert float(weighted["wsi_genomics"].detach()) == 0.0
     assert torch.allclose(weighted["triplet"], 0.5 * terms["triplet"].detach())
+    assert torch.allclose(weighted["report_genomics"], 3 * terms["report_genomics"].detach())
+
+
+def test_the_rna_encoder_is_a_performer_over_gene_tokens_and_an_snn_remains_an_option():
+    from pathmm_pipeline.models.mstar import PerformerGeneEncoder
+
+    performer = stage1()
+    assert isinstance(performer.genomics_encoder[0], PerformerGeneEncoder)
+    assert performer.genomics_encoder[0].gene_embedding.num_embeddings == DIMS.genes
+    genes = torch.randn(3, DIMS.genes)
+    assert performer.genomics_projection(genes).shape == (3, 8)
+    # one gene's value changes its own token and so the pooled embedding: the encoder reads gene identity
+    moved = genes.clone()
+    moved[:, 4] += 3.0
+    assert not torch.allclose(performer.genomics_projection(genes), performer.genomics_projection(moved))
+    snn_model = stage1(genomics_encoder="snn")
+    assert not isinstance(snn_model.genomics_encoder[0], PerformerGeneEncoder)
+    assert snn_model.genomics_projection(genes).shape == (3, 8)
+    with pytest.raises(ModelConfigError, match="genomics_encoder"):
+        stage1(genomics_encoder="transformer")
+
+
+def test_slide_less_patients_with_report_and_rna_enter_the_report_rna_term_only():
+    model = stage1()
+    batch = mixed_batch()
+    slide_less = PretrainBatch([x.without("wsi") for x in batch.inputs[:3]], torch.tensor([0, 1, 0]))
+    terms = model.pretraining_loss(slide_less)
+    assert float(terms["wsi_report"].detach()) == 0.0 and float(terms["triplet"].detach()) == 0.0
+    assert float(terms["report_genomics"].detach()) > 0 and terms["loss"].requires_grad
+    terms["loss"].backward()
+    assert model.genomics_encoder[0].gene_embedding.weight.grad.abs().sum() > 0
+    assert model.aggregator.fc.weight.grad is None
 
 
 def test_pairs_with_fewer_than_two_patients_are_skipped():
@@ -96,7 +130,8 @@ def test_pairs_with_fewer_than_two_patients_are_skipped():
                                     batch.cancer_type)
     terms = model.pretraining_loss(only_one_report)
     assert float(terms["wsi_report"].detach()) == 0.0 and float(terms["wsi_genomics"].detach()) > 0
-    slide_less = PretrainBatch([x.without("wsi") for x in batch.inputs[:3]], torch.tensor([0, 1, 0]))
+    slide_less = PretrainBatch([x.without("wsi").without("report") for x in batch.inputs[:3]],
+                               torch.tensor([0, 1, 0]))
     zero = model.pretraining_loss(slide_less)
     assert float(zero["loss"].detach()) == 0.0 and zero["loss"].requires_grad
     one_type = PretrainBatch(batch.inputs, torch.zeros(8, dtype=torch.long))
@@ -329,3 +364,10 @@ def test_few_shot_curve_on_separable_data():
     pd.testing.assert_frame_equal(curve, few_shot_curve(x_train, y_train, x_test, y_test, ks=(1, 2, 4, 8), seeds=5))
     with pytest.raises(ValueError, match="two classes"):
         few_shot_curve(x_train[:5], ["a"] * 5, x_test, y_test)
+
+
+def test_the_slide_path_starts_the_same_whichever_pretraining_towers_exist():
+    full, slide_only = stage1(), stage1(modalities=["wsi"])
+    assert not hasattr(slide_only, "genomics_encoder") and hasattr(full, "genomics_encoder")
+    for name, value in slide_only.state_dict().items():
+        assert torch.equal(value, full.state_dict()[name]), name
