@@ -1,8 +1,9 @@
 """UMEML: pathology prototypes, genomic gene-group tokens and register tokens in one decoder, trained with a
 modularity loss (the ``umeml`` model).
 
-Holds the modularity loss (:func:`patch_graph`, :func:`soft_assignment`, :func:`modularity`,
-:func:`modularity_loss`), :class:`PrototypeCrossAttention` and :class:`UMEML`.
+Holds the modularity loss in the reference code's form (:func:`published_modularity_loss`) and in Newman's
+(:func:`patch_graph`, :func:`soft_assignment`, :func:`modularity`, :func:`modularity_loss`),
+:class:`PrototypeCrossAttention` and :class:`UMEML`.
 
 Paper: Yi, Wang, Li & Li, arXiv 2406.07078 (unified modeling enhanced multimodal learning).
 Paper-to-code mapping and deviations: docs/methods/umeml.md
@@ -22,6 +23,7 @@ from pathmm_pipeline.models.registry import register_model
 
 GENE_GROUPS = ("pathways", "families")
 POOLINGS = ("cls", "mean")
+MODULARITY_FORMS = ("published", "newman")
 UMEML_MODALITIES = ("wsi", "genomics")
 
 
@@ -54,6 +56,26 @@ def modularity_loss(centers: torch.Tensor, patches: torch.Tensor, temperature: f
     """``-Q`` of the patches' soft assignment to ``centers`` (K, D) on their affinity graph (:func:`patch_graph`,
     :func:`soft_assignment`, :func:`modularity`). Lower is a more modular clustering."""
     return -modularity(soft_assignment(patches, centers, temperature), patch_graph(patches))
+
+
+def published_modularity_loss(centers: torch.Tensor, patches: torch.Tensor, temperature: float = 0.1
+                              ) -> torch.Tensor:
+    """The reference code's modularity loss (HarveyYi/MMDP, ``mmdp/modeling/ops/utils.py``,
+    ``compute_modularity``): ``-(1/2m) sum_ij B_ij max_k tanh(C_ik C_jk / temperature)``, with the patch graph
+    ``A = relu(cos(h_i, h_j))`` (zero diagonal), ``B = A - d d^T / 2m`` and the assignment
+    ``C_ik = relu(cos(h_i, c_k))`` of the (N, D) patches to the (K, D) centres. Each centre is normalised on its
+    own (the reference's ``c.T`` of a 3-d tensor normalises across the centres instead; see
+    docs/methods/umeml.md). A graph without edges gives 0."""
+    x = F.normalize(patches, dim=-1)
+    adjacency = patch_graph(patches)
+    d = adjacency.sum(dim=1)
+    two_m = d.sum().clamp_min(torch.finfo(adjacency.dtype).tiny)
+    b = adjacency - torch.outer(d, d) / two_m
+    c = torch.relu(x @ F.normalize(centers, dim=-1).T)                              # (N, K)
+    best = torch.zeros_like(adjacency)
+    for k in range(c.shape[1]):                                                     # max_k C_ik C_jk, N x N at a time
+        best = torch.maximum(best, torch.outer(c[:, k], c[:, k]))
+    return -(b * torch.tanh(best / temperature)).sum() / two_m
 
 
 # ---------------------------------------------------------------------------------------------- blocks
@@ -93,8 +115,11 @@ class UMEML(PathmmModel):
     (3), ``use_registers`` (True), ``proto_layers`` (2: prototype cross-attention blocks), ``path_layers`` (1),
     ``omic_layers`` (3), ``decoder_layers`` (2), ``gene_groups`` ("pathways" | "families"), ``snn_hidden``
     (None: (dim, dim)), ``pooling`` ("cls" | "mean"), ``dropout`` (0.25: patch projection, SNNs),
-    ``attn_dropout`` (0.1), ``gamma`` (5.0: modularity weight), ``use_modularity`` (True), ``temperature``
-    (0.1), ``modularity_max_patches`` (1024), ``aux_tasks`` (None: no extra heads; else {name: n_classes}),
+    ``attn_dropout`` (0.1), ``gamma`` (5.0: the modularity weight, the reference's ``ALPHA``), ``use_modularity``
+    (True), ``modularity_form`` ("published": the reference code's loss on the cross-attended prototypes and the
+    genomic tokens with their CLS, the terms summed; "newman": Newman's soft modularity on the encoded
+    prototypes and the gene-group tokens, the terms averaged), ``temperature`` (0.1),
+    ``modularity_max_patches`` (1024), ``aux_tasks`` (None: no extra heads; else {name: n_classes}),
     ``modalities`` (default: those the dims give) and ``modality_dropout`` (0.0). The embedding is the fused
     patient vector (dim). ``extras``: ``present``, ``missing``, ``prototype_attention`` (1, K, N) of the last
     cross-attention block, ``aux_logits``, and ``modularity`` / ``modularity_terms`` / ``aux_loss``.
@@ -111,7 +136,10 @@ class UMEML(PathmmModel):
                  attn_dropout: float = 0.1, gamma: float = 5.0, use_modularity: bool = True,
                  temperature: float = 0.1, modularity_max_patches: int = 1024,
                  aux_tasks: Mapping[str, int] | None = None, modalities: Iterable[str] | None = None,
-                 modality_dropout: float = 0.0) -> None:
+                 modality_dropout: float = 0.0, modularity_form: str = "published") -> None:
+        if modularity_form not in MODULARITY_FORMS:
+            raise ModelConfigError(f"model '{self.name}': modularity_form must be one of "
+                                   f"{', '.join(MODULARITY_FORMS)}, got {modularity_form!r}")
         if gene_groups not in GENE_GROUPS:
             raise ModelConfigError(f"model '{self.name}': gene_groups must be 'pathways' (InputDims.pathway_sizes, "
                                    f"SurvPath tokens) or 'families' (InputDims.family_sizes, MCAT tokens), got "
@@ -147,6 +175,7 @@ class UMEML(PathmmModel):
         self.pooling = pooling
         self.gamma = float(gamma)
         self.use_modularity = bool(use_modularity)
+        self.modularity_form = modularity_form
         self.temperature = float(temperature)
         self.modularity_max_patches = int(modularity_max_patches)
 
@@ -216,13 +245,19 @@ class UMEML(PathmmModel):
 
     # -- encoders --------------------------------------------------------------------------------------------
 
-    def encode_wsi(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(N, D) projected patch tokens -> (1, 1 + K, D) [CLS; prototypes] after the pathology encoder, and the
-        last cross-attention (1, K, N)."""
+    def cross_attend(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) projected patch tokens -> the prototypes after the cross-attention blocks (1, K, D) and the last
+        block's attention (1, K, N)."""
         p, weights = self.prototypes, None
         for block in self.proto_blocks:
             p, weights = block(p, patches.unsqueeze(0))
         assert weights is not None  # proto_layers >= 1
+        return p, weights
+
+    def encode_wsi(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) projected patch tokens -> (1, 1 + K, D) [CLS; prototypes] after the pathology encoder, and the
+        last cross-attention (1, K, N)."""
+        p, weights = self.cross_attend(patches)
         return self.path_encoder(torch.cat([self.path_cls, p], dim=1)), weights
 
     def encode_genomics(self, x: PatientInput) -> torch.Tensor:
@@ -246,27 +281,31 @@ class UMEML(PathmmModel):
         present = self.check_input(x)
         extras: dict = {"present": present, "missing": [m for m in self.order if not present[m]]}
         segments: dict[str, torch.Tensor] = {}
-        patches = None
+        patches = cross_attended = None
         if "wsi" in self.modalities:
             if present["wsi"]:
                 patches = self.path_net(self.wsi_features(x))                          # (N, D)
-                segments["wsi"], extras["prototype_attention"] = self.encode_wsi(patches)
+                cross_attended, extras["prototype_attention"] = self.cross_attend(patches)
+                segments["wsi"] = self.path_encoder(torch.cat([self.path_cls, cross_attended], dim=1))
             else:
                 segments["wsi"] = self.missing_wsi()
         if "genomics" in self.modalities:
             segments["genomics"] = self.encode_genomics(x) if present["genomics"] else self.missing_genomics()
 
-        parts = [segments["wsi"]] if "wsi" in segments else []
-        if self.n_registers:
-            parts.append(self.registers)
-        if "genomics" in segments:
-            parts.append(segments["genomics"])
+        # the decoder's sequence: [wsi CLS + prototypes; registers; genomic CLS + tokens]; each modality is pooled
+        # over its own segment (its CLS, or the mean of its tokens), wherever the registers sit
+        parts, starts, offset = [], {}, 0
+        for name, block in (("wsi", segments.get("wsi")), ("registers", self.registers if self.n_registers else None),
+                            ("genomics", segments.get("genomics"))):
+            if block is not None:
+                parts.append(block)
+                starts[name] = offset
+                offset += block.shape[1]
         out = self.decoder(torch.cat(parts, dim=1))[0]                                  # (T, D)
-        pooled, start = [], 0
+        pooled = []
         for m in self.order:
-            length = segments[m].shape[1]
+            start, length = starts[m], segments[m].shape[1]
             pooled.append(out[start] if self.pooling == "cls" else out[start:start + length].mean(0))
-            start += length + (self.n_registers if m == "wsi" else 0)
         h = self.mm(torch.cat(pooled).unsqueeze(0))                                     # (1, D)
         extras["aux_logits"] = {n: head(h) for n, head in zip(self.aux_task_names, self.aux_heads)}
 
@@ -275,10 +314,17 @@ class UMEML(PathmmModel):
             subset = self.modularity_subset(graph_nodes.shape[0], graph_nodes.device)
             if subset is not None:
                 graph_nodes = graph_nodes[subset]
-            terms = {"prototypes": modularity_loss(segments["wsi"][0, 1:], graph_nodes, self.temperature)}
-            if present.get("genomics"):
-                terms["genomics"] = modularity_loss(segments["genomics"][0, 1:], graph_nodes, self.temperature)
-            value = torch.stack(list(terms.values())).mean()
+            if self.modularity_form == "published":  # the reference: centres before the pathology encoder
+                terms = {"prototypes": published_modularity_loss(cross_attended[0], graph_nodes, self.temperature)}
+                if present.get("genomics"):  # the genomic tokens with their CLS, after the genomic encoder
+                    terms["genomics"] = published_modularity_loss(segments["genomics"][0], graph_nodes,
+                                                                  self.temperature)
+                value = torch.stack(list(terms.values())).sum()
+            else:
+                terms = {"prototypes": modularity_loss(segments["wsi"][0, 1:], graph_nodes, self.temperature)}
+                if present.get("genomics"):
+                    terms["genomics"] = modularity_loss(segments["genomics"][0, 1:], graph_nodes, self.temperature)
+                value = torch.stack(list(terms.values())).mean()
             extras.update(modularity=value.detach(), modularity_terms={k: v.detach() for k, v in terms.items()},
                           aux_loss=self.gamma * value)
         return ModelOutput(self.classifier(h), h, extras)

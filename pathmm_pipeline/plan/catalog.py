@@ -40,7 +40,8 @@ MODELS = {
     'umeml': {'uses': ['genomics', 'wsi'], 'requires': [], 'pretrainable': False, 'options': ['dim', 'heads',
         'ff_dim', 'n_prototypes', 'n_registers', 'use_registers', 'proto_layers', 'path_layers', 'omic_layers',
         'decoder_layers', 'gene_groups', 'snn_hidden', 'pooling', 'dropout', 'attn_dropout', 'gamma',
-        'use_modularity', 'temperature', 'modularity_max_patches', 'aux_tasks', 'modalities', 'modality_dropout']},
+        'use_modularity', 'temperature', 'modularity_max_patches', 'aux_tasks', 'modalities', 'modality_dropout',
+        'modularity_form']},
 }
 
 TASKS = {

@@ -33,6 +33,7 @@ from pathmm_pipeline.models.umeml import (
     modularity,
     modularity_loss,
     patch_graph,
+    published_modularity_loss,
     soft_assignment,  # registers "umeml"
 )
 
@@ -111,8 +112,9 @@ def test_a_true_two_community_clustering_beats_random_ones():
 # ---------------------------------------------------------------------------------------------- forward
 
 
-def test_forward_backward_with_wsi_only_genomics_only_and_both():
-    model = small().train()
+@pytest.mark.parametrize("form", ["published", "newman"])
+def test_forward_backward_with_wsi_only_genomics_only_and_both(form):
+    model = small(modularity_form=form).train()
     assert model.modalities == {"wsi", "genomics"} and model.genomics_field == "pathways"
     for absent in ((), ("genomics",), ("wsi",)):
         model.zero_grad()
@@ -128,7 +130,8 @@ def test_forward_backward_with_wsi_only_genomics_only_and_both():
             assert ex["prototype_attention"].shape == (1, 5, 12)
             expected = {"prototypes"} if "genomics" in absent else {"prototypes", "genomics"}
             assert set(ex["modularity_terms"]) == expected
-            torch.testing.assert_close(ex["modularity"], torch.stack(list(ex["modularity_terms"].values())).mean())
+            terms = torch.stack(list(ex["modularity_terms"].values()))
+            torch.testing.assert_close(ex["modularity"], terms.sum() if form == "published" else terms.mean())
             torch.testing.assert_close(ex["aux_loss"].detach(), 5.0 * ex["modularity"])
             assert abs(float(ex["modularity"])) < 1.0
             loss = out.logits.sum() + ex["aux_loss"]
@@ -196,7 +199,7 @@ def test_gradient_reaches_the_prototypes_from_the_head_and_from_the_modularity_a
 
 
 def test_modularity_subsample_of_large_bags():
-    model = small(modularity_max_patches=8)
+    model = small(modularity_max_patches=8, modularity_form="newman")
     x = patient(20, seed=5)
     # eval: evenly spaced patches, no random numbers drawn
     model.eval()
@@ -217,7 +220,7 @@ def test_modularity_subsample_of_large_bags():
         values.append(model(x).extras["modularity"])
     assert torch.equal(values[0], values[1])
     # a bag within the limit uses every patch
-    big = small(modularity_max_patches=1024).eval()
+    big = small(modularity_max_patches=1024, modularity_form="newman").eval()
     x = patient(12, seed=6)
     with torch.no_grad():
         patches = big.path_net(big.wsi_features(x))
@@ -327,3 +330,70 @@ def test_survival_nll_decreases_when_risk_follows_a_patch_feature_shift():
         optimizer.step()
     after = nll()
     assert after < 0.85 * before, (before, after)
+
+
+def _reference_modularity(centers: torch.Tensor, patches: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The reference code's formula written out with loops over patches and centres (per-centre cosine)."""
+    x = torch.nn.functional.normalize(patches, dim=-1)
+    c = torch.nn.functional.normalize(centers, dim=-1)
+    n = x.shape[0]
+    a = torch.clamp(x @ x.T, min=0) * (1 - torch.eye(n))
+    d, two_m = a.sum(1), a.sum()
+    assign = torch.clamp(x @ c.T, min=0)
+    q = 0.0
+    for i in range(n):
+        for j in range(n):
+            delta = max(torch.tanh(assign[i, k] * assign[j, k] / temperature) for k in range(c.shape[0]))
+            q = q + (a[i, j] - d[i] * d[j] / two_m) * delta
+    return -q / two_m
+
+
+def test_the_published_modularity_is_the_reference_codes_formula():
+    g = torch.Generator().manual_seed(0)
+    patches, centers = torch.randn(9, 6, generator=g), torch.randn(4, 6, generator=g)
+    torch.testing.assert_close(published_modularity_loss(centers, patches, 0.1),
+                               _reference_modularity(centers, patches, 0.1), rtol=1e-5, atol=1e-6)
+    # two clean clusters with a centre on each score lower (more modular) than centres between them
+    blobs = torch.cat([torch.randn(10, 6, generator=g) * 0.05 + 1.0, torch.randn(10, 6, generator=g) * 0.05 - 1.0])
+    blobs[:, 3:] = torch.randn(20, 3, generator=g) * 0.05
+    good = torch.stack([blobs[:10].mean(0), blobs[10:].mean(0)])
+    assert published_modularity_loss(good, blobs) < published_modularity_loss(torch.randn(2, 6, generator=g), blobs)
+    assert float(published_modularity_loss(centers, torch.zeros(5, 6))) == 0.0  # no edges
+
+
+def test_the_published_form_uses_the_cross_attended_prototypes_and_the_genomic_cls_and_sums_the_terms():
+    model = small().train()
+    x = patient(seed=7)
+    torch.manual_seed(1)
+    out = model(x)
+    model.eval()
+    with torch.no_grad():
+        patches = model.path_net(model.wsi_features(x))
+        cross, _ = model.cross_attend(patches)
+        genomic = model.encode_genomics(x)[0]
+        expected = published_modularity_loss(cross[0], patches, model.temperature)
+        expected_g = published_modularity_loss(genomic, patches, model.temperature)
+    assert genomic.shape[0] == 1 + model.n_groups  # the CLS is a centre too
+    assert out.extras["modularity_terms"].keys() == {"prototypes", "genomics"}
+    torch.testing.assert_close(out.extras["aux_loss"].detach(), 5.0 * (out.extras["modularity_terms"]["prototypes"]
+                                                                      + out.extras["modularity_terms"]["genomics"]))
+    model.eval()
+    with torch.no_grad():
+        again = model(x).extras["modularity_terms"]
+    torch.testing.assert_close(again["prototypes"], expected)
+    torch.testing.assert_close(again["genomics"], expected_g)
+
+
+def test_a_genomics_only_model_with_registers_pools_the_genomic_token():
+    dims = InputDims(pathway_sizes=DIMS.pathway_sizes)
+    model = small(dims=dims, n_registers=3).eval()
+    assert model.modalities == {"genomics"} and model.n_registers == 3
+    x = patient(seed=2).without("wsi")
+    with torch.no_grad():
+        out = model(x)
+        sequence = torch.cat([model.registers, model.encode_genomics(x)], dim=1)
+        decoded = model.decoder(sequence)[0]
+        torch.testing.assert_close(out.embedding, model.mm(decoded[3].unsqueeze(0)))  # the genomic CLS, not a register
+        mean = small(dims=dims, n_registers=3, pooling="mean").eval()
+        decoded = mean.decoder(torch.cat([mean.registers, mean.encode_genomics(x)], dim=1))[0]
+        torch.testing.assert_close(mean(x).embedding, mean.mm(decoded[3:].mean(0, keepdim=True)))
