@@ -101,8 +101,8 @@ class MultimodalCohort:
                  label_classes: Sequence[Any] | None = None, cancer_types: Sequence[str] | None = None,
                  max_tiles: int | None = 4096, seed: int = 0, pathway_collection: str | None = "survpath",
                  family_collection: str | None = "mcat_families", report_tokens: bool = True,
-                 scaler: GeneScaler | None = None, cache: bool = True, source: str | os.PathLike[str] | None = None
-                 ) -> None:
+                 scaler: GeneScaler | None = None, cache: bool = True, source: str | os.PathLike[str] | None = None,
+                 gene_scaling: str = "zscore") -> None:
         frame = patients.copy()
         if "patient_id" in frame.columns:
             frame = frame.drop_duplicates("patient_id").set_index("patient_id")
@@ -113,6 +113,7 @@ class MultimodalCohort:
         self.patient_ids: list[str] = list(frame.index)
         self.source = None if source is None else str(source)
         self.max_tiles = max_tiles
+        self.gene_scaling = gene_scaling
         self.seed = int(seed)
         self.cache = bool(cache)
         self.label_column = label_column
@@ -221,7 +222,8 @@ class MultimodalCohort:
         if not rows:
             raise ValueError("no training patient has expression: cannot fit the gene scaler")
         values = self.genomics.expression[[self._genomics_rows[p] for p in rows]]
-        return GeneScaler(std_floor, clip).fit(values, train_patients=rows, genes=self.genomics.genes)
+        return GeneScaler(std_floor, clip, method=self.gene_scaling).fit(values, train_patients=rows,
+                                                                         genes=self.genomics.genes)
 
     def with_scaler(self, scaler: GeneScaler | None) -> MultimodalCohort:
         """A view of this cohort whose genomics are scaled by ``scaler`` (the caches are shared)."""

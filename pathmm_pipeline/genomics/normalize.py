@@ -8,6 +8,12 @@ patients cannot leak into it. It serialises to and from a plain dict for model c
 The default ``std_floor`` of 0.1 (log2 units, i.e. a 7 % change in expression) only matters for genes that
 barely vary in the training patients (on TCGA BLCA one gene, VAMP7, is constant; the next smallest standard
 deviation is 0.36): they are not blown up into huge z-scores by noise. ``clip`` optionally bounds the result.
+
+``method="minmax"`` is SurvPath's scaling instead (mahmoodlab/SurvPath ``datasets/dataset_survival.py``): one
+``MinMaxScaler(feature_range=(-1, 1))`` fitted on the flattened training matrix (a single minimum and maximum
+over every gene and training patient, not one per gene), applied to everyone without clipping, and the exact
+zeros of the input put back to 0 afterwards (the reference treats them as missing). Missing values are imputed
+with the training median first, as in the z-score mode (the reference has no path for them).
 """
 
 from __future__ import annotations
@@ -19,16 +25,23 @@ import numpy as np
 import pandas as pd
 
 SCHEMA = "pathmm.GeneScaler/1"
+METHODS = ("zscore", "minmax")
 
 
 class GeneScaler:
-    """Per-gene z-scoring with training-median imputation; fit on training patients only."""
+    """Per-gene z-scoring (or SurvPath's global min-max, ``method="minmax"``) with training-median imputation;
+    fit on training patients only."""
 
-    def __init__(self, std_floor: float = 0.1, clip: float | None = None) -> None:
+    def __init__(self, std_floor: float = 0.1, clip: float | None = None, method: str = "zscore") -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         if std_floor <= 0:
             raise ValueError(f"std_floor must be > 0, got {std_floor}")
         if clip is not None and clip <= 0:
             raise ValueError(f"clip must be > 0 or None, got {clip}")
+        self.method = method
+        self.lo_: float | None = None
+        self.hi_: float | None = None
         self.std_floor = float(std_floor)
         self.clip = None if clip is None else float(clip)
         self.genes: list[str] | None = None
@@ -80,6 +93,7 @@ class GeneScaler:
         self.median_ = np.nanmedian(values, axis=0)
         self.mean_ = np.nanmean(values, axis=0)
         self.std_ = np.nanstd(values, axis=0)
+        self.lo_, self.hi_ = float(np.nanmin(values)), float(np.nanmax(values))
         self.genes = gene_names
         self.train_patients = patients
         self.n_train = int(values.shape[0])
@@ -102,7 +116,12 @@ class GeneScaler:
             if values.ndim != 2 or values.shape[1] != len(self.genes):
                 raise ValueError(f"expected {len(self.genes)} gene columns, got shape {values.shape}")
         values = np.where(np.isnan(values), self.median_, values)
-        scaled = (values - self.mean_) / self.scale_
+        if self.method == "minmax":
+            span = self.hi_ - self.lo_
+            scaled = 2.0 * (values - self.lo_) / span - 1.0 if span > 0 else np.zeros_like(values)
+            scaled = np.where(values == 0.0, 0.0, scaled)  # SurvPath: "rna -> put back in the zeros"
+        else:
+            scaled = (values - self.mean_) / self.scale_
         if self.clip is not None:
             scaled = np.clip(scaled, -self.clip, self.clip)
         if isinstance(expression, pd.DataFrame):
@@ -116,7 +135,8 @@ class GeneScaler:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types, for a checkpoint; :meth:`from_dict` restores an identical scaler."""
         self._check_fitted()
-        return {"schema": SCHEMA, "std_floor": self.std_floor, "clip": self.clip, "genes": list(self.genes),
+        return {"schema": SCHEMA, "method": self.method, "lo": self.lo_, "hi": self.hi_,
+                "std_floor": self.std_floor, "clip": self.clip, "genes": list(self.genes),
                 "median": self.median_.tolist(), "mean": self.mean_.tolist(), "std": self.std_.tolist(),
                 "n_train": self.n_train, "train_patients": list(self.train_patients)}
 
@@ -124,7 +144,9 @@ class GeneScaler:
     def from_dict(cls, record: dict[str, Any]) -> GeneScaler:
         if record.get("schema") != SCHEMA:
             raise ValueError(f"not a GeneScaler record (schema {record.get('schema')!r}, expected {SCHEMA!r})")
-        scaler = cls(std_floor=record["std_floor"], clip=record.get("clip"))
+        scaler = cls(std_floor=record["std_floor"], clip=record.get("clip"), method=record.get("method", "zscore"))
+        lo, hi = record.get("lo"), record.get("hi")
+        scaler.lo_, scaler.hi_ = (None if lo is None else float(lo)), (None if hi is None else float(hi))
         scaler.genes = [str(g) for g in record["genes"]]
         scaler.median_ = np.asarray(record["median"], dtype=np.float64)
         scaler.mean_ = np.asarray(record["mean"], dtype=np.float64)

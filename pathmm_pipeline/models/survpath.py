@@ -25,7 +25,7 @@ class SparseMultimodalAttention(nn.Module):
     (B, P + N, dim) -> (B, P + N, heads * dim_head), after a LayerNorm of the input.
     """
 
-    def __init__(self, dim: int, dim_head: int, heads: int = 1, dropout: float = 0.1) -> None:
+    def __init__(self, dim: int, dim_head: int, heads: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
         self.heads, self.dim_head = heads, dim_head
         self.scale = dim_head ** -0.5
@@ -52,7 +52,7 @@ class SparseMultimodalAttention(nn.Module):
 class FeedForward(nn.Module):
     """LayerNorm -> Linear(dim, mult * dim) -> GELU -> Dropout -> Linear(mult * dim, dim) (no residual)."""
 
-    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.1) -> None:
+    def __init__(self, dim: int, mult: int = 1, dropout: float = 0.1) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(dim * mult, dim))
@@ -66,9 +66,10 @@ class SurvPath(PathmmModel):
     """SurvPath on ``wsi`` and genomics as ``pathways`` (either may be absent; see the module docstring).
 
     Options: ``dim`` (256: token width), ``snn_hidden`` ((256, 256)), ``heads`` (1), ``dim_head`` (dim // 2),
-    ``dropout`` (0.1), ``snn_dropout`` (0.25), ``ff_mult`` (4), ``modality_dropout`` (0.0). The embedding is
-    [mean pathway token; mean patch token] (2 * heads * dim_head = 256); ``extras["patch_to_pathway"]`` holds
-    the (1, heads, N, P) patch->pathway attention.
+    ``dropout`` (0.1: the feed-forward's), ``snn_dropout`` (0.25), ``ff_mult`` (1: the reference's
+    feed-forward width), ``attn_dropout`` (0.0: the reference builds no attention dropout), ``modality_dropout``
+    (0.0). The embedding is [mean pathway token; mean patch token] (2 * heads * dim_head = 256);
+    ``extras["patch_to_pathway"]`` holds the (1, heads, N, P) patch->pathway attention.
     """
 
     uses = frozenset({"wsi", "genomics"})
@@ -77,7 +78,7 @@ class SurvPath(PathmmModel):
 
     def __init__(self, dims: InputDims, task: TaskSpec, dim: int = 256, snn_hidden: Sequence[int] = (256, 256),
                  heads: int = 1, dim_head: int | None = None, dropout: float = 0.1, snn_dropout: float = 0.25,
-                 ff_mult: int = 4, modality_dropout: float = 0.0) -> None:
+                 ff_mult: int = 1, modality_dropout: float = 0.0, attn_dropout: float = 0.0) -> None:
         super().__init__(dims, task, modality_dropout=modality_dropout)
         d_in = self.need_dim(dims.wsi, "wsi", "wsi")
         sizes = self.need_dim(dims.pathway_sizes, "pathway_sizes", "genomics (pathways)")
@@ -88,7 +89,7 @@ class SurvPath(PathmmModel):
         self.n_pathways = len(sizes)
         self.sig_networks = nn.ModuleList(snn(s, snn_hidden, snn_dropout) for s in sizes)
         self.wsi_projection_net = nn.Linear(d_in, dim)
-        self.cross_attender = SparseMultimodalAttention(dim, dim_head, heads, dropout)
+        self.cross_attender = SparseMultimodalAttention(dim, dim_head, heads, attn_dropout)
         self.feed_forward = FeedForward(inner, ff_mult, dropout)
         self.layer_norm = nn.LayerNorm(inner)
         self.to_logits = nn.Sequential(nn.Linear(2 * inner, dim // 4), nn.ReLU(), nn.Linear(dim // 4, task.n_outputs))

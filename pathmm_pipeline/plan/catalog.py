@@ -4,7 +4,7 @@ no longer matches the registries."""
 
 MODELS = {
     'abmil': {'uses': ['wsi'], 'requires': ['wsi'], 'pretrainable': False, 'options': ['hidden_dim', 'attn_dim',
-        'dropout']},
+        'dropout', 'rho_dim']},
     'alter': {'uses': ['genomics', 'report', 'wsi'], 'requires': [], 'pretrainable': True, 'options': ['dim',
         'heads', 'layers', 'fusion_mode', 'n_experts', 'top_k', 'ff_dim', 'moe_loss_weight', 'dropout',
         'region_size', 'max_regions', 'n_features', 'gene_layers', 'w_masked', 'w_contrastive', 'w_triplet',
@@ -34,7 +34,8 @@ MODELS = {
     'snn': {'uses': ['genomics'], 'requires': ['genomics'], 'pretrainable': False, 'options': ['hidden',
         'dropout']},
     'survpath': {'uses': ['genomics', 'wsi'], 'requires': [], 'pretrainable': False, 'options': ['dim',
-        'snn_hidden', 'heads', 'dim_head', 'dropout', 'snn_dropout', 'ff_mult', 'modality_dropout']},
+        'snn_hidden', 'heads', 'dim_head', 'dropout', 'snn_dropout', 'ff_mult', 'modality_dropout',
+        'attn_dropout']},
     'transmil': {'uses': ['wsi'], 'requires': ['wsi'], 'pretrainable': False, 'options': ['dim', 'heads',
         'num_landmarks', 'pinv_iterations', 'dropout', 'residual_conv_kernel']},
     'umeml': {'uses': ['genomics', 'wsi'], 'requires': [], 'pretrainable': False, 'options': ['dim', 'heads',

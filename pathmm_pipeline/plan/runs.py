@@ -10,6 +10,7 @@ from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.genomics.normalize import METHODS as GENE_SCALINGS
 from pathmm_pipeline.plan.cards import MODEL_CARDS, TASK_CARDS, UnknownModelCardError
 from pathmm_pipeline.training.settings import PretrainConfig, TrainConfig
 
@@ -47,7 +48,7 @@ class ModelRun:
 
 #: settings that shape the cohort a run reads rather than its training: tiles per slide and which gene-set
 #: collections become the ``pathways`` / ``families`` tokens (e.g. ``hallmarks`` for the ridge Cox baseline)
-COHORT_KEYS = ("max_tiles", "pathway_collection", "family_collection")
+COHORT_KEYS = ("max_tiles", "pathway_collection", "family_collection", "gene_scaling")
 
 #: the keys a run's settings may not override: the evaluation protocol is one for every compared run
 SHARED_ONLY = ("selection", "inner_fraction", "inner_seed", "model_options")
@@ -67,6 +68,9 @@ def check_run_settings(label: str, key: str, values: dict[str, Any], config_clas
                 if shared else f"known: {', '.join(sorted(known))}")
         raise InputError(f"config training.variants.{label}.{key}", f"unknown or per-run-forbidden setting(s) "
                          f"{', '.join(unknown)}", hint)
+    if "gene_scaling" in values and values["gene_scaling"] not in GENE_SCALINGS:
+        raise InputError(f"config training.variants.{label}.{key}", f"gene_scaling {values['gene_scaling']!r}",
+                         f"use one of {', '.join(GENE_SCALINGS)}")
     try:
         config_class(**{k: v for k, v in values.items() if k not in cohort_keys})
     except (TypeError, ValueError) as exc:

@@ -68,6 +68,8 @@ class CohortSettings(SettingsMixin):
     max_tiles: int | None = 4096
     pathway_collection: str | None = "survpath"
     family_collection: str | None = "mcat_families"
+    #: "zscore" (per gene) or "minmax" (SurvPath's global MinMax to [-1, 1], zeros restored)
+    gene_scaling: str = "zscore"
     seed: int = 0
 
 

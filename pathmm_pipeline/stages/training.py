@@ -90,7 +90,8 @@ def _cohort(manifest: Path, features_dir: Path | None, genomics: Path | None, re
     return MultimodalCohort.from_manifest(manifest, features_dir, genomics, reports, label_column=label,
                                           max_tiles=options.max_tiles, seed=options.seed,
                                           pathway_collection=options.pathway_collection,
-                                          family_collection=options.family_collection)
+                                          family_collection=options.family_collection,
+                                          gene_scaling=options.gene_scaling)
 
 
 def pretrain(model: str, fold_index: int, manifest: str | os.PathLike[str], splits_dir: str | os.PathLike[str],

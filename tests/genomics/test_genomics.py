@@ -432,3 +432,19 @@ def test_several_expression_files(tmp_path, small):
     with pytest.raises(InputError, match=f"patient '{small.index[4]}' is also in .*a.csv"):
         build_genomics_store([first, overlap], small.index.tolist(), tmp_path / "h.zarr")
     assert not (tmp_path / "h.zarr").exists()
+
+
+def test_survpaths_minmax_scaling_is_global_fitted_on_training_rows_and_keeps_zeros():
+    train = np.array([[0.0, 2.0, 4.0], [1.0, -2.0, 6.0]])
+    scaler = GeneScaler(method="minmax").fit(train, genes=["a", "b", "c"])
+    assert (scaler.lo_, scaler.hi_) == (-2.0, 6.0)  # one minimum and maximum over every gene and patient
+    other = np.array([[0.0, 6.0, -2.0], [2.0, 10.0, np.nan]])
+    scaled = scaler.transform(other)
+    assert scaled[0, 0] == 0.0                      # an exact zero stays 0 (SurvPath: "put back in the zeros")
+    assert scaled[0, 1] == 1.0 and scaled[0, 2] == -1.0
+    assert scaled[1, 1] == 2.0                      # no clipping outside the training range
+    assert scaled[1, 2] == 2.0 * (5.0 + 2.0) / 8.0 - 1.0  # NaN imputed with the training median (5) first
+    again = GeneScaler.from_dict(scaler.to_dict())
+    assert again.method == "minmax" and np.array_equal(again.transform(other), scaled)
+    with pytest.raises(ValueError, match="method"):
+        GeneScaler(method="quantile")

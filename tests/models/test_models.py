@@ -402,11 +402,11 @@ def test_transmil_uses_published_attention_settings():
 #   transmil              2,673,172      (2,672,146 with 2 classes: the paper's 2.67M)
 #   snn                   1,346,820
 #   mcat                  4,484,102
-#   survpath             24,951,620      (331 two-layer SNNs of width 256: 21.9M of it)
+#   survpath             24,852,932      (331 two-layer SNNs of width 256: 21.9M of it; feed-forward 128->128->128)
 #   late_fusion_concat    2,234,629
 #   late_fusion_kronecker 11,536,165     (33^3 = 35,937 product terms -> 256: 9.2M of it)
 PUBLISHED_COUNTS = {"abmil": 789_765, "transmil": 2_673_172, "snn": 1_346_820, "mcat": 4_484_102,
-                    "survpath": 24_951_620, "late_fusion_concat": 2_234_629, "late_fusion_kronecker": 11_536_165}
+                    "survpath": 24_852_932, "late_fusion_concat": 2_234_629, "late_fusion_kronecker": 11_536_165}
 
 
 def test_parameter_counts_at_published_dims():
@@ -423,3 +423,19 @@ def test_parameter_counts_at_published_dims():
     with torch.device("meta"):
         transmil = build_model("transmil", dims, TaskSpec.classification(2))
     assert abs(sum(p.numel() for p in transmil.parameters()) - 2.67e6) < 0.01e6
+
+
+def test_survpath_and_abmil_follow_their_reference_code():
+    dims = InputDims(wsi=32, pathway_sizes=(3, 4, 5))
+    survpath = build_model("survpath", dims, TaskSpec.survival(4), dim=16, snn_hidden=(16, 16))
+    ff = [m for m in survpath.feed_forward.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in ff] == [(8, 8), (8, 8)]  # SurvPath's FeedForward mult=1
+    assert survpath.cross_attender.dropout.p == 0.0  # the reference builds no attention dropout
+    plain = build_model("abmil", dims, TaskSpec.survival(4), hidden_dim=16, attn_dim=8)
+    with_rho = build_model("abmil", dims, TaskSpec.survival(4), hidden_dim=16, attn_dim=8, rho_dim=12)
+    assert plain.rho is None and plain.classifier.in_features == 16
+    assert with_rho.classifier.in_features == 12 and with_rho.embedding_dim == 12
+    out = with_rho(PatientInput(wsi=torch.randn(7, 32)))
+    assert out.logits.shape == (1, 4) and out.embedding.shape == (1, 12)
+    with pytest.raises(ModelConfigError, match="rho_dim"):
+        build_model("abmil", dims, TaskSpec.survival(4), rho_dim=0)

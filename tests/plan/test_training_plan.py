@@ -112,3 +112,12 @@ def test_a_run_the_cohort_cannot_feed_is_refused_before_any_job(config):
     config["training"]["compare_encoders"] = {}
     with pytest.raises(InputError, match="abmil.*requires wsi"):
         TrainingPlan(config, CohortModalities(frozenset(), EVERYONE, frozenset()))
+
+
+def test_a_run_may_choose_survpaths_gene_scaling_and_a_wrong_one_is_refused(config):
+    from pathmm_pipeline.plan.runs import resolve_runs
+
+    runs = resolve_runs(["survpath_published"], config["training"]["variants"])
+    assert runs["survpath_published"].settings["gene_scaling"] == "minmax"
+    with pytest.raises(InputError, match="gene_scaling"):
+        resolve_runs(["x"], {"x": {"model": "snn", "settings": {"gene_scaling": "quantile"}}})
