@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pathmm_pipeline.models.base import (
@@ -36,6 +37,7 @@ from pathmm_pipeline.models.performer import PerformerLayer
 from pathmm_pipeline.models.registry import register_model
 from pathmm_pipeline.models.transmil import PPEG, TransLayer, square_pad
 
+MASKINGS = ("inputs", "tokens")
 FUSION_MODES = ("both", "shared_only", "moe_only")
 
 
@@ -126,14 +128,24 @@ class RegionWSIEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor | None) -> tuple[torch.Tensor, int]:
         """``(regions (R, dim), region side used)``."""
+        regions, side, _ = self.encode(features, coords)
+        return regions, side
+
+    def encode(self, features: torch.Tensor, coords: torch.Tensor | None, mask: torch.Tensor | None = None,
+               mask_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """``(regions (R, dim), region side, per-patch states (N, dim))``; with ``mask`` (N,) bool the masked
+        patches enter the encoder as ``mask_embedding`` (1, dim) instead of their projected features."""
         n = features.shape[0]
         cells = grid_positions(coords, n)
-        h, side_h, side_w = square_pad(self.fc(features).unsqueeze(0))
+        h = self.fc(features)
+        if mask is not None:
+            h = torch.where(mask[:, None], mask_embedding.to(h.dtype), h)
+        h, side_h, side_w = square_pad(h.unsqueeze(0))
         h = torch.cat([self.cls_token.to(h.dtype), h], dim=1)
         h = self.layer2(self.pos_layer(self.layer1(h), side_h, side_w))
         h = self.norm(h)[0, 1:n + 1]                            # drop the encoder CLS and the square padding
         regions, _, side = region_pool(h, cells, self.region_size, self.max_regions)
-        return regions, side
+        return regions, side, h
 
 
 class PathwayGeneEncoder(nn.Module):
@@ -156,11 +168,21 @@ class PathwayGeneEncoder(nn.Module):
         return self.gene_embedding.weight + self.value(genes.reshape(-1, 1))
 
     def forward(self, genes: torch.Tensor) -> torch.Tensor:
-        h = self.gene_tokens(genes).unsqueeze(0)
+        return self.encode(genes)[0]
+
+    def encode(self, genes: torch.Tensor, mask: torch.Tensor | None = None,
+               mask_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pathway tokens (P, dim), per-gene states (G, dim))``; with ``mask`` (G,) bool the masked genes keep
+        their gene-id embedding but their value embedding is ``mask_embedding`` (1, dim): the value is hidden."""
+        tokens = self.gene_tokens(genes)
+        if mask is not None:
+            hidden = self.gene_embedding.weight + mask_embedding.to(tokens.dtype)
+            tokens = torch.where(mask[:, None], hidden, tokens)
+        h = tokens.unsqueeze(0)
         for layer in self.layers:
             h = layer(h)
         h = self.norm(h)[0]
-        return group_mean(h[self.member_index], self.member_group, self.n_pathways)
+        return group_mean(h[self.member_index], self.member_group, self.n_pathways), h
 
 
 # ---------------------------------------------------------------------------------------------- fusion
@@ -224,8 +246,12 @@ class ALTER(PathmmModel):
     ``top_k`` (2), ``ff_dim`` (4 * dim: hidden width of each expert / the dense FFN), ``moe_loss_weight``
     (0.01), ``dropout`` (0.1), ``region_size`` (4), ``max_regions`` (512), ``n_features`` (64: FAVOR+ random
     features), ``gene_layers`` (1: Performer layers), pretraining: ``w_masked`` (1.0), ``w_contrastive`` (1.0),
-    ``w_triplet`` (1.0), ``mask_ratio`` (0.25), ``triplet_margin`` (0.3); ``modalities`` (default: those the
-    dims give) and ``modality_dropout`` (0.0). The embedding is the mean of the [CLS] outputs (dim).
+    ``w_triplet`` (1.0), ``mask_ratio`` (0.25), ``triplet_margin`` (0.3), ``masking`` ("inputs": patches,
+    gene values and report tokens masked at the encoders' inputs and their raw values reconstructed -- patches
+    and genes from their encoder's per-item states, report tokens from the fused report states; "tokens": this
+    pipeline's earlier form, fused tokens masked and regressed onto the model's own detached tokens);
+    ``modalities`` (default: those the dims give) and ``modality_dropout`` (0.0). The embedding is the mean of the
+    [CLS] outputs (dim).
     """
 
     uses = frozenset(MODALITIES)
@@ -238,7 +264,10 @@ class ALTER(PathmmModel):
                  moe_loss_weight: float = 0.01, dropout: float = 0.1, region_size: int = 4, max_regions: int = 512,
                  n_features: int = 64, gene_layers: int = 1, w_masked: float = 1.0, w_contrastive: float = 1.0,
                  w_triplet: float = 1.0, mask_ratio: float = 0.25, triplet_margin: float = 0.3,
-                 modalities: Iterable[str] | None = None, modality_dropout: float = 0.0) -> None:
+                 modalities: Iterable[str] | None = None, modality_dropout: float = 0.0,
+                 masking: str = "inputs") -> None:
+        if masking not in MASKINGS:
+            raise ModelConfigError(f"model 'alter': masking must be one of {', '.join(MASKINGS)}, got {masking!r}")
         super().__init__(dims, task, modalities=self.modalities_from_dims(dims, modalities),
                          modality_dropout=modality_dropout)
         self._check_options(dim=dim, heads=heads, layers=layers, fusion_mode=fusion_mode, n_experts=n_experts,
@@ -247,6 +276,7 @@ class ALTER(PathmmModel):
                             gene_layers=gene_layers, weights=(w_masked, w_contrastive, w_triplet),
                             mask_ratio=mask_ratio, triplet_margin=triplet_margin)
         self.order = [m for m in MODALITIES if m in self.modalities]
+        self.masking = masking
         self.fusion_mode = fusion_mode
         self.moe_loss_weight = float(moe_loss_weight)
         self.w_masked, self.w_contrastive, self.w_triplet = float(w_masked), float(w_contrastive), float(w_triplet)
@@ -285,6 +315,15 @@ class ALTER(PathmmModel):
         self.classifier = nn.Linear(dim, task.n_outputs)
         self.dim = dim
         self.embedding_dim = dim
+        # input-level masked modelling (pretraining only): what a masked patch / gene value / report token enters
+        # its encoder as, and the heads that reconstruct the raw inputs; drawn from a stream of their own so that
+        # the rest of the model starts as it does without them
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed() + 2)
+            widths = {"wsi": (dim, dims.wsi), "genomics": (dim, 1), "report": (dims.report, dims.report)}
+            self.input_masks = nn.ParameterDict({m: nn.Parameter(torch.randn(1, widths[m][0]) * 0.02)
+                                                 for m in self.order})
+            self.input_decoders = nn.ModuleDict({m: nn.Linear(dim, widths[m][1]) for m in self.order})
 
     def _check_options(self, *, dim: int, heads: int, layers: int, fusion_mode: str, n_experts: int, top_k: int,
                        ff_dim: int | None, moe_loss_weight: float, dropout: float, region_size: int,
@@ -373,21 +412,65 @@ class ALTER(PathmmModel):
 
     # -- pretraining ---------------------------------------------------------------------------------------
 
+    def masked_inputs_loss(self, x: PatientInput, present: dict[str, bool]) -> tuple[list[torch.Tensor], Fused]:
+        """Masked modelling at the encoders' inputs for one patient: a ``mask_ratio`` share of its patches, of its
+        gene values and of its report tokens is hidden before the encoders; the patches' (layer-normalised)
+        features and the genes' scaled values are reconstructed from their encoder's per-item states, the report
+        tokens' (layer-normalised, frozen-encoder) embeddings from the fused report states. Targets are raw inputs,
+        never the model's own outputs. Returns one loss per present modality and the fused corrupted pass."""
+        corrupted: dict[str, torch.Tensor] = {}
+        losses, report_target = [], None
+        for m in self.order:
+            if not present.get(m):
+                continue
+            if m == "wsi":
+                features = self.wsi_features(x)
+                mask = mask_tokens(features.shape[0], self.mask_ratio, device=features.device)
+                corrupted[m], _, states = self.encoders["wsi"].encode(features, x.wsi_coords, mask,
+                                                                       self.input_masks["wsi"])
+                target = F.layer_norm(features, features.shape[-1:]).detach()
+                losses.append(masked_token_loss(self.input_decoders["wsi"](states), target, mask))
+            elif m == "genomics":
+                genes = self.gene_vector(x)[0]
+                mask = mask_tokens(genes.shape[0], self.mask_ratio, device=genes.device)
+                corrupted[m], states = self.encoders["genomics"].encode(genes, mask, self.input_masks["genomics"])
+                losses.append(masked_token_loss(self.input_decoders["genomics"](states), genes.reshape(-1, 1).detach(),
+                                                mask))
+            else:
+                text = x.report_tokens if x.report_tokens is not None else x.report
+                text = self.as_input(text.reshape(-1, text.shape[-1]))  # type: ignore[union-attr]
+                mask = mask_tokens(text.shape[0], self.mask_ratio, device=text.device)
+                hidden = torch.where(mask[:, None], self.input_masks["report"].to(text.dtype), text)
+                corrupted[m] = self.encoders["report"](hidden)
+                report_target = (F.layer_norm(text, text.shape[-1:]).detach(), mask)
+        out = self.fuse(corrupted)
+        if report_target is not None:
+            target, mask = report_target
+            losses.append(masked_token_loss(self.input_decoders["report"](out.states["report"]), target, mask))
+        return losses, out
+
     def pretraining_loss(self, batch: PretrainBatch) -> dict[str, torch.Tensor]:
-        """Masked modelling + pairwise InfoNCE + cancer-type triplet + MoE balance (see the module docstring)."""
+        """Masked modelling + pairwise InfoNCE + cancer-type triplet + MoE balance (see docs/methods/alter.md)."""
         labels = self.batch_cancer_types(batch)
-        tokens = [self.encode(x, self.check_input(x))[0] for x in batch.inputs]
+        presents = [self.check_input(x) for x in batch.inputs]
+        tokens = [self.encode(x, present)[0] for x, present in zip(batch.inputs, presents)]
 
         masked_terms: list[torch.Tensor] = []
         stats: list[RoutingStats] = []
         full: list[Fused] = []
-        for tok in tokens:
-            masks = {m: mask_tokens(t.shape[0], self.mask_ratio, device=t.device) for m, t in tok.items()}
-            corrupted = {m: torch.where(masks[m][:, None], self.mask_token.to(t.dtype), t) for m, t in tok.items()}
-            out = self.fuse(corrupted)
-            stats += out.stats
-            for m, t in tok.items():
-                masked_terms.append(masked_token_loss(self.decoders[m](out.states[m]), t.detach(), masks[m]))
+        for x, present, tok in zip(batch.inputs, presents, tokens):
+            if self.masking == "inputs":
+                losses, out = self.masked_inputs_loss(x, present)
+                masked_terms += losses
+                stats += out.stats
+            else:
+                masks = {m: mask_tokens(t.shape[0], self.mask_ratio, device=t.device) for m, t in tok.items()}
+                corrupted = {m: torch.where(masks[m][:, None], self.mask_token.to(t.dtype), t)
+                             for m, t in tok.items()}
+                out = self.fuse(corrupted)
+                stats += out.stats
+                for m, t in tok.items():
+                    masked_terms.append(masked_token_loss(self.decoders[m](out.states[m]), t.detach(), masks[m]))
             whole = self.fuse(tok)
             stats += whole.stats
             full.append(whole)

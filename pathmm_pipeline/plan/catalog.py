@@ -8,7 +8,7 @@ MODELS = {
     'alter': {'uses': ['genomics', 'report', 'wsi'], 'requires': [], 'pretrainable': True, 'options': ['dim',
         'heads', 'layers', 'fusion_mode', 'n_experts', 'top_k', 'ff_dim', 'moe_loss_weight', 'dropout',
         'region_size', 'max_regions', 'n_features', 'gene_layers', 'w_masked', 'w_contrastive', 'w_triplet',
-        'mask_ratio', 'triplet_margin', 'modalities', 'modality_dropout']},
+        'mask_ratio', 'triplet_margin', 'modalities', 'modality_dropout', 'masking']},
     'late_fusion_concat': {'uses': ['genomics', 'report', 'wsi'], 'requires': [], 'pretrainable': False, 'options':
         ['dim', 'attn_dim', 'snn_hidden', 'report_hidden', 'dropout', 'modalities', 'modality_dropout']},
     'late_fusion_kronecker': {'uses': ['genomics', 'report', 'wsi'], 'requires': [], 'pretrainable': False,

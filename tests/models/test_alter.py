@@ -27,6 +27,7 @@ from pathmm_pipeline.models import (
     model_options,
 )
 from pathmm_pipeline.models.alter import ALTER, FUSION_MODES, grid_positions, pathway_pool, region_pool
+from pathmm_pipeline.models.objectives import mask_tokens
 from pathmm_pipeline.models.performer import favor_attention
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -209,8 +210,9 @@ def mixed_batch() -> PretrainBatch:
     return PretrainBatch(inputs, cancer_type=torch.tensor([0, 1, 0, 1, 1, 0]))
 
 
-def test_pretraining_loss_terms_and_reproducibility():
-    model = small(dropout=0.0).train()
+@pytest.mark.parametrize("masking", ["inputs", "tokens"])
+def test_pretraining_loss_terms_and_reproducibility(masking):
+    model = small(dropout=0.0, masking=masking).train()
     batch = mixed_batch()
     torch.manual_seed(3)
     terms = model.pretraining_loss(batch)
@@ -220,15 +222,19 @@ def test_pretraining_loss_terms_and_reproducibility():
     total = sum(terms[k] for k in ("masked", "contrastive", "triplet", "moe"))
     assert torch.allclose(terms["loss"], total)
     terms["loss"].backward()
-    for name in ("mask_token", "logit_scale", "decoders.wsi.weight", "decoders.genomics.weight",
-                 "decoders.report.weight", "classifier.weight"):
+    masking_parameters = (("input_masks.wsi", "input_masks.genomics", "input_masks.report", "input_decoders.wsi.weight",
+                           "input_decoders.genomics.weight", "input_decoders.report.weight") if masking == "inputs"
+                          else ("mask_token", "decoders.wsi.weight", "decoders.genomics.weight",
+                                "decoders.report.weight"))
+    for name in (*masking_parameters, "logit_scale", "classifier.weight"):
         p = dict(model.named_parameters())[name]
         assert (p.grad is not None and p.grad.abs().sum() > 0) == (name != "classifier.weight"), name
     torch.manual_seed(3)
     again = model.pretraining_loss(batch)
     assert all(torch.equal(terms[k], again[k]) for k in terms)
     # the weights scale the reported terms; one patient with one modality: no pair, no triplet
-    weighted = small(dropout=0.0, w_masked=2.0, w_contrastive=0.5, w_triplet=0.0, moe_loss_weight=0.0).train()
+    weighted = small(dropout=0.0, w_masked=2.0, w_contrastive=0.5, w_triplet=0.0, moe_loss_weight=0.0,
+                     masking=masking).train()
     torch.manual_seed(3)
     w_terms = weighted.pretraining_loss(batch)
     assert torch.allclose(w_terms["masked"], 2 * terms["masked"]) and w_terms["triplet"].item() == 0.0
@@ -299,3 +305,40 @@ def test_registry_options_and_build_errors():
         build_model("alter", DIMS, TaskSpec.binary(), **{**SMALL, "top_k": 4})
     with pytest.raises(ModelConfigError, match="needs at least one of wsi"):
         build_model("alter", InputDims(pathway_sizes=(3,)), TaskSpec.binary())
+
+
+def test_input_masking_hides_the_inputs_and_reconstructs_the_raw_values():
+    """The masked patches and gene values enter the encoders as the mask embedding (so changing a masked raw value
+    changes nothing the model sees), and the targets are those raw values."""
+    model = small(dropout=0.0).eval()
+    x = patient(10, seed=1)
+    features, genes = model.wsi_features(x), model.gene_vector(x)[0]
+    torch.manual_seed(0)
+    mask = mask_tokens(features.shape[0], model.mask_ratio)
+    regions, _, states = model.encoders["wsi"].encode(features, x.wsi_coords, mask, model.input_masks["wsi"])
+    changed = features.clone()
+    changed[mask] += 5.0
+    regions2, _, states2 = model.encoders["wsi"].encode(changed, x.wsi_coords, mask, model.input_masks["wsi"])
+    assert torch.allclose(regions, regions2) and torch.allclose(states, states2)
+    gene_mask = mask_tokens(genes.shape[0], model.mask_ratio)
+    tokens, gene_states = model.encoders["genomics"].encode(genes, gene_mask, model.input_masks["genomics"])
+    moved = genes.clone()
+    moved[gene_mask] -= 3.0
+    assert torch.allclose(tokens, model.encoders["genomics"].encode(moved, gene_mask, model.input_masks["genomics"])[0])
+    assert gene_states.shape == (genes.shape[0], model.dim)
+    # the loss regresses raw inputs: a perfect decoder of the raw values would give 0, the model's own states not
+    losses, _ = model.masked_inputs_loss(x, model.check_input(x))
+    assert len(losses) == 3 and all(torch.isfinite(v) and v > 0 for v in losses)
+
+
+def test_input_masking_trains_the_encoders_and_leaves_fine_tuning_as_it_was():
+    model = small(dropout=0.0).train()
+    terms = model.pretraining_loss(mixed_batch())
+    terms["masked"].backward()
+    grads = dict(model.named_parameters())
+    assert grads["encoders.wsi.fc.0.weight"].grad.abs().sum() > 0          # the WSI encoder learns from it
+    assert grads["encoders.genomics.value.weight"].grad.abs().sum() > 0    # and the gene encoder
+    # the masking parameters come from their own random stream: the rest starts as without them
+    tokens_only = small(dropout=0.0, masking="tokens")
+    for name, value in tokens_only.state_dict().items():
+        assert torch.equal(value, model.state_dict()[name]), name
