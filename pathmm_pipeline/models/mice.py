@@ -71,6 +71,49 @@ class OverlappingExperts(MixtureOfExperts):
         return out, stats
 
 
+class TokenExpert(nn.Module):
+    """A collaborative expert as the paper builds it: a pre-norm Transformer block over the patient's modality
+    tokens (B, M, dim), so that the modalities interact token by token inside the expert, then the mean over the
+    tokens -> (B, dim)."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=hidden, dropout=dropout,
+                                                activation="gelu", batch_first=True, norm_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.block(tokens)).mean(dim=1)
+
+
+class OverlappingTokenExperts(MixtureOfExperts):
+    """Routed overlapping experts over modality tokens: the router (``W_g [mean token; context]``, optional noise,
+    top-k softmax gates) picks ``top_k`` of ``n_experts`` :class:`TokenExpert` s per patient. (B, M, dim) and
+    context (B, context_dim) -> (B, dim) and :class:`RoutingStats`."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, n_experts: int, top_k: int = 2, noisy: bool = True,
+                 dropout: float = 0.25, context_dim: int = 0) -> None:
+        super().__init__(dim, hidden, n_experts, top_k=top_k, noisy=noisy, dropout=dropout, context_dim=context_dim)
+        self.experts = nn.ModuleList(TokenExpert(dim, heads, hidden, dropout) for _ in range(n_experts))
+        self.d_out = dim
+
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, RoutingStats]:
+        probs, gates, indices = self.route(tokens.mean(dim=1), context)
+        out = tokens.new_zeros(tokens.shape[0], self.d_out)
+        for e, expert in enumerate(self.experts):
+            row, slot = (indices == e).nonzero(as_tuple=True)
+            if row.numel():
+                out = out.index_add(0, row, gates[row, slot, None] * expert(tokens[row]))
+        load = F.one_hot(indices, self.n_experts).sum(dim=(0, 1)).to(probs.dtype)
+        return out, RoutingStats(load_balance_loss(probs, indices, self.n_experts), router_entropy(probs),
+                                 load / load.sum(), indices)
+
+
+EXPERT_FORMS = ("transformer", "mlp")
+EXPERT_SETS = ("all", "consensual", "specialized", "routed")
+
+
 @register_model("mice")
 class MICE(PathmmModel):
     """MICE: per-modality encoders, cancer-type-conditioned synthesis of absent modalities, consensual +
@@ -82,8 +125,12 @@ class MICE(PathmmModel):
     ``fusion_layers`` (2), ``fusion_heads`` (4), ``dropout`` (0.25), ``moe_loss_weight`` (0.01),
     ``w_synthesis`` (1.0), ``alpha`` (2.0, contrastive weight), ``pretrain_bins`` (4, must match the
     pretraining's ``n_bins``), ``freeze_encoders`` (False), ``modalities`` (default: those the dims give),
-    ``modality_dropout`` (0.0). Any non-empty subset of the modalities may be present. The embedding is the
-    fused patient vector (dim).
+    ``modality_dropout`` (0.0), ``experts`` ("transformer": each expert a Transformer block over the modality
+    tokens, as the paper; "mlp": an MLP over their concatenation, this pipeline's earlier form), and the
+    ablation switches ``expert_set`` ("all" | "consensual" | "specialized" | "routed": the experts whose outputs
+    the fusion sees) and ``synthesis`` (True; False: an absent modality is a learned "missing" token instead of
+    the cancer-type-conditioned synthesis, and no synthesis loss). Any non-empty subset of the modalities may be
+    present. The embedding is the fused patient vector (dim).
     """
 
     uses = frozenset(MODALITIES)
@@ -97,7 +144,11 @@ class MICE(PathmmModel):
                  fusion_layers: int = 2, fusion_heads: int = 4, dropout: float = 0.25,
                  moe_loss_weight: float = 0.01, w_synthesis: float = 1.0, alpha: float = 2.0,
                  pretrain_bins: int = 4, freeze_encoders: bool = False, modalities: Iterable[str] | None = None,
-                 modality_dropout: float = 0.0) -> None:
+                 modality_dropout: float = 0.0, experts: str = "transformer", expert_set: str = "all",
+                 synthesis: bool = True) -> None:
+        if experts not in EXPERT_FORMS or expert_set not in EXPERT_SETS:
+            raise ModelConfigError(f"model 'mice': experts must be one of {', '.join(EXPERT_FORMS)} and expert_set "
+                                   f"one of {', '.join(EXPERT_SETS)}, got {experts!r} / {expert_set!r}")
         super().__init__(dims, task, modalities=self.modalities_from_dims(dims, modalities),
                          modality_dropout=modality_dropout)
         attn_dim = dim if attn_dim is None else attn_dim
@@ -111,6 +162,7 @@ class MICE(PathmmModel):
         self.n_cancer_types = dims.n_cancer_types
         self.moe_loss_weight, self.w_synthesis, self.alpha = float(moe_loss_weight), float(w_synthesis), float(alpha)
         self.pretrain_bins = pretrain_bins
+        self.experts, self.expert_set, self.use_synthesis = experts, expert_set, bool(synthesis)
 
         # -- encoders
         self.encoders = nn.ModuleDict()
@@ -130,12 +182,22 @@ class MICE(PathmmModel):
                                            for m in self.order})
 
         # -- collaborative experts
-        width = len(self.order) * dim
-        self.consensual = expert_mlp(width, expert_hidden, dim, dropout)
-        self.specialized = nn.ModuleList(expert_mlp(width, expert_hidden, dim, dropout)
-                                         for _ in range(self.n_cancer_types))
-        self.overlapping = OverlappingExperts(width, dim, expert_hidden, n_overlap, top_k=top_k, noisy=noisy,
-                                              dropout=dropout, context_dim=dim)
+        if experts == "transformer":
+            self.modality_type = nn.Parameter(torch.randn(1, len(self.order), dim) * 0.02)
+            self.consensual = TokenExpert(dim, fusion_heads, expert_hidden, dropout)
+            self.specialized = nn.ModuleList(TokenExpert(dim, fusion_heads, expert_hidden, dropout)
+                                             for _ in range(self.n_cancer_types))
+            self.overlapping = OverlappingTokenExperts(dim, fusion_heads, expert_hidden, n_overlap, top_k=top_k,
+                                                       noisy=noisy, dropout=dropout, context_dim=dim)
+        else:
+            width = len(self.order) * dim
+            self.consensual = expert_mlp(width, expert_hidden, dim, dropout)
+            self.specialized = nn.ModuleList(expert_mlp(width, expert_hidden, dim, dropout)
+                                             for _ in range(self.n_cancer_types))
+            self.overlapping = OverlappingExperts(width, dim, expert_hidden, n_overlap, top_k=top_k, noisy=noisy,
+                                                  dropout=dropout, context_dim=dim)
+        if not self.use_synthesis:
+            self.missing_tokens = nn.Parameter(torch.zeros(len(self.order), dim))
 
         # -- fusion
         self.fusion_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
@@ -206,7 +268,10 @@ class MICE(PathmmModel):
         return out, extras
 
     def synthesize(self, types: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, dim) stand-in embeddings of every modality, from the cancer-type embeddings of ``types`` (B,)."""
+        """(B, dim) stand-in embeddings of every modality, from the cancer-type embeddings of ``types`` (B,); with
+        ``synthesis`` off, the learned "missing" token of each modality instead."""
+        if not self.use_synthesis:
+            return {m: self.missing_tokens[i].expand(types.shape[0], -1) for i, m in enumerate(self.order)}
         c = self.cancer_embedding(types)
         return {m: self.synthesizers[m](c) for m in self.order}
 
@@ -214,16 +279,17 @@ class MICE(PathmmModel):
         """``embeddings`` (B, M, dim) (real or synthesised, in ``self.order``) and ``types`` (B,) -> the patient
         embeddings (B, dim) and the overlapping experts' routing."""
         b = embeddings.shape[0]
-        z = embeddings.reshape(b, -1)
+        z = embeddings + self.modality_type if self.experts == "transformer" else embeddings.reshape(b, -1)
         c = self.cancer_embedding(types)
         consensual = self.consensual(z)
-        specialized = z.new_zeros(b, self.dim)
+        specialized = consensual.new_zeros(b, self.dim)
         for t in torch.unique(types).tolist():
             rows = (types == t).nonzero(as_tuple=True)[0]
             specialized = specialized.index_copy(0, rows, self.specialized[t](z[rows]))
         overlapping, stats = self.overlapping(z, c)
-        tokens = torch.stack([consensual, specialized, overlapping], dim=1) + self.expert_type
-        tokens = torch.cat([self.fusion_token.expand(b, -1, -1), tokens], dim=1)
+        keep = {"all": [0, 1, 2], "consensual": [0], "specialized": [1], "routed": [2]}[self.expert_set]
+        outputs = torch.stack([consensual, specialized, overlapping], dim=1) + self.expert_type
+        tokens = torch.cat([self.fusion_token.expand(b, -1, -1), outputs[:, keep]], dim=1)
         h = self.norm(self.fusion(tokens)[:, 0])
         return h, stats
 
@@ -247,7 +313,7 @@ class MICE(PathmmModel):
         embeddings = torch.stack([real[m][0] if m in real else synth[m][0] for m in self.order])[None]
         h, stats = self.fuse(embeddings, types)
         aux = self.moe_loss_weight * stats.load_balance
-        if self.training:
+        if self.training and self.use_synthesis:
             mse = self.synthesis_loss(real, {m: synth[m] for m in real})
             if mse is not None:
                 aux = aux + self.w_synthesis * mse
@@ -309,7 +375,7 @@ class MICE(PathmmModel):
         per_modality = {m: [i for i in range(n) if m in reals[i]] for m in self.order}
         real_rows = {m: torch.cat([reals[i][m] for i in rows]) for m, rows in per_modality.items() if rows}
         synth_rows = {m: synth[m][per_modality[m]] for m in real_rows}
-        mse = self.synthesis_loss(real_rows, synth_rows)
+        mse = self.synthesis_loss(real_rows, synth_rows) if self.use_synthesis else None
         synthesis = zero if mse is None else mse
 
         terms = {"survival": survival, "contrastive": self.alpha * contrastive,

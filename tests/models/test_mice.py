@@ -153,7 +153,7 @@ def test_specialized_expert_follows_the_cancer_type():
 
 
 def test_router_picks_top_k_and_load_balance_matches_a_hand_computation():
-    model = small(n_overlap=4, top_k=2)
+    model = small(n_overlap=4, top_k=2, experts="mlp")
     router = model.overlapping.router
     width = len(model.order) * model.dim
     logits_by_type = {0: torch.tensor([3.0, 1.0, 2.0, 0.0]), 1: torch.tensor([3.0, 0.0, 0.0, 2.0])}
@@ -202,13 +202,15 @@ def test_router_picks_top_k_and_load_balance_matches_a_hand_computation():
         assert all((p.grad is not None) == (e in chosen) for p in expert.parameters()), (e, chosen)
 
 
-def test_freeze_encoders_leaves_encoder_grads_none():
-    model = small(freeze_encoders=True).train()
+@pytest.mark.parametrize("experts", ["transformer", "mlp"])
+def test_freeze_encoders_leaves_encoder_grads_none(experts):
+    model = small(freeze_encoders=True, experts=experts).train()
     assert all(not p.requires_grad for p in model.encoders.parameters())
     out = model(patient(seed=5))
     (out.logits.sum() + out.extras["aux_loss"]).backward()
     assert all(p.grad is None for p in model.encoders.parameters())
-    assert model.classifier.weight.grad is not None and model.consensual[0].weight.grad is not None
+    consensual = next(model.consensual.parameters())
+    assert model.classifier.weight.grad is not None and consensual.grad is not None
     assert all(p.requires_grad for p in small().encoders.parameters())
 
 
@@ -238,8 +240,8 @@ def test_pretraining_loss_terms_on_a_pan_cancer_batch():
     terms["loss"].backward()
     assert model.pretrain_head.weight.grad is not None and model.logit_scale.grad is not None
     assert model.classifier.weight.grad is None
-    assert all(model.specialized[t][0].weight.grad is not None for t in (0, 1))
-    assert model.specialized[2][0].weight.grad is None
+    assert all(next(model.specialized[t].parameters()).grad is not None for t in (0, 1))
+    assert next(model.specialized[2].parameters()).grad is None
     # no known target: the survival term is zero (unknown bins, unknown events, or none given)
     for bins, events in (([-1] * 6, [1.0] * 6), ([0] * 6, [-1.0] * 6), (None, None)):
         terms = model.pretraining_loss(pan_cancer_batch(bins, events))
@@ -283,3 +285,53 @@ def test_pretrained_state_loads_into_a_model_with_another_head():
     assert sorted(report["loaded"]) == sorted(state)
     own = fresh.state_dict()
     assert all(torch.equal(own[k], v) for k, v in state.items())
+
+
+def test_the_experts_are_transformer_blocks_over_the_modality_tokens():
+    from pathmm_pipeline.models.mice import OverlappingTokenExperts, TokenExpert
+
+    model = small().eval()
+    assert isinstance(model.consensual, TokenExpert) and isinstance(model.overlapping, OverlappingTokenExperts)
+    assert all(isinstance(e, TokenExpert) for e in model.specialized)
+    tokens = torch.randn(2, len(model.order), model.dim)
+    with torch.no_grad():
+        base = model.consensual(tokens)
+        # token-level interaction: the output is not a sum of per-token functions (attention mixes the tokens)
+        swapped = tokens.clone()
+        swapped[0, 1] = tokens[1, 1]
+        mixed = model.consensual(swapped)
+        alone = model.consensual(tokens[:, :1])
+    assert base.shape == (2, model.dim)
+    assert not torch.allclose(mixed[0], base[0]) and torch.allclose(mixed[1], base[1])
+    assert alone.shape == (2, model.dim)
+    out, stats = model.overlapping(tokens, model.cancer_embedding(torch.tensor([0, 1])))
+    assert out.shape == (2, model.dim) and stats.indices.shape == (2, model.overlapping.top_k)
+
+
+@pytest.mark.parametrize("expert_set", ["consensual", "specialized", "routed"])
+def test_expert_ablations_feed_the_fusion_only_their_experts(expert_set):
+    model = small(expert_set=expert_set).train()
+    out = model(patient(seed=3))
+    out.logits.sum().backward()
+    used = {"consensual": model.consensual, "specialized": model.specialized[int(patient(seed=3).cancer_type)],
+            "routed": model.overlapping}
+    for name, module in used.items():
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        if name == "routed":
+            grads = [p.grad for e in module.experts for p in e.parameters()]
+        learns = any(g is not None and g.abs().sum() > 0 for g in grads)
+        assert learns == (name == expert_set), (expert_set, name)
+    with pytest.raises(ModelConfigError, match="expert_set"):
+        small(expert_set="none")
+
+
+def test_without_synthesis_an_absent_modality_is_a_learned_token_and_nothing_is_synthesised():
+    model = small(synthesis=False).train()
+    x = patient(seed=4).without("genomics")
+    out = model(x)
+    assert not any(n.startswith("synthesizers") and p.grad is not None for n, p in model.named_parameters())
+    (out.logits.sum() + out.extras["aux_loss"]).backward()
+    assert model.missing_tokens.grad is not None and model.missing_tokens.grad.abs().sum() > 0
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("synthesizers"))
+    terms = model.pretraining_loss(pan_cancer_batch(bins=[0, 3, -1, 1, 2, 0], events=[1, 0, 1, -1, 1, 0]))
+    assert float(terms["synthesis"].detach()) == 0.0
