@@ -31,6 +31,7 @@ from pathmm_pipeline.models.base import (
 )
 from pathmm_pipeline.models.layers import AttentionPool, mlp, snn
 from pathmm_pipeline.models.losses import nll_survival_loss
+from pathmm_pipeline.models.mamba import MambaMIL
 from pathmm_pipeline.models.moe import MixtureOfExperts, RoutingStats, load_balance_loss, router_entropy
 from pathmm_pipeline.models.objectives import symmetric_info_nce
 from pathmm_pipeline.models.registry import register_model
@@ -112,6 +113,7 @@ class OverlappingTokenExperts(MixtureOfExperts):
 
 EXPERT_FORMS = ("transformer", "mlp")
 EXPERT_SETS = ("all", "consensual", "specialized", "routed")
+SLIDE_ENCODERS = ("abmil", "mamba")
 
 
 @register_model("mice")
@@ -129,7 +131,9 @@ class MICE(PathmmModel):
     tokens, as the paper; "mlp": an MLP over their concatenation, this pipeline's earlier form), and the
     ablation switches ``expert_set`` ("all" | "consensual" | "specialized" | "routed": the experts whose outputs
     the fusion sees) and ``synthesis`` (True; False: an absent modality is a learned "missing" token instead of
-    the cancer-type-conditioned synthesis, and no synthesis loss). Any non-empty subset of the modalities may be
+    the cancer-type-conditioned synthesis, and no synthesis loss), ``slide_encoder`` ("abmil": gated attention
+    MIL; "mamba": the paper's MambaMIL, :class:`~pathmm_pipeline.models.mamba.MambaMIL` with ``mamba_layers`` (2)
+    selective state-space layers). Any non-empty subset of the modalities may be
     present. The embedding is the fused patient vector (dim).
     """
 
@@ -145,7 +149,10 @@ class MICE(PathmmModel):
                  moe_loss_weight: float = 0.01, w_synthesis: float = 1.0, alpha: float = 2.0,
                  pretrain_bins: int = 4, freeze_encoders: bool = False, modalities: Iterable[str] | None = None,
                  modality_dropout: float = 0.0, experts: str = "transformer", expert_set: str = "all",
-                 synthesis: bool = True) -> None:
+                 synthesis: bool = True, slide_encoder: str = "abmil", mamba_layers: int = 2) -> None:
+        if slide_encoder not in SLIDE_ENCODERS:
+            raise ModelConfigError(f"model 'mice': slide_encoder must be one of {', '.join(SLIDE_ENCODERS)}, got "
+                                   f"{slide_encoder!r}")
         if experts not in EXPERT_FORMS or expert_set not in EXPERT_SETS:
             raise ModelConfigError(f"model 'mice': experts must be one of {', '.join(EXPERT_FORMS)} and expert_set "
                                    f"one of {', '.join(EXPERT_SETS)}, got {experts!r} / {expert_set!r}")
@@ -168,8 +175,11 @@ class MICE(PathmmModel):
         self.encoders = nn.ModuleDict()
         if "wsi" in self.modalities:
             d_in = self.need_dim(dims.wsi, "wsi", "wsi")
-            self.encoders["wsi"] = nn.ModuleDict({"fc": mlp(d_in, [dim], dropout),
-                                                  "pool": AttentionPool(dim, attn_dim, dropout)})
+            if slide_encoder == "mamba":  # the paper's MambaMIL: selective state-space layers, then attention pooling
+                self.encoders["wsi"] = MambaMIL(d_in, dim, attn_dim, mamba_layers, dropout=dropout)
+            else:
+                self.encoders["wsi"] = nn.ModuleDict({"fc": mlp(d_in, [dim], dropout),
+                                                      "pool": AttentionPool(dim, attn_dim, dropout)})
         if "genomics" in self.modalities:
             self.encoders["genomics"] = snn(self.need_dim(dims.genes, "genes", "genomics (flat gene vector)"),
                                             snn_hidden, dropout)
@@ -260,7 +270,10 @@ class MICE(PathmmModel):
                 continue
             if m == "wsi":
                 enc = self.encoders["wsi"]
-                out[m], extras["attention"] = enc["pool"](enc["fc"](self.wsi_features(x)))
+                if isinstance(enc, MambaMIL):
+                    out[m], extras["attention"] = enc(self.wsi_features(x))
+                else:
+                    out[m], extras["attention"] = enc["pool"](enc["fc"](self.wsi_features(x)))
             elif m == "genomics":
                 out[m] = self.encoders["genomics"](self.gene_vector(x))
             else:

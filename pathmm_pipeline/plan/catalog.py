@@ -19,7 +19,7 @@ MODELS = {
     'mice': {'uses': ['genomics', 'report', 'wsi'], 'requires': [], 'pretrainable': True, 'options': ['dim',
         'attn_dim', 'snn_hidden', 'report_hidden', 'expert_hidden', 'n_overlap', 'top_k', 'noisy', 'fusion_layers',
         'fusion_heads', 'dropout', 'moe_loss_weight', 'w_synthesis', 'alpha', 'pretrain_bins', 'freeze_encoders',
-        'modalities', 'modality_dropout', 'experts', 'expert_set', 'synthesis']},
+        'modalities', 'modality_dropout', 'experts', 'expert_set', 'synthesis', 'slide_encoder', 'mamba_layers']},
     'modaltune': {'uses': ['genomics', 'wsi'], 'requires': ['wsi'], 'pretrainable': True, 'options':
         ['slide_encoder', 'slide_weights', 'dim', 'heads', 'adapter_every', 'n_pathway_tokens', 'gene_dim',
         'mixer_depth', 'cffn_ratio', 'extra_extractors', 'prompt_self_attention', 'out_dim', 'tasks', 'task_prompt',

@@ -335,3 +335,34 @@ def test_without_synthesis_an_absent_modality_is_a_learned_token_and_nothing_is_
     assert all(p.grad is None for n, p in model.named_parameters() if n.startswith("synthesizers"))
     terms = model.pretraining_loss(pan_cancer_batch(bins=[0, 3, -1, 1, 2, 0], events=[1, 0, 1, -1, 1, 0]))
     assert float(terms["synthesis"].detach()) == 0.0
+
+
+def test_the_chunked_selective_scan_equals_the_naive_recurrence():
+    from pathmm_pipeline.models.mamba import selective_scan, selective_scan_reference
+
+    g = torch.Generator().manual_seed(0)
+    n, e, s = 37, 6, 4
+    x, delta = torch.randn(n, e, generator=g), torch.rand(n, e, generator=g) * 2
+    a, d = -torch.rand(e, s, generator=g) * 5, torch.randn(e, generator=g)
+    b, c = torch.randn(n, s, generator=g), torch.randn(n, s, generator=g)
+    reference = selective_scan_reference(x, delta, a, b, c, d)
+    for chunk in (1, 8, 16, 64):
+        torch.testing.assert_close(selective_scan(x, delta, a, b, c, d, chunk), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_mice_with_the_mamba_slide_encoder_trains_and_reads_tile_order():
+    from pathmm_pipeline.models.mamba import MambaMIL
+
+    model = small(slide_encoder="mamba", mamba_layers=1, dropout=0.0).train()
+    assert isinstance(model.encoders["wsi"], MambaMIL)
+    x = patient(seed=2)
+    out = model(x)
+    assert out.logits.shape == (1, 4) and out.extras["attention"].shape == (1, 10)
+    (out.logits.sum() + out.extras["aux_loss"]).backward()
+    assert model.encoders["wsi"].blocks[0].a_log.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():  # a state-space model reads the tiles as a sequence: their order matters
+        flipped = PatientInput(wsi=x.wsi.flip(0), genes=x.genes, report=x.report, cancer_type=x.cancer_type)
+        assert not torch.allclose(model(x).embedding, model(flipped).embedding)
+    with pytest.raises(ModelConfigError, match="slide_encoder"):
+        small(slide_encoder="lstm")
