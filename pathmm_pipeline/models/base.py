@@ -14,7 +14,7 @@ Modalities are ``"wsi"`` (patch features, ``wsi``/``wsi_coords``), ``"genomics"`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -208,12 +208,15 @@ class TaskSpec:
 class PretrainBatch:
     """A batch of patients for a pretraining step: ``inputs`` (any modality subset each), ``cancer_type`` (B,)
     type indices, and the survival targets where a method's pretraining is supervised: ``bins`` (B,) the
-    discrete time bin (-1 unknown) and ``events`` (B,) (1 observed, 0 censored, -1 unknown)."""
+    discrete time bin (-1 unknown) and ``events`` (B,) (1 observed, 0 censored, -1 unknown); ``time_edges`` the
+    bins' edges in months (n_bins + 1, cut on the pretraining corpus's training patients), for methods whose
+    targets name the months (ModalTune's survival sentences)."""
 
     inputs: list[PatientInput]
     cancer_type: torch.Tensor
     bins: torch.Tensor | None = None
     events: torch.Tensor | None = None
+    time_edges: Sequence[float] | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)

@@ -567,14 +567,23 @@ class ModalTune(PathmmModel):
             self._text_cache.update({t: emb[i] for i, t in enumerate(new)})
         return torch.stack([self._text_cache[t] for t in texts])
 
-    def clinical_fields(self, cancer_type: int, time_bin: int | None = None,
-                        event: float | None = None) -> dict[str, str]:
+    def clinical_fields(self, cancer_type: int, time_bin: int | None = None, event: float | None = None,
+                        time_edges: Sequence[float] | None = None) -> dict[str, str]:
         """The fields the harness knows of a patient: ``subtype`` (the cancer type's name) and, when the bin
-        is known (>= 0) and the event is 0/1, ``survival``."""
+        is known (>= 0) and the event is 0/1, ``survival``: the paper's sentence ``"died between X and Y months"``
+        / ``"censored between X and Y months"`` with the bin's edges in months (``time_edges``: equal-count
+        bins of the training patients' event times); without edges, the bin's ordinal."""
         fields = {"subtype": self.cancer_type_names[int(cancer_type)]}
         if time_bin is not None and event is not None and int(time_bin) >= 0 and float(event) in (0.0, 1.0):
-            fields["survival"] = (f"follow-up interval {int(time_bin) + 1}, "
-                                  f"{'death observed' if float(event) == 1.0 else 'censored'}")
+            status = "died" if float(event) == 1.0 else "censored"
+            k = int(time_bin)
+            if time_edges is not None and k + 1 < len(time_edges):
+                low, high = float(time_edges[k]), float(time_edges[k + 1])
+                span = (f"after {low:.0f} months" if not math.isfinite(high)
+                        else f"between {max(low, 0.0):.0f} and {high:.0f} months")
+                fields["survival"] = f"{status} {span}"
+            else:
+                fields["survival"] = f"follow-up interval {k + 1}, {'death observed' if status == 'died' else status}"
         return fields
 
     def targets_for(self, fields: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -605,7 +614,7 @@ class ModalTune(PathmmModel):
                 raise ModelInputError(f"model '{self.name}': cancer_type {int(types[i])} outside [0, "
                                       f"{len(self.cancer_type_names) - 1}]")
             fields = self.clinical_fields(int(types[i]), None if bins is None else bins[i],
-                                          None if events is None else events[i])
+                                          None if events is None else events[i], batch.time_edges)
             targets = self.targets_for(fields)
             embeddings = self(x).extras["task_embeddings"]
             for t, y in targets.items():

@@ -184,7 +184,8 @@ def pretrain(model_name: str, cohort: MultimodalCohort, patients: Sequence[str],
                     inputs=[corpus[i][0].get(corpus[i][1]).x.to(device) for i in idx],
                     cancer_type=torch.as_tensor(types[idx], device=device),
                     bins=torch.as_tensor(bins[idx], device=device),
-                    events=torch.as_tensor(events[idx], device=device, dtype=torch.float32))
+                    events=torch.as_tensor(events[idx], device=device, dtype=torch.float32),
+                    time_edges=None if edges is None else [float(v) for v in edges])
                 with engine.autocast():
                     terms = model.pretraining_loss(batch)
                 loss = terms["loss"]

@@ -273,6 +273,11 @@ def test_pretraining_objective():
     model = small(cancer_type_names=["BLCA", "STAD"]).train()
     assert model.clinical_fields(1, 2, 0.0) == {"subtype": "STAD", "survival": "follow-up interval 3, censored"}
     assert model.clinical_fields(0, -1, -1.0) == {"subtype": "BLCA"}
+    # with the bins' edges in months (cut on the training patients), the paper's sentences
+    edges = [0.0, 11.6, 24.2, 40.0, float("inf")]
+    assert model.clinical_fields(1, 1, 1.0, edges)["survival"] == "died between 12 and 24 months"
+    assert model.clinical_fields(0, 0, 0.0, edges)["survival"] == "censored between 0 and 12 months"
+    assert model.clinical_fields(0, 3, 1.0, edges)["survival"] == "died after 40 months"
     inputs = [patient(8, seed=40), patient(9, seed=41).without("genomics"), patient(7, seed=42).without("wsi"),
               patient(6, seed=43)]
     batch = PretrainBatch(inputs, torch.tensor([0, 1, 1, 0]), torch.tensor([1, -1, 2, 3]),
