@@ -46,6 +46,20 @@ def expert_mlp(d_in: int, hidden: int, d_out: int, dropout: float = 0.25) -> nn.
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
 
 
+def mix_routed(moe: MixtureOfExperts, inputs: torch.Tensor, probs: torch.Tensor, gates: torch.Tensor,
+               indices: torch.Tensor) -> tuple[torch.Tensor, RoutingStats]:
+    """The gated sum of the routed experts' outputs for each row of ``inputs`` (its ``top_k`` experts from
+    ``indices``, weighted by ``gates``), (B, moe.d_out), and the routing's :class:`RoutingStats`."""
+    out = inputs.new_zeros(inputs.shape[0], moe.d_out)
+    for e, expert in enumerate(moe.experts):
+        row, slot = (indices == e).nonzero(as_tuple=True)
+        if row.numel():
+            out = out.index_add(0, row, gates[row, slot, None] * expert(inputs[row]))
+    load = F.one_hot(indices, moe.n_experts).sum(dim=(0, 1)).to(probs.dtype)
+    return out, RoutingStats(load_balance_loss(probs, indices, moe.n_experts), router_entropy(probs),
+                             load / load.sum(), indices)
+
+
 class OverlappingExperts(MixtureOfExperts):
     """:class:`~pathmm_pipeline.models.moe.MixtureOfExperts` whose experts map ``d_in -> d_out`` (the MoE of
     ``moe.py`` keeps the width): same router (``W_g [x; context]``, optional noise, top-k softmax gates), same
@@ -60,16 +74,7 @@ class OverlappingExperts(MixtureOfExperts):
         self.d_out = d_out
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, RoutingStats]:
-        probs, gates, indices = self.route(x, context)
-        out = x.new_zeros(x.shape[0], self.d_out)
-        for e, expert in enumerate(self.experts):
-            token, slot = (indices == e).nonzero(as_tuple=True)
-            if token.numel():
-                out = out.index_add(0, token, gates[token, slot, None] * expert(x[token]))
-        load = F.one_hot(indices, self.n_experts).sum(dim=(0, 1)).to(probs.dtype)
-        stats = RoutingStats(load_balance_loss(probs, indices, self.n_experts), router_entropy(probs),
-                             load / load.sum(), indices)
-        return out, stats
+        return mix_routed(self, x, *self.route(x, context))
 
 
 class TokenExpert(nn.Module):
@@ -100,15 +105,7 @@ class OverlappingTokenExperts(MixtureOfExperts):
 
     def forward(self, tokens: torch.Tensor, context: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, RoutingStats]:
-        probs, gates, indices = self.route(tokens.mean(dim=1), context)
-        out = tokens.new_zeros(tokens.shape[0], self.d_out)
-        for e, expert in enumerate(self.experts):
-            row, slot = (indices == e).nonzero(as_tuple=True)
-            if row.numel():
-                out = out.index_add(0, row, gates[row, slot, None] * expert(tokens[row]))
-        load = F.one_hot(indices, self.n_experts).sum(dim=(0, 1)).to(probs.dtype)
-        return out, RoutingStats(load_balance_loss(probs, indices, self.n_experts), router_entropy(probs),
-                                 load / load.sum(), indices)
+        return mix_routed(self, tokens, *self.route(tokens.mean(dim=1), context))
 
 
 EXPERT_FORMS = ("transformer", "mlp")
