@@ -91,3 +91,6 @@ def weights_files(encoder: str, weights: str | None = "default") -> list[str]:
         return []
     resolved = resolve_weights(source)
     return [str(resolved)] if not isinstance(resolved, str) else []
+
+#: the expression scalings a run may choose (``gene_scaling``): :data:`pathmm_pipeline.genomics.normalize.METHODS`
+GENE_SCALINGS: tuple[str, ...] = tuple(getattr(catalog, "GENE_SCALINGS", {}))  # (a stale catalogue fails a test)

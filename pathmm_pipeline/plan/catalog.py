@@ -73,3 +73,8 @@ ENCODERS = {
     'virchow2': {'default_weights': 'hf_hub:paige-ai/Virchow2'},
     'vit_tiny_test': {'default_weights': None},
 }
+
+GENE_SCALINGS = {
+    'minmax': {},
+    'zscore': {},
+}

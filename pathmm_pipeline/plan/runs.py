@@ -10,8 +10,7 @@ from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from pathmm_pipeline.core.errors import InputError
-from pathmm_pipeline.genomics.normalize import METHODS as GENE_SCALINGS
-from pathmm_pipeline.plan.cards import MODEL_CARDS, TASK_CARDS, UnknownModelCardError
+from pathmm_pipeline.plan.cards import GENE_SCALINGS, MODEL_CARDS, TASK_CARDS, UnknownModelCardError
 from pathmm_pipeline.training.settings import PretrainConfig, TrainConfig
 
 

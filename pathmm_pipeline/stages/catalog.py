@@ -24,6 +24,7 @@ def catalog_data() -> dict[str, dict[str, Any]]:
     """What the registries hold, as plain data."""
     from pathmm_pipeline.downstream.registry import DOWNSTREAM
     from pathmm_pipeline.encoders import get_encoder_spec, list_encoders
+    from pathmm_pipeline.genomics.normalize import METHODS
     from pathmm_pipeline.models import get_model_class, list_models, model_options
     from pathmm_pipeline.tasks.kinds import TASKS
 
@@ -36,7 +37,9 @@ def catalog_data() -> dict[str, dict[str, Any]]:
     downstream = {name: {"options": list(kind.options), "reads_every_modality": kind.reads_every_modality,
                          "needs_reports_table": kind.needs_reports_table} for name, kind in DOWNSTREAM.items()}
     encoders = {name: {"default_weights": get_encoder_spec(name).default_weights} for name in list_encoders()}
-    return {"MODELS": models, "TASKS": tasks, "DOWNSTREAM": downstream, "ENCODERS": encoders}
+    scalings = {name: {} for name in METHODS}  # the expression scalings a run may choose (gene_scaling)
+    return {"MODELS": models, "TASKS": tasks, "DOWNSTREAM": downstream, "ENCODERS": encoders,
+            "GENE_SCALINGS": scalings}
 
 
 def render_catalog() -> str:
