@@ -13,6 +13,7 @@ It reads either layout of the library (before and after the re-layering of issue
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pathlib
 import sys
 
@@ -28,22 +29,23 @@ TEXTS = ["tumour invades the muscularis propria", "no lymph node metastasis", "h
          "lymphovascular invasion present"]
 
 
+#: each function used: (its module after the re-layering of issue 14, its module before)
+API = {
+    "train_fold": ("pathmm_pipeline.training.finetune", "pathmm_pipeline.training"),
+    "TrainConfig": ("pathmm_pipeline.training.settings", "pathmm_pipeline.training"),
+    "PretrainConfig": ("pathmm_pipeline.training.settings", "pathmm_pipeline.training.pretrain"),
+    "pretrain": ("pathmm_pipeline.training.pretrain", "pathmm_pipeline.training.pretrain"),
+    "make_splits": ("pathmm_pipeline.cohort.splits", "pathmm_pipeline.training"),
+    "predict_logits": ("pathmm_pipeline.evaluation.predict", "pathmm_pipeline.training"),
+    "GenerationConfig": ("pathmm_pipeline.downstream.report_generation", "pathmm_pipeline.reports.generation"),
+    "train_report_decoder": ("pathmm_pipeline.downstream.report_generation", "pathmm_pipeline.reports.generation"),
+}
+
+
 def _api() -> dict:
     """The functions used, from whichever layout the checkout on PYTHONPATH has."""
-    try:
-        names = {"train_fold": "pathmm_pipeline.training.finetune", "TrainConfig": "pathmm_pipeline.training.settings",
-                 "PretrainConfig": "pathmm_pipeline.training.settings", "pretrain": "pathmm_pipeline.training.pretrain",
-                 "make_splits": "pathmm_pipeline.cohort.splits", "predict_logits": "pathmm_pipeline.evaluation.predict",
-                 "GenerationConfig": "pathmm_pipeline.downstream.report_generation",
-                 "train_report_decoder": "pathmm_pipeline.downstream.report_generation"}
-        return {n: getattr(importlib.import_module(m), n) for n, m in names.items()}
-    except ImportError:
-        names = {"train_fold": "pathmm_pipeline.training", "TrainConfig": "pathmm_pipeline.training",
-                 "PretrainConfig": "pathmm_pipeline.training.pretrain", "pretrain": "pathmm_pipeline.training.pretrain",
-                 "make_splits": "pathmm_pipeline.training", "predict_logits": "pathmm_pipeline.training",
-                 "GenerationConfig": "pathmm_pipeline.reports.generation",
-                 "train_report_decoder": "pathmm_pipeline.reports.generation"}
-        return {n: getattr(importlib.import_module(m), n) for n, m in names.items()}
+    layout = 0 if importlib.util.find_spec("pathmm_pipeline.cohort") is not None else 1
+    return {name: getattr(importlib.import_module(modules[layout]), name) for name, modules in API.items()}
 
 
 def train_everything(repo: pathlib.Path, work: pathlib.Path) -> dict[str, np.ndarray]:

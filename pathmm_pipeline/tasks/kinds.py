@@ -8,6 +8,7 @@ metric, and how its logits become risks or probabilities. Names in config: ``sur
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -34,7 +35,7 @@ class UnknownTaskError(UnknownEntryError, ValueError):
     """A task name that is not registered."""
 
 
-class TaskKind:
+class TaskKind(ABC):
     """One kind of task. Subclasses set ``name``, ``label_column`` (whether the task reads a sample-sheet label
     column) and ``metric`` (the validation metric's name), and implement the methods below."""
 
@@ -42,21 +43,25 @@ class TaskKind:
     label_column: ClassVar[bool] = False
     metric: ClassVar[str] = ""
 
+    @abstractmethod
     def spec(self, cohort: MultimodalCohort, n_bins: int) -> TaskSpec:
-        raise NotImplementedError
+        """The head this task needs on ``cohort`` (``n_bins`` for discrete-time survival)."""
 
     def has_target(self, targets: Any) -> bool:
         return bool(targets.has_label)
 
     def fit(self, objective: Objective, cohort: MultimodalCohort, train: Sequence[str]) -> None:
-        """Fit what the loss needs on the training patients (never the held-out ones) into ``objective``."""
+        """Fit what the loss needs on the training patients (never the held-out ones) into ``objective``; by
+        default nothing."""
+        return None
 
     def targets(self, objective: Objective, cohort: MultimodalCohort, patients: Sequence[str]
                 ) -> dict[str, torch.Tensor]:
         return {"label": torch.as_tensor(cohort.labels(patients))}
 
+    @abstractmethod
     def loss(self, objective: Objective, logits: torch.Tensor, y: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """The mean loss of a batch of logits against the targets of the same patients."""
 
     def score(self, spec: TaskSpec, logits: np.ndarray, cohort: MultimodalCohort, patients: Sequence[str]) -> float:
         from pathmm_pipeline.stats.metrics import classification_metrics

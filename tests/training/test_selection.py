@@ -148,7 +148,8 @@ def fitted_fold(result) -> dict:
     out = {f"w.{k}": v for k, v in result.model.state_dict().items()}
     out["time_bins"] = np.array([]) if result.time_bins is None else result.time_bins
     if result.scaler is not None:
-        out.update(scaler_mean=result.scaler.mean_, scaler_std=result.scaler.std_)
+        out.update(scaler_mean=result.scaler.mean_, scaler_std=result.scaler.std_,
+                   scaler_range=np.array([result.scaler.lo_, result.scaler.hi_]))
     history = result.history.drop(columns=["seconds"])
     out.update(history=history.to_numpy(dtype=np.float64), best=np.array([result.best_epoch]))
     out["patients"] = np.array(result.train_patients + ["|"] + result.inner_val_patients)
@@ -268,3 +269,19 @@ def test_a_model_without_a_usable_inner_patient_is_refused(toy):
                    inner=(list(ids[:6]), list(NO_SLIDES)))
     with pytest.raises(ValueError, match="are not training patients"):
         train_fold("abmil", "survival", cohort, fold, config("abmil", "inner"), inner=(list(ids[:6]), [ids[70]]))
+
+
+@pytest.mark.parametrize("name", ["snn", "survpath"])
+def test_survpaths_minmax_scaling_is_fitted_on_training_patients_only(cohorts, fold, name):
+    """``gene_scaling: minmax`` (one minimum and maximum over the training matrix) sees no held-out patient."""
+    import copy
+
+    views = {}
+    for variant, cohort in cohorts.items():
+        views[variant] = copy.copy(cohort)
+        views[variant].gene_scaling = "minmax"
+    results = {k: train_fold(name, "survival", c, fold, config(name, "last")) for k, c in views.items()}
+    assert results["original"].scaler.method == "minmax"
+    reference = fitted_fold(results["original"])
+    for variant in VARIANTS:
+        assert_same_arrays(fitted_fold(results[variant]), reference, f"{name}/minmax: held-out {variant}")
