@@ -85,9 +85,15 @@ ABMIL_SMALL = {"hidden_dim": 16, "attn_dim": 8, "dropout": 0.0}
 FUSION_SMALL = {"dim": 16, "attn_dim": 8, "snn_hidden": (16, 16), "report_hidden": (16, 16), "dropout": 0.0}
 
 
+#: the clinical table ModalTune's text targets read: OncoTree codes (PSTAD rare), and a stage that follows z
+SUBTYPES = ("TSTAD", "DSTAD", "TSTAD", "MSTAD", "DSTAD", "TSTAD", "DSTAD", "PSTAD")
+STAGES, STAGE_CUTS = ("I", "II", "III", "IV"), (-0.67, 0.0, 0.67)
+
+
 def build_toy_cohort(root: Path, seed: int = 0) -> ToyCohort:
     """90 patients; survival driven by a latent risk z that also sets the fraction of 'tumour' tiles (feature 0
-    shifted by +3) and gene G00. Some patients lack expression, reports or slides; a few have two slides."""
+    shifted by +3) and gene G00, and the clinical stage (I-IV by quartile of z; subtypes cycle through OncoTree
+codes). Some patients lack expression, reports or slides; a few have two slides."""
     rng = np.random.default_rng(seed)
     ids = [f"P{i:03d}" for i in range(N_PATIENTS)]
     z = pd.Series(rng.normal(0, 1, N_PATIENTS), index=ids)
@@ -109,7 +115,8 @@ def build_toy_cohort(root: Path, seed: int = 0) -> ToyCohort:
         for s in range(max(1, n_slides)):
             rows.append({"patient_id": p, "slide_id": f"{p}-slide{s + 1}", "cancer_type": "A" if i % 3 else "B",
                          "survival_time": float(time[i]), "survival_event": int(event[i]),
-                         "grade": "high" if z[p] > 0 else "low"})
+                         "grade": "high" if z[p] > 0 else "low", "subtype": SUBTYPES[i % len(SUBTYPES)],
+                         "stage": STAGES[int(np.searchsorted(STAGE_CUTS, z[p]))]})
     manifest = pd.DataFrame(rows)
 
     genes = [f"G{i:02d}" for i in range(N_GENES)]

@@ -39,6 +39,7 @@ from pathmm_pipeline.core.stores import open_store
 from pathmm_pipeline.genomics.normalize import GeneScaler
 from pathmm_pipeline.genomics.stage import GenomicsData, load_genomics
 from pathmm_pipeline.models.base import MODALITIES, InputDims, PatientInput
+from pathmm_pipeline.models.clinical_text import clinical_values
 
 MISSING_LABEL = -1
 MISSING_EVENT = -1
@@ -288,6 +289,12 @@ class MultimodalCohort:
     def targets(self, patient_id: str) -> Targets:
         self._check(patient_id)
         return self._targets[patient_id]
+
+    def clinical(self, patient_id: str) -> dict[str, str]:
+        """The patient's clinical facts from the patients table (diagnosis, stage, T / N / M, site;
+        :func:`~pathmm_pipeline.models.clinical_text.clinical_values`), blanks left out."""
+        self._check(patient_id)
+        return clinical_values(self.table.loc[patient_id].to_dict())
 
     def survival(self, patients: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(times, events)`` arrays of ``patients``."""

@@ -11,6 +11,8 @@
   evaluated on its validation patients).
 * :func:`linear_probe` (ModalTune's published evaluation): frozen general-prompt features -> lifelines Cox
   (C-index) or logistic regression (balanced accuracy).
+* :func:`out_of_distribution` (ModalTune's transfer): tuned on one cancer type's training patients, probed on
+  another's.
 * :func:`zero_and_few_shot` (mSTAR's): zero-shot cancer-type classification in the aligned slide/text space and
   few-shot (k = 1, 2, 4, 8 per class) logistic regression on slide embeddings.
 
@@ -38,7 +40,7 @@ from pathmm_pipeline.cohort.dataset import MultimodalCohort
 from pathmm_pipeline.cohort.selection import check_selection, inner_split, strata_table
 from pathmm_pipeline.cohort.splits import Fold
 from pathmm_pipeline.core.atomic import write_text_atomic
-from pathmm_pipeline.models import PathmmModel
+from pathmm_pipeline.models import PathmmModel, TaskSpec
 from pathmm_pipeline.training.finetune import TrainConfig, model_input, score_metric, train_fold
 
 log = logging.getLogger(__name__)
@@ -314,6 +316,59 @@ def linear_probe(model: PathmmModel, cohort: MultimodalCohort, fold: Fold, task:
                    value=float(balanced_accuracy_score(y_val[keep_v], clf.predict(x_val[keep_v]))))
         fitted.update({"logistic.coef": clf.coef_.copy(), "logistic.intercept": clf.intercept_.copy()})
     return DownstreamResult(pd.DataFrame([row]), fitted)
+
+
+def out_of_distribution(pretrained: str | os.PathLike[str], cohort: MultimodalCohort, fold: Fold,
+                        task: str = "survival", label: str | None = None, selection: str = "last",
+                        inner_fraction: float = 0.2, inner_seed: int = 0) -> DownstreamResult:
+    """ModalTune's transfer test: the method is tuned (its pretraining objective, with the settings and options
+    of the fold's ``pretrained`` checkpoint) on the fold's training patients of **one** cancer type A, then its
+    frozen general-prompt features are probed (:func:`linear_probe`, the model's own probe penalty) on another
+    type B: fitted on B's training patients, scored on B's held-out patients. Every (A, B) pair is a row, with
+    the in-distribution (A = B) and the untuned model (the frozen encoder: ``source`` ``none``) beside them.
+    A type with fewer training patients than the pretraining batch is not tuned on. Nothing is tuned or fitted
+    on held-out patients."""
+    from pathmm_pipeline.models import build_model
+    from pathmm_pipeline.models.checkpoint import dims_from_record, options_from_record
+    from pathmm_pipeline.training.pretrain import PretrainConfig, pretrain, read_pretrained
+
+    payload = read_pretrained(pretrained)
+    options = options_from_record(payload["model_options"])
+    config = PretrainConfig.from_dict({**payload["config"], "model_options": options, "progress": False})
+    names = cohort.cancer_types
+    train = {t: [p for p in fold.train if p in cohort and cohort.targets(p).cancer_type == i]
+             for i, t in enumerate(names)}
+    val = {t: [p for p in fold.val if p in cohort and cohort.targets(p).cancer_type == i] for i, t in enumerate(names)}
+    torch.manual_seed(config.seed)
+    models: dict[str, PathmmModel] = {"none": build_model(payload["model_name"], dims_from_record(payload["dims"]),
+                                                          TaskSpec.survival(config.n_bins), **options).eval()}
+    fitted: dict[str, Any] = {}
+    for source in names:
+        if len(train[source]) < max(config.batch_size, 2):
+            log.warning("out of distribution: %d training patients of %s, fewer than a batch: not tuned on",
+                        len(train[source]), source)
+            continue
+        models[source] = pretrain(payload["model_name"], cohort, train[source], config).model.eval()
+        fitted.update({f"tuned_on_{source}.{k}": v for k, v in _state(models[source]).items()})
+    view = cohort.for_fold(fold.train) if cohort.genomics is not None else cohort
+    rows = []
+    for target in names:
+        if len(train[target]) < 2 or not val[target]:
+            continue
+        for source, net in models.items():
+            probe = getattr(net, "probe", None)
+            penalizer = probe.penalty if probe is not None else COX_PENALTY
+            try:
+                out = linear_probe(net, view, Fold(fold.index, tuple(train[target]), tuple(val[target])), task,
+                                   penalizer=penalizer, label=label, selection=selection,
+                                   inner_fraction=inner_fraction, inner_seed=inner_seed)
+            except ValueError as exc:  # too few usable patients of the target type
+                log.warning("out of distribution %s -> %s: %s", source, target, exc)
+                continue
+            transfer = "untuned" if source == "none" else ("in-distribution" if source == target else "transfer")
+            rows.append({**out.table.iloc[0].to_dict(), "source": source, "target": target, "transfer": transfer})
+            fitted.update({f"{source}->{target}.{k}": v for k, v in out.fitted.items()})
+    return DownstreamResult(pd.DataFrame(rows), fitted)
 
 
 #: zero-shot prompts per cancer type (an ensemble each), embedded by the report text encoder

@@ -15,10 +15,12 @@ from pathmm_pipeline.cohort.splits import Fold
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.core.registry import Registry, UnknownEntryError
 from pathmm_pipeline.downstream.kinds import (
+    COX_PENALTY,
     DEFAULT_FRACTIONS,
     DownstreamResult,
     data_efficiency,
     linear_probe,
+    out_of_distribution,
     report_generation,
     zero_and_few_shot,
 )
@@ -123,8 +125,21 @@ def run_data_efficiency(job: DownstreamJob) -> DownstreamResult:
 def run_linear_probe(job: DownstreamJob) -> DownstreamResult:
     """ModalTune's linear / Cox probe on frozen features."""
     net, view = _frozen(job, "linear_probe")
+    probe = getattr(net, "probe", None)  # a model with a published probe (ModalTune's) brings its penalty
     return linear_probe(net, view, job.fold, job.task, label=job.label, selection=job.config.selection,
+                        penalizer=probe.penalty if probe is not None else COX_PENALTY,
                         inner_fraction=job.config.inner_fraction, inner_seed=job.config.inner_seed)
+
+
+@register_downstream("out_of_distribution")
+def run_out_of_distribution(job: DownstreamJob) -> DownstreamResult:
+    """ModalTune's transfer: tuned on one cancer type's training patients, probed on another's."""
+    if job.pretrained is None:
+        raise InputError(job.out_dir, "out_of_distribution needs the fold's pretraining checkpoint",
+                         "pass --pretrained (a pretrainable model with its pretraining stage on)")
+    return out_of_distribution(job.pretrained, job.cohort, job.fold, job.task, label=job.label,
+                               selection=job.config.selection, inner_fraction=job.config.inner_fraction,
+                               inner_seed=job.config.inner_seed)
 
 
 @register_downstream("zero_shot")

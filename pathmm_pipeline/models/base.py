@@ -14,7 +14,7 @@ Modalities are ``"wsi"`` (patch features, ``wsi``/``wsi_coords``), ``"genomics"`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -210,13 +210,16 @@ class PretrainBatch:
     type indices, and the survival targets where a method's pretraining is supervised: ``bins`` (B,) the
     discrete time bin (-1 unknown) and ``events`` (B,) (1 observed, 0 censored, -1 unknown); ``time_edges`` the
     bins' edges in months (n_bins + 1, cut on the pretraining corpus's training patients), for methods whose
-    targets name the months (ModalTune's survival sentences)."""
+    targets name the months (ModalTune's survival sentences); ``clinical`` (B,) each patient's clinical facts
+    (:func:`~pathmm_pipeline.models.clinical_text.clinical_values`: diagnosis, stage, T / N / M, site) for
+    methods whose targets are written from the clinical table."""
 
     inputs: list[PatientInput]
     cancer_type: torch.Tensor
     bins: torch.Tensor | None = None
     events: torch.Tensor | None = None
     time_edges: Sequence[float] | None = None
+    clinical: Sequence[Mapping[str, str]] | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -416,6 +419,12 @@ class PathmmModel(nn.Module):
         """The model's pretraining objective on a batch: named terms (already weighted) and ``"loss"``, their
         sum, which the harness back-propagates. Only models with ``pretrainable = True`` define it."""
         raise ModelError(f"model '{self.name}' has no pretraining objective")
+
+    def fit_pretraining_corpus(self, clinical: Sequence[Mapping[str, str]]) -> None:
+        """Called once before pretraining with every corpus patient's clinical facts (the fold's training
+        patients only), for objectives that fit something on the corpus (ModalTune's rare subtypes); default:
+        nothing."""
+        return None
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
         """The weights a fine-tuning run inherits from pretraining (default: all but the task head

@@ -58,6 +58,15 @@ def hazards_and_survival(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return hazards, torch.cumprod(1 - hazards, dim=1)
 
 
+def logits_from_cumulative_hazard(increments: torch.Tensor) -> torch.Tensor:
+    """Discrete-time hazard logits of cumulative-hazard ``increments`` per bin (a Cox model's ``H0 * exp(lp)``):
+    ``logit(1 - exp(-a)) = log(expm1(a))``, computed as ``a + log1p(-exp(-a))`` where ``expm1`` overflows."""
+    a = increments.clamp_min(1e-12)
+    large = a > 20.0
+    return torch.where(large, a + torch.log1p(-torch.exp(-a.clamp_min(20.0))),
+                       torch.log(torch.expm1(a.clamp_max(20.0))))
+
+
 def risk_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Risk per patient, higher = earlier event: minus the sum over bins of the survival probabilities."""
     return -hazards_and_survival(logits)[1].sum(dim=1)

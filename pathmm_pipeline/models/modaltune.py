@@ -2,9 +2,10 @@
 image tokens and pathway + task-prompt tokens, trained against text embeddings of the patients' clinical data
 on several tasks at once (the ``modaltune`` model).
 
-Holds the text targets (:func:`task_texts`, :class:`HashingTextEncoder`, :class:`TextProjector`,
-:func:`multitask_kl`), the adapter blocks (:class:`Injector`, :class:`Extractor`, :class:`ModalAdapter`,
-:class:`PathwayTokens`) and :class:`ModalTune`.
+Holds the text targets (:func:`text_targets`, :class:`HashingTextEncoder`, :class:`TextProjector`,
+:func:`multitask_kl`; the sentences themselves are :mod:`pathmm_pipeline.models.clinical_text`), the adapter
+blocks (:class:`Injector`, :class:`Extractor`, :class:`ModalAdapter`, :class:`PathwayTokens`), the published
+probe head (:class:`ProbeHead`) and :class:`ModalTune`.
 Paper: Ramanathan et al., "Fine-Tuning Slide-Level Foundation Models with Multi-Modal Information".
 Paper-to-code mapping and deviations: docs/methods/modaltune.md
 """
@@ -35,34 +36,28 @@ from pathmm_pipeline.models.base import (
     PretrainBatch,
     TaskSpec,
 )
+from pathmm_pipeline.models.clinical_text import SubtypeGroups, patient_sentences, task_texts
 from pathmm_pipeline.models.layers import MissingEmbedding, snn
+from pathmm_pipeline.models.losses import logits_from_cumulative_hazard
 from pathmm_pipeline.models.objectives import kl_softmax
 from pathmm_pipeline.models.registry import register_model
+from pathmm_pipeline.stats.cox import fit_cox_probe
 
-DEFAULT_TASKS = ("general", "survival", "subtype")
-#: the clinical fields each task's text holds; "general" holds every field, any other task the field of its name
-TASK_FIELDS: dict[str, tuple[str, ...]] = {"survival": ("survival",), "subtype": ("subtype",)}
+#: the reference's four tasks: general, primary diagnosis (``subtype``), stage and survival
+DEFAULT_TASKS = ("general", "survival", "subtype", "stage")
+#: how a fold's head is made: the published probe on frozen general-prompt features, or end-to-end fine-tuning
+PROTOCOLS = ("probe", "finetune")
+#: the published probe penalties (reference ``utils/test_utils_modaltune.py``: lifelines ``penalizer=0.1``;
+#: sklearn ``LogisticRegression(solver="liblinear", max_iter=200)``, i.e. C = 1)
+PROBE_COX_PENALTY = 0.1
+PROBE_LOGISTIC_C = 1.0
+PROBE_LOGISTIC_CS = (0.01, 0.1, 1.0, 10.0)
 #: a text encoder: n texts -> an (n, D) array or tensor
 TextEncoderFn = Callable[[list[str]], Any]
 _TASK_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 # ---------------------------------------------------------------------------------------------- text targets
-
-
-def task_texts(fields: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, str]:
-    """The text of each task that has a known field: ``"<field>: <value>"``, joined by ``"; "``.
-
-    ``general`` holds every known field (in ``fields`` order); a task in :data:`TASK_FIELDS` holds those fields;
-    any other task the field of its own name. Fields whose value is None or blank are unknown.
-    """
-    known = {k: str(v).strip() for k, v in fields.items() if v is not None and str(v).strip()}
-    out: dict[str, str] = {}
-    for t in tasks:
-        keys = list(known) if t == "general" else [k for k in TASK_FIELDS.get(t, (t,)) if k in known]
-        if keys:
-            out[t] = "; ".join(f"{k}: {known[k]}" for k in keys)
-    return out
 
 
 def embed_texts(texts: Sequence[str], encoder_fn: TextEncoderFn) -> torch.Tensor:
@@ -76,12 +71,11 @@ def embed_texts(texts: Sequence[str], encoder_fn: TextEncoderFn) -> torch.Tensor
     return emb
 
 
-def text_targets(fields: Mapping[str, Any], tasks: Sequence[str], encoder_fn: TextEncoderFn,
+def text_targets(texts: Mapping[str, str], encoder_fn: TextEncoderFn,
                  projector: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """Each task's text (:func:`task_texts`) embedded by ``encoder_fn`` (one call for all of them) and, with a
-    ``projector`` (:class:`TextProjector`), mapped to its width: ``{task: (1, D)}``; tasks without a known
-    field are absent."""
-    texts = task_texts(fields, tasks)
+    """Each task's text (``{task: text}``, :func:`~pathmm_pipeline.models.clinical_text.task_texts`) embedded
+    by ``encoder_fn`` (one call for all of them) and, with a ``projector`` (:class:`TextProjector`), mapped to its
+    width: ``{task: (1, D)}``."""
     if not texts:
         return {}
     emb = embed_texts(list(texts.values()), encoder_fn)
@@ -305,6 +299,100 @@ class PathwayTokens(nn.Module):
         return self.compress(x.transpose(1, 2)).transpose(1, 2)                      # (1, n_tokens, dim)
 
 
+class ProbeHead(nn.Module):
+    """The published evaluation head, fitted in closed form on frozen general-prompt features of the fold's
+    training patients (reference ``utils/test_utils_modaltune.py``): survival, a lifelines ridge Cox on the
+    standardised features (``penalty`` 0.1), written as discrete-bin logits through Breslow's baseline hazard
+    per time bin (or the linear predictor for a Cox task); classification, sklearn's
+    ``LogisticRegression(solver="liblinear", max_iter=200)`` on the raw features (``C`` 1); its decision
+    function is the logits. Buffers only: saved with the model, never stepped."""
+
+    def __init__(self, dim: int, task: TaskSpec, penalty: float = PROBE_COX_PENALTY,
+                 c: float = PROBE_LOGISTIC_C) -> None:
+        super().__init__()
+        if penalty < 0 or c <= 0:
+            raise ModelConfigError(f"the probe needs penalty >= 0 and C > 0, got {penalty}, {c}")
+        self.task, self.penalty, self.c = task, float(penalty), float(c)
+        rows = 1 if task.kind == "survival" else task.n_outputs
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        self.register_buffer("weight", torch.zeros(rows, dim))
+        self.register_buffer("bias", torch.zeros(rows))
+        self.register_buffer("baseline", torch.full((task.n_outputs,), 1e-3))
+        self.register_buffer("chosen_penalty", torch.tensor(float(penalty if task.kind == "survival" else 1 / c)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        u = (z.float() - self.mean) / self.scale
+        out = u @ self.weight.T + self.bias                                   # (1, rows)
+        if self.task.kind == "survival":
+            if self.task.is_cox:
+                return out
+            return logits_from_cumulative_hazard(self.baseline * torch.exp(out))  # (1, n_bins)
+        return out
+
+    def fit(self, x: np.ndarray, time: np.ndarray, event: np.ndarray, label: np.ndarray | None,
+            x_check: np.ndarray | None, time_check: np.ndarray | None, event_check: np.ndarray | None,
+            label_check: np.ndarray | None, edges: np.ndarray | None) -> list[dict[str, Any]]:
+        """Fit on the rows of ``x`` (a penalty / C searched on the ``check`` rows when given, then refitted on
+        both); returns one history row per candidate tried, the chosen one last."""
+        if self.task.kind == "survival":
+            fitted, rows = fit_cox_probe(x, time, event, self.penalty, x_check, time_check, event_check,
+                                         edges=None if self.task.is_cox else edges)
+            with torch.no_grad():
+                self.mean.copy_(torch.as_tensor(fitted["mean"], dtype=torch.float32))
+                self.scale.copy_(torch.as_tensor(fitted["scale"], dtype=torch.float32))
+                self.weight.copy_(torch.as_tensor(fitted["beta"], dtype=torch.float32).reshape(1, -1))
+                self.chosen_penalty.fill_(float(fitted["penalty"]))
+                if "baseline" in fitted:
+                    self.baseline.copy_(torch.as_tensor(fitted["baseline"], dtype=torch.float32))
+            return rows
+        return self._fit_logistic(x, np.asarray(label, int), x_check,
+                                  None if label_check is None else np.asarray(label_check, int))
+
+    def _fit_logistic(self, x: np.ndarray, y: np.ndarray, x_check: np.ndarray | None,
+                      y_check: np.ndarray | None) -> list[dict[str, Any]]:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import balanced_accuracy_score
+        from sklearn.multiclass import OneVsRestClassifier
+
+        def fit(xs: np.ndarray, ys: np.ndarray, c: float) -> Any:
+            if len(np.unique(ys)) < 2:
+                raise ValueError(f"the probe needs >= 2 classes among its training patients, got {np.unique(ys)}")
+            clf = LogisticRegression(C=c, solver="liblinear", max_iter=200, random_state=0)
+            # liblinear is one-vs-rest over >= 3 classes (the reference's sklearn did it implicitly)
+            return (OneVsRestClassifier(clf) if len(np.unique(ys)) > 2 else clf).fit(xs, ys)
+
+        rows: list[dict[str, Any]] = []
+        c = self.c
+        if x_check is not None and len(x_check) and y_check is not None:
+            best = -np.inf
+            for candidate in PROBE_LOGISTIC_CS:
+                score = float(balanced_accuracy_score(y_check, fit(x, y, candidate).predict(x_check)))
+                rows.append({"penalty": 1.0 / candidate, "inner_val_metric": score})
+                if score > best:  # ties: the smaller C (the stronger penalty), tried first
+                    best, c = score, candidate
+            x, y = np.vstack([x, x_check]), np.concatenate([y, y_check])
+        clf = fit(x, y, c)
+        parts = getattr(clf, "estimators_", [clf])
+        coef = np.vstack([np.asarray(e.coef_, np.float64) for e in parts])
+        intercept = np.concatenate([np.asarray(e.intercept_, np.float64).reshape(-1) for e in parts])
+        k = self.weight.shape[0]
+        weight, bias = np.zeros((k, coef.shape[1])), np.zeros(k)
+        if coef.shape[0] == 1:  # two classes: one decision function for class 1
+            row = k - 1
+            weight[row], bias[row] = coef[0], intercept[0]
+            if k == 2:
+                weight[0], bias[0] = 0.0, 0.0
+        else:
+            weight[clf.classes_], bias[clf.classes_] = coef, intercept
+        with torch.no_grad():
+            self.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+            self.chosen_penalty.fill_(1.0 / c)
+        rows.append({"penalty": 1.0 / c, "chosen": True, "n_fit": len(y)})
+        return rows
+
+
 @dataclass
 class ModalTuneState:
     """One pass: the finalised image tokens (1, T, E), the modality tokens after the last extractor (1, K, dim)
@@ -327,11 +415,17 @@ class ModalTune(PathmmModel):
     file), ``dim`` (None: the encoder width), ``heads`` (4), ``adapter_every`` (None: depth // 3, at least 1),
     ``n_pathway_tokens`` (64), ``gene_dim`` (256), ``mixer_depth`` (3), ``cffn_ratio`` (0.25),
     ``extra_extractors`` (2), ``prompt_self_attention`` (True), ``out_dim`` (None: dim), ``tasks``
-    (("general", "survival", "subtype")), ``task`` (None: from the task kind), ``text_dim`` (384),
+    (("general", "survival", "subtype", "stage")), ``task`` (None: from the task kind), ``text_dim`` (384),
     ``kl_weight`` (10.0), ``temperature`` (1.0), ``projector_seed`` (0), ``cancer_type_names`` (None),
     ``dropout`` (0.25, SNN and mixer), ``checkpoint_blocks`` (False: recompute the frozen blocks in the backward
-    pass, for long slides), ``modality_dropout`` (0.0), ``text_encoder`` ("hashing": offline; "minilm": the
-    pipeline's report encoder, loaded on first use). The embedding is the selected task embedding (out_dim).
+    pass, for long slides), ``modality_dropout`` (0.0), ``text_encoder`` ("hashing": offline; "minilm", "conch"
+    or any text encoder of :mod:`pathmm_pipeline.encoders.text`, loaded on first use; CONCH, the published one,
+    gives ``text_dim`` 512), ``text_encoder_path`` (None: the local folder of ``conch`` / ``hf_local``),
+    ``rare_subtype_min`` (10: subtypes with fewer pretraining patients form the rare set), ``protocol``
+    ("probe": the published evaluation, a :class:`ProbeHead` fitted on the frozen general-prompt features;
+    "finetune": end-to-end fine-tuning of the adapters and a linear head), ``probe_penalty`` (0.1) and
+    ``probe_c`` (1.0), the published probe penalties. The embedding is the selected task embedding (out_dim);
+    under ``probe``, the general one.
     """
 
     uses = frozenset({"wsi", "genomics"})
@@ -348,7 +442,9 @@ class ModalTune(PathmmModel):
                  kl_weight: float = 10.0, temperature: float = 1.0, projector_seed: int = 0,
                  cancer_type_names: Sequence[str] | None = None, dropout: float = 0.25,
                  checkpoint_blocks: bool = False, modality_dropout: float = 0.0,
-                 text_encoder: str = "hashing") -> None:
+                 text_encoder: str = "hashing", text_encoder_path: str | None = None,
+                 rare_subtype_min: int = 10, protocol: str = "probe",
+                 probe_penalty: float = PROBE_COX_PENALTY, probe_c: float = PROBE_LOGISTIC_C) -> None:
         modalities = {"wsi"} | ({"genomics"} if dims.pathway_sizes is not None else set())
         super().__init__(dims, task, modalities=frozenset(modalities), modality_dropout=modality_dropout)
         d_in = self.need_dim(dims.wsi, "wsi", "wsi")
@@ -361,7 +457,20 @@ class ModalTune(PathmmModel):
         every = max(1, depth // 3) if adapter_every is None else int(adapter_every)
         inner = int(dim * cffn_ratio)
         self.tasks = [str(t) for t in tasks]
-        self.task_name = self._choose_task(task, task_prompt)
+        if protocol not in PROTOCOLS:
+            raise ModelConfigError(f"model '{self.name}': protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        if protocol == "probe" and "general" not in self.tasks:
+            raise ModelConfigError(f"model '{self.name}': the probe protocol reads the general prompt; add "
+                                   f"'general' to tasks {self.tasks}")
+        if rare_subtype_min < 0:
+            raise ModelConfigError(f"model '{self.name}': rare_subtype_min must be >= 0, got {rare_subtype_min}")
+        self.protocol = protocol
+        #: a closed-form head (the published probe) instead of gradient steps; read by the training loop
+        self.direct_fit = protocol == "probe"
+        self.rare_subtype_min = int(rare_subtype_min)
+        self.subtype_groups = SubtypeGroups(min_patients=0)
+        chosen = self._choose_task(task, task_prompt)
+        self.task_name = "general" if protocol == "probe" else chosen
         self._check_options(dim, heads, inner, every, depth, n_pathway_tokens, gene_dim, mixer_depth,
                             extra_extractors, out_dim, text_dim, kl_weight, temperature, dropout)
         self.dim, self.out_dim, self.image_dim = dim, out_dim, image_dim
@@ -399,12 +508,14 @@ class ModalTune(PathmmModel):
         nn.init.zeros_(self.final_project.bias)
         self.projector = TextProjector(self.text_dim, out_dim, projector_seed)
         self.classifier = nn.Linear(out_dim, task.n_outputs)
+        self.probe = ProbeHead(out_dim, task, probe_penalty, probe_c) if protocol == "probe" else None
         self.embedding_dim = out_dim
         self._text_encoder: TextEncoderFn = HashingTextEncoder(self.text_dim)
         self._text_cache: dict[str, torch.Tensor] = {}
         #: "hashing" (offline, deterministic) or a text encoder of :mod:`pathmm_pipeline.encoders.text`
         #: (e.g. "minilm"), loaded on first use so that building the model stays cheap
         self.text_encoder_name = str(text_encoder)
+        self.text_encoder_path = None if text_encoder_path is None else str(text_encoder_path)
         self._text_encoder_loaded = self.text_encoder_name == "hashing"
 
     def _choose_task(self, task: TaskSpec, task_prompt: str | None) -> str:
@@ -454,9 +565,10 @@ class ModalTune(PathmmModel):
         return self
 
     def pretrained_state(self) -> dict[str, torch.Tensor]:
-        """All but the head and the frozen slide encoder (rebuilt from ``slide_encoder``/``slide_weights``)."""
+        """All but the heads (linear and probe) and the frozen slide encoder (rebuilt from ``slide_encoder`` /
+        ``slide_weights``)."""
         return {k: v for k, v in self.state_dict().items()
-                if not k.startswith(("classifier.", "slide_encoder."))}
+                if not k.startswith(("classifier.", "probe.", "slide_encoder."))}
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -466,7 +578,8 @@ class ModalTune(PathmmModel):
         info.update(trainable_parameters=self.trainable_parameters(), slide_encoder=self.slide_encoder_name,
                     slide_weights=self.slide_encoder.weights_source,
                     slide_weights_sha256=self.slide_encoder.weights_sha256, tasks=list(self.tasks),
-                    task_prompt=self.task_name, adapter_groups=[list(g) for g in self.groups])
+                    task_prompt=self.task_name, adapter_groups=[list(g) for g in self.groups],
+                    protocol=self.protocol)
         return info
 
     # -- forward --------------------------------------------------------------------------------------------
@@ -529,7 +642,31 @@ class ModalTune(PathmmModel):
             "task_embeddings": embeddings, "task": self.task_name, "aux_loss": aux,
             "injector_gates": torch.stack([a.injector.gamma.detach().abs().mean() for a in self.adapters]),
         }
-        return ModelOutput(self.classifier(z), z, extras)
+        logits = self.probe(z) if self.probe is not None else self.classifier(z)
+        return ModelOutput(logits, z, extras)
+
+    @torch.no_grad()
+    def fit_direct(self, fit: Sequence[PatientInput], fit_time: np.ndarray, fit_event: np.ndarray,
+                   check: Sequence[PatientInput] = (), check_time: np.ndarray | None = None,
+                   check_event: np.ndarray | None = None, edges: np.ndarray | None = None,
+                   fit_label: np.ndarray | None = None, check_label: np.ndarray | None = None
+                   ) -> list[dict[str, Any]]:
+        """The published protocol: the frozen general-prompt features of the ``fit`` patients (the tuned model in
+        eval mode) fit the :class:`ProbeHead`; with ``check`` patients (selection ``inner``) its penalty is
+        searched on them first. Returns one history row per penalty tried."""
+        if self.probe is None:
+            raise ModelConfigError(f"model '{self.name}': fit_direct needs protocol 'probe'")
+        was_training = self.training
+        self.eval()
+
+        def features(xs: Sequence[PatientInput]) -> np.ndarray:
+            return np.stack([self(x).embedding.reshape(-1).float().cpu().numpy() for x in xs])
+
+        x_check = features(check) if len(check) else None
+        rows = self.probe.fit(features(fit), fit_time, fit_event, fit_label, x_check, check_time, check_event,
+                              check_label, edges)
+        self.train(was_training)
+        return rows
 
     def task_embeddings(self, x: PatientInput) -> dict[str, torch.Tensor]:
         """Every task's (1, out_dim) embedding of one patient."""
@@ -555,7 +692,8 @@ class ModalTune(PathmmModel):
         if not self._text_encoder_loaded:
             from pathmm_pipeline.encoders.text import get_text_encoder
 
-            self.set_text_encoder(get_text_encoder(self.text_encoder_name).embed)
+            options = {} if self.text_encoder_path is None else {"path": self.text_encoder_path}
+            self.set_text_encoder(get_text_encoder(self.text_encoder_name, **options).embed)
             self._text_encoder_loaded = True
         new = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         if new:
@@ -567,28 +705,41 @@ class ModalTune(PathmmModel):
             self._text_cache.update({t: emb[i] for i, t in enumerate(new)})
         return torch.stack([self._text_cache[t] for t in texts])
 
-    def clinical_fields(self, cancer_type: int, time_bin: int | None = None, event: float | None = None,
-                        time_edges: Sequence[float] | None = None) -> dict[str, str]:
-        """The fields the harness knows of a patient: ``subtype`` (the cancer type's name) and, when the bin
-        is known (>= 0) and the event is 0/1, ``survival``: the paper's sentence ``"died between X and Y months"``
-        / ``"censored between X and Y months"`` with the bin's edges in months (``time_edges``: equal-count
-        bins of the training patients' event times); without edges, the bin's ordinal."""
-        fields = {"subtype": self.cancer_type_names[int(cancer_type)]}
+    def clinical_sentences(self, cancer_type: int, time_bin: int | None = None, event: float | None = None,
+                           time_edges: Sequence[float] | None = None,
+                           clinical: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A patient's sentences (:func:`~pathmm_pipeline.models.clinical_text.patient_sentences`): the location
+        of its cancer type (``cancer_type_names``) or the table's site, the diagnosis of ``clinical``'s subtype
+        (through the rare set fitted by :meth:`fit_pretraining_corpus`), stage and T / N / M, and, when the bin is
+        known (>= 0) and the event is 0/1, the survival sentence with the bin's edges in months (``time_edges``:
+        equal-count bins of the training patients' event times; the reference's ``"before X months"`` for the
+        first bin, ``"after X months"`` for the last); without edges, the bin's ordinal."""
+        survival = None
         if time_bin is not None and event is not None and int(time_bin) >= 0 and float(event) in (0.0, 1.0):
-            status = "died" if float(event) == 1.0 else "censored"
+            status = "died" if float(event) == 1.0 else "was censored"
             k = int(time_bin)
             if time_edges is not None and k + 1 < len(time_edges):
                 low, high = float(time_edges[k]), float(time_edges[k + 1])
-                span = (f"after {low:.0f} months" if not math.isfinite(high)
-                        else f"between {max(low, 0.0):.0f} and {high:.0f} months")
-                fields["survival"] = f"{status} {span}"
+                if not math.isfinite(high):
+                    survival = f"{status} after {low:.0f} months"
+                elif k == 0:
+                    survival = f"{status} before {high:.0f} months"
+                else:
+                    survival = f"{status} between {low:.0f} and {high:.0f} months"
             else:
-                fields["survival"] = f"follow-up interval {k + 1}, {'death observed' if status == 'died' else status}"
-        return fields
+                survival = f"{status} in follow-up interval {k + 1}"
+        return patient_sentences(dict(clinical or {}), self.cancer_type_names[int(cancer_type)], survival,
+                                 self.subtype_groups)
 
-    def targets_for(self, fields: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """``{task: (1, out_dim)}`` projected text targets of one patient's clinical ``fields``."""
-        return text_targets(fields, self.tasks, self._encode_texts, self.projector)
+    def targets_for(self, sentences: Mapping[str, str]) -> dict[str, torch.Tensor]:
+        """``{task: (1, out_dim)}`` projected text targets of one patient's ``sentences``
+        (:meth:`clinical_sentences`)."""
+        return text_targets(task_texts(sentences, self.tasks), self._encode_texts, self.projector)
+
+    def fit_pretraining_corpus(self, clinical: Sequence[Mapping[str, str]]) -> None:
+        """Fit the rare set of subtypes on the pretraining corpus (the fold's training patients only): subtypes
+        of fewer than ``rare_subtype_min`` of them are written as their rare set."""
+        self.subtype_groups = SubtypeGroups.fit([c.get("diagnosis") for c in clinical], self.rare_subtype_min)
 
     # -- pretraining ----------------------------------------------------------------------------------------
 
@@ -613,9 +764,10 @@ class ModalTune(PathmmModel):
             if not 0 <= int(types[i]) < len(self.cancer_type_names):
                 raise ModelInputError(f"model '{self.name}': cancer_type {int(types[i])} outside [0, "
                                       f"{len(self.cancer_type_names) - 1}]")
-            fields = self.clinical_fields(int(types[i]), None if bins is None else bins[i],
-                                          None if events is None else events[i], batch.time_edges)
-            targets = self.targets_for(fields)
+            clinical = None if batch.clinical is None else batch.clinical[i]
+            sentences = self.clinical_sentences(int(types[i]), None if bins is None else bins[i],
+                                                None if events is None else events[i], batch.time_edges, clinical)
+            targets = self.targets_for(sentences)
             embeddings = self(x).extras["task_embeddings"]
             for t, y in targets.items():
                 preds.setdefault(t, []).append(embeddings[t])

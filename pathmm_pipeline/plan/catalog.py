@@ -24,7 +24,8 @@ MODELS = {
         ['slide_encoder', 'slide_weights', 'dim', 'heads', 'adapter_every', 'n_pathway_tokens', 'gene_dim',
         'mixer_depth', 'cffn_ratio', 'extra_extractors', 'prompt_self_attention', 'out_dim', 'tasks', 'task_prompt',
         'text_dim', 'kl_weight', 'temperature', 'projector_seed', 'cancer_type_names', 'dropout',
-        'checkpoint_blocks', 'modality_dropout', 'text_encoder']},
+        'checkpoint_blocks', 'modality_dropout', 'text_encoder', 'text_encoder_path', 'rare_subtype_min',
+        'protocol', 'probe_penalty', 'probe_c']},
     'mstar': {'uses': ['genomics', 'report', 'wsi'], 'requires': ['wsi'], 'pretrainable': True, 'options': ['dim',
         'heads', 'num_landmarks', 'dropout', 'proj_dim', 'genomics_hidden', 'genomics_dropout', 'report_hidden',
         'w_report', 'w_genomics', 'w_triplet', 'triplet_margin', 'init_temperature', 'modalities',
@@ -56,6 +57,7 @@ DOWNSTREAM = {
     'data_efficiency': {'options': ['fractions', 'per_cancer_type'], 'reads_every_modality': False,
         'needs_reports_table': False},
     'linear_probe': {'options': [], 'reads_every_modality': False, 'needs_reports_table': False},
+    'out_of_distribution': {'options': [], 'reads_every_modality': False, 'needs_reports_table': False},
     'report_generation': {'options': ['settings'], 'reads_every_modality': True, 'needs_reports_table': True},
     'zero_shot': {'options': [], 'reads_every_modality': False, 'needs_reports_table': False},
 }

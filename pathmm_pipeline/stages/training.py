@@ -237,7 +237,8 @@ def downstream(kind: str, model: str, task: str, fold_index: int, manifest: str 
                    pretrained: str | os.PathLike[str] | None = None,
                    reports_table: str | os.PathLike[str] | None = None):
     """One registered downstream evaluation (:data:`pathmm_pipeline.downstream.registry.DOWNSTREAM`:
-    ``report_generation``, ``data_efficiency``, ``linear_probe``, ``zero_shot``) of one run on one fold, written
+    ``report_generation``, ``data_efficiency``, ``linear_probe``, ``out_of_distribution``, ``zero_shot``) of one
+    run on one fold, written
     as ``out_csv`` (and, for report generation, the per-patient texts beside it). ``settings`` are the run's
     TrainConfig fields (its ``selection`` protocol governs every choice) plus ``downstream``, the evaluation's
     own options from config. Returns the :class:`~pathmm_pipeline.downstream.kinds.DownstreamResult`."""

@@ -153,15 +153,16 @@ def _fit_direct(model: nn.Module, view: MultimodalCohort, train_ids: list[str], 
     """Fit a closed-form model (``direct_fit``) on the fit patients, its penalty chosen on ``select_ids`` when
     there are any (selection ``inner``); returns its state and one log row per candidate tried (the chosen
     one last, ``best``; the penalty itself is in the model's state)."""
-    def part(ids: list[str]) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    def part(ids: list[str]) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray]:
         targets = [view.targets(p) for p in ids]
         return ([model_input(view, model, p).x for p in ids], np.array([t.time for t in targets], float),
-                np.array([t.event for t in targets], int))
+                np.array([t.event for t in targets], int), np.array([t.label for t in targets], int))
 
     t0 = time.perf_counter()
-    fit, fit_t, fit_e = part(train_ids)
-    check, check_t, check_e = part(select_ids) if select_ids else ([], None, None)
-    tried = model.fit_direct(fit, fit_t, fit_e, check, check_t, check_e, edges=objective.edges)
+    fit, fit_t, fit_e, fit_y = part(train_ids)
+    check, check_t, check_e, check_y = part(select_ids) if select_ids else ([], None, None, None)
+    tried = model.fit_direct(fit, fit_t, fit_e, check, check_t, check_e, edges=objective.edges,
+                             fit_label=fit_y, check_label=check_y)
     rows = [{"epoch": i, "train_loss": float("nan"), "inner_val_loss": float("nan"),
              "inner_val_metric": float(r.get("inner_val_metric", float("nan"))), "lr": float("nan"),
              "seconds": time.perf_counter() - t0, "best": bool(r.get("chosen", False))} for i, r in enumerate(tried)]

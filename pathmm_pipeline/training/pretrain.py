@@ -45,6 +45,7 @@ from pathmm_pipeline.genomics.normalize import GeneScaler
 from pathmm_pipeline.genomics.stage import GenomicsData, load_genomics
 from pathmm_pipeline.models import InputDims, PathmmModel, PretrainBatch, TaskSpec, build_model, get_model_class
 from pathmm_pipeline.models.checkpoint import dims_from_record, options_from_record, plain_json
+from pathmm_pipeline.models.clinical_text import CLINICAL_COLUMNS
 from pathmm_pipeline.models.losses import discretize, make_time_bins
 from pathmm_pipeline.preprocess.samplesheet import EXTERNAL_COLUMNS, read_external_patients
 from pathmm_pipeline.training.engine import Engine, cosine_with_warmup, peak_gpu_mb, peak_rss_mb, run_on
@@ -105,7 +106,10 @@ def external_cohort(patients: pd.DataFrame | str | os.PathLike[str], genomics: s
         log.info("external cohort: %d of %d patients left out (in the cohort, another cancer type, or no "
                  "expression)", dropped, len(table))
     table = table[keep]
-    return MultimodalCohort(table[list(EXTERNAL_COLUMNS)], {}, data, None, cancer_types=reference.cancer_types,
+    clinical = [c for columns in CLINICAL_COLUMNS.values() for c in columns if c in table and c not in
+                EXTERNAL_COLUMNS]
+    return MultimodalCohort(table[[*EXTERNAL_COLUMNS, *clinical]], {}, data, None,
+                            cancer_types=reference.cancer_types,
                             pathway_collection=reference.pathway_collection,
                             family_collection=reference.family_collection)
 
@@ -156,11 +160,13 @@ def pretrain(model_name: str, cohort: MultimodalCohort, patients: Sequence[str],
         bins[known] = discretize(times[known], edges)
     events = np.where(known, events, -1)
     types = np.array([c.targets(p).cancer_type for c, p in corpus])
+    clinical = [c.clinical(p) for c, p in corpus]
 
     with run_on(config.device, deterministic=config.deterministic, threads=config.threads,
                 seed=config.seed) as device:
         dims = cohort.input_dims()
         model = build_model(model_name, dims, TaskSpec.survival(config.n_bins), **config.model_options)
+        model.fit_pretraining_corpus(clinical)  # e.g. ModalTune's rare subtypes: the corpus only
         model.to(device)
         steps_per_epoch = math.ceil(len(corpus) / config.batch_size)
         engine = Engine(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
@@ -185,7 +191,8 @@ def pretrain(model_name: str, cohort: MultimodalCohort, patients: Sequence[str],
                     cancer_type=torch.as_tensor(types[idx], device=device),
                     bins=torch.as_tensor(bins[idx], device=device),
                     events=torch.as_tensor(events[idx], device=device, dtype=torch.float32),
-                    time_edges=None if edges is None else [float(v) for v in edges])
+                    time_edges=None if edges is None else [float(v) for v in edges],
+                    clinical=[clinical[i] for i in idx])
                 with engine.autocast():
                     terms = model.pretraining_loss(batch)
                 loss = terms["loss"]

@@ -48,7 +48,6 @@ from pathmm_pipeline.models.modaltune import (
     ModalTune,
     TextProjector,
     multitask_kl,
-    task_texts,
     text_targets,
 )
 
@@ -92,16 +91,23 @@ def test_registry_options_and_build_errors():
     assert ModalTune.requires == {"wsi"} and ModalTune.uses == {"wsi", "genomics"}
     opts = model_options("modaltune")
     assert opts["slide_encoder"] == "tiny_slide" and opts["slide_weights"] is None and opts["dim"] is None
-    assert opts["tasks"] == ("general", "survival", "subtype") and opts["task_prompt"] is None
+    assert opts["tasks"] == ("general", "survival", "subtype", "stage") and opts["task_prompt"] is None
     assert opts["adapter_every"] is None and opts["kl_weight"] == 10.0 and opts["n_pathway_tokens"] == 64
+    assert opts["protocol"] == "probe" and opts["probe_penalty"] == 0.1 and opts["probe_c"] == 1.0
     assert set(list_slide_encoders()) >= {"gigapath_slide", "tiny_slide"}
-    # the prompt feeding the head follows the task kind
-    assert small().task_name == "survival"
-    assert small(TaskSpec.classification(3)).task_name == "subtype"
-    assert small(TaskSpec.binary(), tasks=("general", "grade")).task_name == "general"
-    assert small(TaskSpec.binary(), task_prompt="general").task_name == "general"
-    with pytest.raises(ModelConfigError, match="task_prompt 'stage'"):
-        small(task_prompt="stage")
+    # the published protocol: the probe reads the general prompt; fine-tuning's prompt follows the task kind
+    assert small().task_name == "general" and small().direct_fit
+    tune = dict(protocol="finetune")
+    assert small(**tune).task_name == "survival" and not small(**tune).direct_fit
+    assert small(TaskSpec.classification(3), **tune).task_name == "subtype"
+    assert small(TaskSpec.binary(), tasks=("general", "grade"), **tune).task_name == "general"
+    assert small(TaskSpec.binary(), task_prompt="general", **tune).task_name == "general"
+    with pytest.raises(ModelConfigError, match="task_prompt 'grade'"):
+        small(task_prompt="grade", **tune)
+    with pytest.raises(ModelConfigError, match="protocol must be one of"):
+        small(protocol="linear")
+    with pytest.raises(ModelConfigError, match="reads the general prompt"):
+        small(tasks=("survival",))
     with pytest.raises(ModelConfigError, match="distinct names"):
         small(tasks=("general", "general"))
     with pytest.raises(ModelConfigError, match="multiple of heads"):
@@ -146,7 +152,7 @@ def test_frozen_encoder_is_bit_identical_after_tuning_steps():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     for step in range(4):
         x = patient(8 + step, seed=step, cancer_type=step % 2)
-        out = model(x, targets=model.targets_for(model.clinical_fields(step % 2, step % 4, step % 2)))
+        out = model(x, targets=model.targets_for(model.clinical_sentences(step % 2, step % 4, step % 2)))
         assert model.training and not model.slide_encoder.training  # train() keeps the encoder in eval mode
         loss = out.logits.logsumexp(-1).sum() + out.extras["aux_loss"]
         opt.zero_grad()
@@ -164,11 +170,11 @@ def test_frozen_encoder_is_bit_identical_after_tuning_steps():
 
 
 def test_forward_backward_with_and_without_genomics():
-    model = small(TaskSpec.classification(3)).train()
+    model = small(TaskSpec.classification(3), protocol="finetune").train()
     for x, missing in ((patient(), []), (patient(seed=1).without("genomics"), ["genomics"])):
         out = model(x)
         assert out.logits.shape == (1, 3) and out.embedding.shape == (1, model.out_dim)
-        assert set(out.extras["task_embeddings"]) == {"general", "survival", "subtype"}
+        assert set(out.extras["task_embeddings"]) == {"general", "survival", "subtype", "stage"}
         assert torch.equal(out.embedding, out.extras["task_embeddings"]["subtype"])
         assert out.extras["missing"] == missing and out.extras["aux_loss"] is None
         assert out.extras["injector_gates"].shape == (len(model.adapters),)
@@ -228,7 +234,7 @@ def test_multitask_kl_matches_a_hand_computation():
     # the model's aux loss is kl_weight x this KL on its own task embeddings
     model = small().eval()
     x = patient(seed=5)
-    targets = model.targets_for(model.clinical_fields(1, 0, 1.0))
+    targets = model.targets_for(model.clinical_sentences(1, 0, 1.0))
     with torch.no_grad():
         out = model(x, targets=targets)
     expected = model.kl_weight * float(multitask_kl(out.extras["task_embeddings"], targets))
@@ -236,21 +242,20 @@ def test_multitask_kl_matches_a_hand_computation():
 
 
 def test_text_targets_with_a_fake_encoder_and_the_fixed_projector():
-    fields = {"survival": "23.5 months, event observed", "subtype": "luminal papillary", "grade": None}
-    texts = task_texts(fields, ["general", "survival", "subtype", "grade"])
-    assert texts == {"general": "survival: 23.5 months, event observed; subtype: luminal papillary",
-                     "survival": "survival: 23.5 months, event observed", "subtype": "subtype: luminal papillary"}
+    texts = {"general": "Cancer location: bladder urothelial; Survival status: The patient died before 12 months",
+             "subtype": "Cancer location: bladder urothelial; Cancer diagnosis: Bladder Urothelial Carcinoma;"}
     seen: list[list[str]] = []
 
     def fake(batch: list[str]) -> np.ndarray:
         seen.append(batch)
         return np.stack([np.full(6, float(len(t))) for t in batch])
 
-    raw = text_targets(fields, ["general", "subtype", "grade"], fake)
+    raw = text_targets(texts, fake)
     assert seen == [[texts["general"], texts["subtype"]]] and set(raw) == {"general", "subtype"}
     assert raw["subtype"].shape == (1, 6) and float(raw["subtype"][0, 0]) == len(texts["subtype"])
+    assert text_targets({}, fake) == {}
     projector = TextProjector(6, 4, seed=7)
-    projected = text_targets(fields, ["subtype"], fake, projector)["subtype"]
+    projected = text_targets({"subtype": texts["subtype"]}, fake, projector)["subtype"]
     assert projected.shape == (1, 4) and torch.allclose(projected, projector(raw["subtype"]))
     # fixed: buffers (saved, never trained), the same for the same seed, others for another
     assert not list(projector.parameters()) and set(projector.state_dict()) == {"w1", "b1", "w2", "b2"}
@@ -261,27 +266,33 @@ def test_text_targets_with_a_fake_encoder_and_the_fixed_projector():
     a, b = enc(["subtype: BLCA", "subtype: STAD"]), enc(["subtype: BLCA"])
     assert np.array_equal(a[:1], b) and np.allclose(np.linalg.norm(a, axis=1), 1) and not np.allclose(a[0], a[1])
     # a model takes any encoder of its text width
-    model = small(text_dim=6)
+    model = small(text_dim=6, cancer_type_names=["BLCA", "STAD"])
     model.set_text_encoder(fake)
-    assert set(model.targets_for({"subtype": "BLCA"})) == {"general", "subtype"}
+    sentences = model.clinical_sentences(0, clinical={"diagnosis": "BLCA"})
+    assert set(model.targets_for(sentences)) == {"general", "subtype"}
     model.set_text_encoder(lambda batch: np.zeros((len(batch), 5)))
     with pytest.raises(ModelConfigError, match="text_dim=5"):
-        model.targets_for({"subtype": "BLCA"})
+        model.targets_for(sentences)
 
 
 def test_pretraining_objective():
     model = small(cancer_type_names=["BLCA", "STAD"]).train()
-    assert model.clinical_fields(1, 2, 0.0) == {"subtype": "STAD", "survival": "follow-up interval 3, censored"}
-    assert model.clinical_fields(0, -1, -1.0) == {"subtype": "BLCA"}
-    # with the bins' edges in months (cut on the training patients), the paper's sentences
+    assert model.clinical_sentences(1, 2, 0.0) == {
+        "location": "Cancer location: stomach;",
+        "survival": "Survival status: The patient was censored in follow-up interval 3"}
+    assert model.clinical_sentences(0, -1, -1.0) == {"location": "Cancer location: bladder urothelial;"}
+    # with the bins' edges in months (cut on the training patients), the reference's sentences
     edges = [0.0, 11.6, 24.2, 40.0, float("inf")]
-    assert model.clinical_fields(1, 1, 1.0, edges)["survival"] == "died between 12 and 24 months"
-    assert model.clinical_fields(0, 0, 0.0, edges)["survival"] == "censored between 0 and 12 months"
-    assert model.clinical_fields(0, 3, 1.0, edges)["survival"] == "died after 40 months"
+    survival = "Survival status: The patient "
+    assert model.clinical_sentences(1, 1, 1.0, edges)["survival"] == survival + "died between 12 and 24 months"
+    assert model.clinical_sentences(0, 0, 0.0, edges)["survival"] == survival + "was censored before 12 months"
+    assert model.clinical_sentences(0, 3, 1.0, edges)["survival"] == survival + "died after 40 months"
     inputs = [patient(8, seed=40), patient(9, seed=41).without("genomics"), patient(7, seed=42).without("wsi"),
               patient(6, seed=43)]
     batch = PretrainBatch(inputs, torch.tensor([0, 1, 1, 0]), torch.tensor([1, -1, 2, 3]),
-                          torch.tensor([1.0, -1.0, 0.0, 0.0]))
+                          torch.tensor([1.0, -1.0, 0.0, 0.0]),
+                          clinical=[{"diagnosis": "BLCA", "stage": "III"}, {"diagnosis": "TSTAD", "stage": "IVA"},
+                                    {}, {"stage": "II", "t": "pT2a", "n": "N0", "m": "M0"}])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
     for _ in range(6):
@@ -416,3 +427,83 @@ def test_tiny_slide_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     build_slide_encoder("tiny_slide", 16)
     assert torch.equal(torch.rand(3), after_a)
+
+
+# ---------------------------------------------------------------------------------------------- published probe
+
+
+def _probe_data(n: int = 24, seed: int = 0):
+    xs = [patient(6 + i % 5, seed=seed * 100 + i) for i in range(n)]
+    rng = np.random.default_rng(seed)
+    times = rng.uniform(1, 60, n)
+    events = (rng.random(n) < 0.6).astype(int)
+    labels = np.arange(n) % 3
+    return xs, times, events, labels
+
+
+def test_probe_protocol_fits_the_published_cox_on_frozen_general_features():
+    from lifelines import CoxPHFitter
+
+    model = small(TaskSpec.survival(4), probe_penalty=0.1).train()
+    xs, times, events, _ = _probe_data()
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("probe.")}
+    edges = np.array([0.0, 10.0, 25.0, 40.0, np.inf])
+    rows = model.fit_direct(xs, times, events, edges=edges)
+    assert rows[-1]["chosen"] and rows[-1]["penalty"] == 0.1 and model.training  # mode restored
+    # nothing but the probe changed: the adapters are the tuned (here: initial) ones
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    model.eval()
+    with torch.no_grad():
+        feats = np.stack([model.task_embedding(x, "general").reshape(-1).numpy() for x in xs]).astype(np.float64)
+    mean, scale = feats.mean(0), np.where(feats.std(0) > 1e-8, feats.std(0), 1.0)
+    frame = __import__("pandas").DataFrame((feats - mean) / scale, columns=[f"p{i}" for i in range(feats.shape[1])])
+    frame["time"], frame["event"] = times, events
+    reference = CoxPHFitter(penalizer=0.1).fit(frame, "time", "event").params_.to_numpy()
+    assert np.allclose(model.probe.weight.numpy()[0], reference, atol=1e-4)
+    with torch.no_grad():
+        logits = torch.cat([model(x).logits for x in xs])
+    assert logits.shape == (24, 4) and torch.isfinite(logits).all()
+    # the risk the bins imply orders patients as the Cox linear predictor does
+    from pathmm_pipeline.tasks.kinds import risk_scores
+
+    lp = ((feats - mean) / scale) @ reference
+    assert np.array_equal(np.argsort(risk_scores(TaskSpec.survival(4), logits.numpy())), np.argsort(lp))
+    # a Cox task gets the linear predictor itself; the probe is not inherited by fine-tuning
+    cox = small(TaskSpec("survival", 1))
+    cox.fit_direct(xs, times, events)
+    with torch.no_grad():
+        assert np.allclose(torch.cat([cox.eval()(x).logits for x in xs]).numpy().reshape(-1),
+                           ((feats - mean) / scale) @ reference, atol=1e-3)
+    assert not any(k.startswith("probe.") for k in model.pretrained_state())
+    with pytest.raises(ModelConfigError, match="needs protocol 'probe'"):
+        small(protocol="finetune").fit_direct(xs, times, events)
+
+
+def test_probe_protocol_for_classification_and_its_inner_search():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    xs, times, events, labels = _probe_data(30, seed=2)
+    model = small(TaskSpec.classification(3))
+    model.fit_direct(xs[:24], times[:24], events[:24], fit_label=labels[:24])
+    model.eval()
+    with torch.no_grad():
+        feats = np.stack([model.task_embedding(x, "general").reshape(-1).numpy() for x in xs])
+        logits = torch.cat([model(x).logits for x in xs]).numpy()
+    reference = OneVsRestClassifier(LogisticRegression(C=1.0, solver="liblinear", max_iter=200, random_state=0))
+    reference.fit(feats[:24], labels[:24])
+    assert np.allclose(logits, reference.decision_function(feats), atol=1e-4)
+    # binary: one decision function
+    binary = small(TaskSpec.binary())
+    binary.fit_direct(xs[:24], times[:24], events[:24], fit_label=labels[:24] % 2)
+    with torch.no_grad():
+        assert binary.eval()(xs[0]).logits.shape == (1, 1)
+    # selection inner: C searched on the check patients, refitted on both; the chosen row is last
+    tuned = small(TaskSpec.classification(3))
+    rows = tuned.fit_direct(xs[:18], times[:18], events[:18], xs[18:24], times[18:24], events[18:24],
+                            fit_label=labels[:18], check_label=labels[18:24])
+    assert len(rows) == 5 and rows[-1]["chosen"] and rows[-1]["n_fit"] == 24
+    assert float(tuned.probe.chosen_penalty) in {1.0 / c for c in (0.01, 0.1, 1.0, 10.0)}
+    with pytest.raises(ValueError, match=">= 2 classes"):
+        small(TaskSpec.classification(3)).fit_direct(xs[:4], times[:4], events[:4], fit_label=np.zeros(4, int))

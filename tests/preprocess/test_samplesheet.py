@@ -235,8 +235,10 @@ def test_the_published_presets_of_config_yaml_resolve_and_cite_their_source():
     assert runs["survpath_published"].settings["optimizer"] == "radam"
     assert runs["survpath_published"].settings["alpha_surv"] == 0.5 and runs["survpath_published"].settings[
         "weighted_sampling"]
-    assert runs["modaltune_published"].settings == {"optimizer": "adamw", "lr": 0.0001, "weight_decay": 0.0005,
-                                                    "epochs": 30, "warmup_epochs": 10, "grad_accum": 1}
+    # ModalTune's schedule is its tuning (the pretraining stage); its probe is fitted, not trained
+    assert runs["modaltune_published"].pretrain_settings == {"lr": 0.0001, "weight_decay": 0.0005, "epochs": 30,
+                                                             "warmup_epochs": 10, "batch_size": 2}
+    assert "protocol" not in runs["modaltune_published"].options  # the class default: the published probe
     assert all(v.get("source") for v in presets.values())
     with pytest.raises(ConfigError):  # the protocol is one for all runs: not in the shared settings either
         validate_config({**config, "training": {**config["training"], "settings": {"selection": "inner"}}})

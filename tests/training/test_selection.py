@@ -19,7 +19,13 @@ from pathmm_pipeline.cohort.selection import inner_split, read_inner_split, stra
 from pathmm_pipeline.cohort.splits import Fold, make_splits
 from pathmm_pipeline.core.provenance import build_provenance
 from pathmm_pipeline.core.stores import ArraySpec, open_store, write_store
-from pathmm_pipeline.downstream.kinds import data_efficiency, linear_probe, report_generation, zero_and_few_shot
+from pathmm_pipeline.downstream.kinds import (
+    data_efficiency,
+    linear_probe,
+    out_of_distribution,
+    report_generation,
+    zero_and_few_shot,
+)
 from pathmm_pipeline.downstream.registry import DOWNSTREAM
 from pathmm_pipeline.genomics.stage import GenomicsData
 from pathmm_pipeline.models import get_model_class, list_models
@@ -66,11 +72,12 @@ def _permutation(ids: list[str], seed: int) -> dict[str, str]:
 
 
 def permuted_outcomes(toy: ToyCohort, fold: Fold) -> MultimodalCohort:
-    """The cohort with survival time, event and grade permuted among the held-out patients."""
+    """The cohort with survival time, event, grade and the clinical facts (subtype, stage) permuted among the
+    held-out patients."""
     manifest = toy.manifest.copy()
     table = manifest.drop_duplicates("patient_id").set_index("patient_id")
     donor = _permutation(list(fold.val), 1)
-    for column in ("survival_time", "survival_event", "grade"):
+    for column in ("survival_time", "survival_event", "grade", "subtype", "stage"):
         values = table[column].to_dict()
         manifest[column] = [values[donor.get(p, p)] for p in manifest.patient_id]
     changed = manifest.drop_duplicates("patient_id").set_index("patient_id").loc[list(fold.val)]
@@ -201,7 +208,7 @@ def _reports_table(toy: ToyCohort, tmp_path) -> str:
 
 
 #: how each downstream evaluation is exercised here; a newly registered one fails until it is added
-EXERCISED = ("report_generation", "data_efficiency", "linear_probe", "zero_shot")
+EXERCISED = ("report_generation", "data_efficiency", "linear_probe", "out_of_distribution", "zero_shot")
 
 
 @pytest.mark.parametrize("selection", SELECTIONS)
@@ -222,6 +229,10 @@ def test_held_out_outcomes_and_inputs_change_nothing_a_downstream_evaluation_fit
             out = data_efficiency("mice", "survival", cohort, fold, config("mice", selection),
                                   pretrained=_pretrained("mice", cohort, fold, tmp_path, variant),
                                   fractions=(0.5, 1.0))
+        elif kind == "out_of_distribution":
+            out = out_of_distribution(_pretrained("modaltune", cohort, fold, tmp_path, variant), cohort, fold,
+                                      "survival", selection=selection)
+            assert {"transfer", "in-distribution", "untuned"} == set(out.table.transfer)
         elif kind == "linear_probe":
             net = load_pretrained_model(_pretrained("modaltune", cohort, fold, tmp_path, variant))
             out = linear_probe(net, cohort.for_fold(fold.train), fold, "survival", selection=selection)
