@@ -90,7 +90,7 @@ SUBTYPES = ("TSTAD", "DSTAD", "TSTAD", "MSTAD", "DSTAD", "TSTAD", "DSTAD", "PSTA
 STAGES, STAGE_CUTS = ("I", "II", "III", "IV"), (-0.67, 0.0, 0.67)
 
 
-def build_toy_cohort(root: Path, seed: int = 0) -> ToyCohort:
+def build_toy_cohort(root: Path, seed: int = 0, wsi_signal: str = "mean") -> ToyCohort:
     """90 patients; survival driven by a latent risk z that also sets the fraction of 'tumour' tiles (feature 0
     shifted by +3) and gene G00, and the clinical stage (I-IV by quartile of z; subtypes cycle through OncoTree
 codes). Some patients lack expression, reports or slides; a few have two slides."""
@@ -110,7 +110,11 @@ codes). Some patients lack expression, reports or slides; a few have two slides.
         for s in range(n_slides):
             n = int(rng.integers(20, 40))
             feats = rng.normal(0, 1, (n, D_WSI))
-            feats[rng.random(n) < frac, :4] += 2.0
+            tumour = rng.random(n) < frac
+            if wsi_signal == "mean":
+                feats[tumour, :4] += 2.0
+            else:  # "sign": tumour tiles shifted by +-2 at random, so the slide's mean feature carries no signal
+                feats[tumour, :4] += 2.0 * rng.choice([-1.0, 1.0], (int(tumour.sum()), 1))
             _feature_store(features_dir / f"{p}-slide{s + 1}.zarr", f"{p}-slide{s + 1}", feats)
         for s in range(max(1, n_slides)):
             rows.append({"patient_id": p, "slide_id": f"{p}-slide{s + 1}", "cancer_type": "A" if i % 3 else "B",

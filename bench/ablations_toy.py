@@ -1,0 +1,151 @@
+"""The methods' central ablations on the tests' toy cohort, over seeds: held-out C-index of each pair of runs,
+paired by seed, printed with mean +- sd (the numbers in docs/methods/<method>.md, "Ablation on the toy cohort").
+
+    python bench/ablations_toy.py modaltune --seeds 0 1 2 3 --signal sign --no-genomics --epochs 30
+    python bench/ablations_toy.py alter --seeds 0 1 2 --epochs 10
+    python bench/ablations_toy.py umeml | mice | mstar [--signal sign]
+
+``--signal mean``: tumour tiles shifted by +2 (a slide's mean feature carries the signal); ``sign``: by +-2 at
+random (only the tile pattern does). The fold is the toy cohort's first 60 patients for training, the other 30
+held out; nothing is fitted on the held-out ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from toy_cohort import build_toy_cohort  # noqa: E402
+
+from pathmm_pipeline.cohort.dataset import MultimodalCohort  # noqa: E402
+from pathmm_pipeline.cohort.splits import Fold  # noqa: E402
+from pathmm_pipeline.stats.metrics import c_index  # noqa: E402
+from pathmm_pipeline.tasks.kinds import risk_scores  # noqa: E402
+from pathmm_pipeline.training.finetune import model_input, train_fold  # noqa: E402
+from pathmm_pipeline.training.pretrain import PretrainConfig, pretrain  # noqa: E402
+from pathmm_pipeline.training.settings import TrainConfig  # noqa: E402
+
+OPTIONS = {
+    "modaltune": {"n_pathway_tokens": 4, "gene_dim": 8, "mixer_depth": 1, "dropout": 0.0,
+                  "cancer_type_names": ["A", "B"]},
+    "alter": {"dim": 16, "heads": 2, "layers": 1, "n_experts": 2, "top_k": 1, "n_features": 8, "region_size": 2,
+              "dropout": 0.0},
+    "umeml": {"dim": 16, "heads": 2, "proto_layers": 1, "omic_layers": 1, "decoder_layers": 1, "dropout": 0.0},
+    "mice": {"dim": 16, "n_overlap": 2, "top_k": 1, "fusion_layers": 1, "fusion_heads": 2, "dropout": 0.0},
+    "mstar": {"dim": 16, "proj_dim": 8, "heads": 2, "dropout": 0.0},
+}
+
+
+def held_out(result, cohort: MultimodalCohort, fold: Fold, withhold: tuple[str, ...] = ()) -> float:
+    """Held-out C-index of a trained fold, with ``withhold`` modalities removed at test."""
+    view = cohort.with_scaler(result.scaler) if result.scaler is not None else cohort
+    model = result.model.eval()
+    kept, rows = [], []
+    with torch.no_grad():
+        for p in fold.val:
+            x = model_input(view, model, p).x.without(*withhold)
+            if any(v for m, v in x.present().items() if m in model.modalities):
+                rows.append(model(x).logits.reshape(-1).numpy())
+                kept.append(p)
+    times, events = view.survival(kept)
+    return float(c_index(times, events, risk_scores(result.task, np.stack(rows))))
+
+
+def mean_pool_probe(cohort: MultimodalCohort, fold: Fold) -> float:
+    """A lifelines Cox (penalizer 0.5) on the standardised mean patch feature of each slide."""
+    import pandas as pd
+    from lifelines import CoxPHFitter
+
+    view = cohort.with_scaler(None)
+
+    def pooled(ids):
+        kept = [p for p in ids if view.presence(p)["wsi"]]
+        return kept, np.stack([view.get(p).x.wsi.float().mean(0).numpy() for p in kept])
+
+    train, x_train = pooled(fold.train)
+    val, x_val = pooled(fold.val)
+    mean, scale = x_train.mean(0), x_train.std(0) + 1e-8
+    frame = pd.DataFrame((x_train - mean) / scale)
+    frame["t"], frame["e"] = view.survival(train)
+    cox = CoxPHFitter(penalizer=0.5).fit(frame, "t", "e")
+    risk = cox.predict_partial_hazard(pd.DataFrame((x_val - mean) / scale)).to_numpy()
+    return float(c_index(*view.survival(val), risk))
+
+
+def run(method: str, seeds: list[int], signal: str, genomics: bool, epochs: int, root: Path) -> dict[str, list]:
+    toy = build_toy_cohort(root / "toy", wsi_signal=signal)
+    cohort = toy.cohort() if genomics else MultimodalCohort.from_manifest(
+        toy.manifest, toy.features_dir, None, toy.reports, pathway_collection=None, family_collection=None)
+    ids = toy.manifest.patient_id.drop_duplicates().tolist()
+    fold = Fold(0, tuple(ids[:60]), tuple(ids[60:]))
+    opts = OPTIONS[method]
+    out: dict[str, list] = {}
+    for seed in seeds:
+        pre = PretrainConfig(epochs=epochs, batch_size=12, lr=1e-3, seed=seed, progress=False, model_options=opts)
+        tune = TrainConfig(epochs=8 if method != "alter" else 6, lr=1e-3, grad_accum=8, progress=False, n_bins=4,
+                           seed=seed, patience=None, model_options=opts)
+        if method in ("modaltune", "alter"):
+            pretrain(method, cohort, fold.train, pre, out_dir=root / f"{method}{seed}")
+            if method == "modaltune":
+                tune = TrainConfig(epochs=1, progress=False, n_bins=4, seed=seed, model_options=opts)
+            first = "tuned" if method == "modaltune" else "pretrained"
+            second = "frozen" if method == "modaltune" else "scratch"
+            out.setdefault(first, []).append(held_out(train_fold(
+                method, "survival", cohort, fold, tune, pretrained=root / f"{method}{seed}" / "pretrained.pt"),
+                cohort, fold))
+            out.setdefault(second, []).append(held_out(train_fold(method, "survival", cohort, fold, tune), cohort,
+                                                       fold))
+        elif method == "umeml":
+            for name, o in (("modularity", opts), ("none", {**opts, "use_modularity": False})):
+                cfg = TrainConfig(**{**tune.to_dict(), "model_options": o})
+                out.setdefault(name, []).append(held_out(train_fold(method, "survival", cohort, fold, cfg), cohort,
+                                                         fold))
+        elif method == "mice":
+            for name, o in (("synthesis", opts), ("none", {**opts, "synthesis": False})):
+                result = train_fold(method, "survival", cohort, fold, TrainConfig(**{**tune.to_dict(),
+                                                                                     "model_options": o}))
+                out.setdefault(f"{name}, slides withheld", []).append(held_out(result, cohort, fold, ("wsi",)))
+                out.setdefault(f"{name}, genomics withheld", []).append(held_out(result, cohort, fold,
+                                                                                 ("genomics",)))
+        else:  # mstar: the stage-1 slide embedding against mean pooling, both through a Cox probe
+            from pathmm_pipeline.downstream.kinds import linear_probe
+
+            model = pretrain(method, cohort, fold.train, pre).model
+            table = linear_probe(model, cohort.for_fold(fold.train), fold, "survival", prompt=None).table
+            out.setdefault("stage-1 slide embedding", []).append(float(table.value.iloc[0]))
+            out.setdefault("mean pooling", []).append(mean_pool_probe(cohort, fold))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("method", choices=sorted(OPTIONS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--signal", choices=("mean", "sign"), default="mean")
+    parser.add_argument("--no-genomics", action="store_true")
+    parser.add_argument("--epochs", type=int, default=6, help="pretraining epochs (modaltune, alter, mstar)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = run(args.method, args.seeds, args.signal, not args.no_genomics, args.epochs, Path(tmp))
+    for name, values in out.items():
+        print(f"{args.method:10s} {name:32s} {np.mean(values):.3f} +- {np.std(values):.3f}  "
+              f"({', '.join(f'{v:.3f}' for v in values)})")
+    names = list(out)
+    if len(names) == 2:
+        gain = np.array(out[names[0]]) - np.array(out[names[1]])
+        print(f"paired {names[0]} - {names[1]}: {gain.mean():+.3f} +- {gain.std():.3f}")
+    print(f"{time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
