@@ -87,10 +87,29 @@ def cmd_tile_slide(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_throughput(settings: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The extraction settings with the speed arguments given on the command line (the rules pass them from the
+    job's resources and threads, so that they never trigger a re-run)."""
+    given = {"batch_size": args.batch_size, "threads": args.threads,
+             "num_workers": None if args.num_workers is None else ("auto" if args.num_workers < 0 else
+                                                                    args.num_workers),
+             "channels_last": None if args.channels_last is None else bool(args.channels_last),
+             "compile": None if args.compile is None else bool(args.compile)}
+    return {**settings, **{k: v for k, v in given.items() if v is not None}}
+
+
+def _throughput_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (speed only)")
+    p.add_argument("--num-workers", type=int, default=None, help="decoding processes; -1: the job's CPUs less one")
+    p.add_argument("--channels-last", type=int, choices=(0, 1), default=None)
+    p.add_argument("--compile", type=int, choices=(0, 1), default=None)
+    p.add_argument("--threads", type=int, default=None, help="the CPUs the job was given")
+
+
 def cmd_extract_features(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.preprocess import extract_features
 
-    extract_features(args.slide, args.tiles, args.store, args.settings,
+    extract_features(args.slide, args.tiles, args.store, with_throughput(args.settings, args),
                      slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
     return 0
 
@@ -98,7 +117,8 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
 def cmd_extract_fold_features(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.preprocess import extract_fold_features
 
-    extract_fold_features(args.manifest, args.tiles, args.out, args.settings, backend=args.backend,
+    extract_fold_features(args.manifest, args.tiles, args.out, with_throughput(args.settings, args),
+                          backend=args.backend,
                           fallback=not args.no_fallback)
     return 0
 
@@ -269,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="openslide", choices=["openslide", "tiffslide"])
     p.add_argument("--no-fallback", action="store_true")
     p.add_argument("--settings", type=_settings, default={}, help="extraction settings as JSON")
+    _throughput_args(p)
     p.set_defaults(func=cmd_extract_fold_features)
 
     p = sub.add_parser("tcga-cohort", help="a slide-less cohort (sample sheet, expression, published splits, "
@@ -311,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     _slide_args(p)
     p.add_argument("--tiles", type=Path, required=True, help="the slide's tile store")
     p.add_argument("--store", type=Path, required=True, help="feature store to write")
+    _throughput_args(p)
     p.set_defaults(func=cmd_extract_features)
 
     p = sub.add_parser("encoders", help="list the registered patch encoders")

@@ -17,9 +17,9 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pathmm_pipeline.core.atomic import TMP_MARK, move_into_place, scratch_root
+from pathmm_pipeline.core.errors import ConfigError
 from pathmm_pipeline.core.provenance import build_provenance, hash_path, jsonable
 from pathmm_pipeline.core.runtime import resolve_device
 from pathmm_pipeline.core.settings import SettingsMixin
@@ -51,13 +52,56 @@ class ExtractionSettings(SettingsMixin):
     encoder: str
     weights: str | None = "default"
     batch_size: int = 64
-    num_workers: int = 2
+    #: tile-decoding processes; "auto": the CPUs the job was given (SLURM's cpus-per-task, else Snakemake's
+    #: ``threads``; within the process's CPU affinity) less one for the main process
+    num_workers: int | str = "auto"
     dtype: str = "float16"
     device: str = "auto"
     channels_last: bool = False
     compile: bool = False
     threads: int = 2
     seed: int = 0
+
+    #: what changes a feature (the Snakemake params of the extraction rules, so a change re-runs extraction):
+    #: the encoder and its weights, the stored dtype, the device (its compute precision) and the seed; the
+    #: tiles, the slide and the weights file are rule inputs. Everything else only changes how fast features are
+    #: made: recorded in the store, never a re-run trigger.
+    FEATURE_KEYS: ClassVar[tuple[str, ...]] = ("encoder", "weights", "dtype", "device", "seed")
+    THROUGHPUT_KEYS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers", "channels_last", "compile", "threads")
+
+    def __post_init__(self) -> None:
+        if not (self.num_workers == "auto" or (isinstance(self.num_workers, int) and self.num_workers >= 0)):
+            raise ConfigError(f"features.num_workers must be 'auto' or an integer >= 0, got {self.num_workers!r}")
+
+    def workers(self) -> int:
+        """The decoding processes: ``num_workers``, or under "auto" the job's CPUs less the main process."""
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        return max(0, job_cpus(self.threads) - 1)
+
+    def feature_settings(self) -> dict[str, Any]:
+        """The settings that change a feature (see :data:`FEATURE_KEYS`)."""
+        return {k: getattr(self, k) for k in self.FEATURE_KEYS}
+
+    def throughput_settings(self) -> dict[str, Any]:
+        """The settings that change only the speed, with the workers actually used."""
+        return {**{k: getattr(self, k) for k in self.THROUGHPUT_KEYS}, "workers_used": self.workers()}
+
+
+def job_cpus(threads: int) -> int:
+    """The CPUs a job was given: SLURM's ``SLURM_CPUS_PER_TASK`` inside a SLURM job, else ``threads``
+    (Snakemake's), within the CPUs the process may run on."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    given = int(slurm) if slurm.isdigit() and int(slurm) > 0 else int(threads)
+    return max(1, min(given, available_cpus()))
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity: SLURM's allocation, taskset), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 
@@ -107,7 +151,7 @@ def _worker_init(_: int) -> None:
 
 def make_loader(dataset: TileDataset, settings: ExtractionSettings, device: torch.device) -> DataLoader:
     """Batches in tile order, decoded by ``num_workers`` processes, pinned for the GPU."""
-    workers = settings.num_workers if len(dataset) > settings.batch_size else 0
+    workers = settings.workers() if len(dataset) > settings.batch_size else 0
     if workers:
         # forked workers inherit OpenCV's pool state: make it sequential before the fork, not in the child
         cv2.setNumThreads(1)
@@ -200,7 +244,8 @@ def extract_features(slide_path: str | os.PathLike[str], tiles_store: str | os.P
     inputs: dict[str, str] = {"slide": str(slide_path), "tiles": str(tiles_store)}
     if encoder.weights_source and Path(str(encoder.weights_source)).is_file():
         inputs["weights"] = str(encoder.weights_source)
-    params = {"settings": asdict(settings), "backend": backend, "fallback": fallback, "mpp_override": mpp_override}
+    params = {"settings": settings.feature_settings(), "backend": backend, "fallback": fallback,
+              "mpp_override": mpp_override}
     n, dim = len(tiles.coords), spec.embed_dim
     partial = partial_path(store_path)
     chunk_rows = CHUNK_ROWS
@@ -247,7 +292,8 @@ def extract_features(slide_path: str | os.PathLike[str], tiles_store: str | os.P
         "dtype": settings.dtype, "batch_size": settings.batch_size, "coords_unit": "level-0 pixels, top-left",
     }
     record = build_provenance("features", inputs, params, extra={"encoder": attrs["encoder"],
-                                                                  "tiles_per_second": rate, "device": str(device)})
+                                                                  "tiles_per_second": rate, "device": str(device),
+                                                                  "throughput": settings.throughput_settings()})
     # overwrite: a job killed after creating these arrays, before the store was complete, is resumed here
     coords = group.create_array("coords", shape=tiles.coords.shape, dtype="int64",
                                 chunks=(max(1, min(65536, n)), 2), dimension_names=("tile", "xy"), overwrite=True)

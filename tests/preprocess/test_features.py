@@ -53,10 +53,46 @@ def test_demo_encoder_real_forward(tiled):
 def test_deterministic_and_worker_count_does_not_matter(tiled):
     slide, tiles, out = tiled
     extract_features(slide, tiles, out / "a.zarr", tiny())
-    extract_features(slide, tiles, out / "b.zarr", tiny(num_workers=2))
+    extract_features(slide, tiles, out / "b.zarr", tiny(num_workers=2, batch_size=5))
     a, b = load_features(out / "a.zarr"), load_features(out / "b.zarr")
     np.testing.assert_array_equal(a.features, b.features)
     assert a.features.shape[1] == 192
+    # the speed settings are recorded beside the feature settings, not among them
+    ra, rb = read_provenance(out / "a.zarr"), read_provenance(out / "b.zarr")
+    assert ra["params"]["settings"] == rb["params"]["settings"] == tiny().feature_settings()
+    assert set(ra["params"]["settings"]) == {"encoder", "weights", "dtype", "device", "seed"}
+    assert rb["extra"]["throughput"]["batch_size"] == 5 and rb["extra"]["throughput"]["workers_used"] == 2
+
+
+def test_workers_default_to_the_cpus_the_job_was_given(monkeypatch):
+    import os
+
+    from pathmm_pipeline.cli import build_parser
+    from pathmm_pipeline.core.errors import ConfigError
+    from pathmm_pipeline.preprocess import features
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert tiny(num_workers="auto", threads=8).workers() == 3      # the affinity (SLURM's allocation) caps it
+    assert tiny(num_workers="auto", threads=2).workers() == 1      # Snakemake's threads for the job
+    assert tiny(num_workers="auto", threads=1).workers() == 0 and tiny(num_workers=5).workers() == 5
+    assert features.available_cpus() == 4
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")                 # inside a SLURM job: its allocation
+    assert tiny(num_workers="auto", threads=1).workers() == 2
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    with pytest.raises(ConfigError, match="num_workers"):
+        tiny(num_workers="many")
+    # the rules pass the speed settings as arguments beside the feature settings' JSON
+    args = build_parser().parse_args(["extract-features", "s.svs", "--tiles", "t.zarr", "--store", "f.zarr",
+                                      "--settings", '{"encoder": "vit_tiny_test", "dtype": "float32"}',
+                                      "--batch-size", "7", "--num-workers", "-1", "--channels-last", "1",
+                                      "--compile", "0", "--threads", "3"])
+    from pathmm_pipeline.cli import with_throughput
+
+    merged = ExtractionSettings.from_dict(with_throughput(args.settings, args))
+    assert (merged.batch_size, merged.num_workers, merged.channels_last, merged.compile, merged.threads) == \
+        (7, "auto", True, False, 3)
+    assert merged.dtype == "float32"
 
 
 def test_backends_give_identical_features_on_lossless_slide(he_texture, tmp_path):

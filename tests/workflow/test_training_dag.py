@@ -298,6 +298,24 @@ def test_a_pretraining_change_reruns_pretraining_and_what_follows_only(run):
     assert jobs == {"pretrain": 2, "train": 2, "downstream": 2, "evaluate": 1, "all": 1}, jobs
 
 
+def test_speed_settings_plan_no_job_and_the_feature_settings_rerun_extraction(run):
+    """Moving a cohort from a laptop to a cluster (another batch size, more decoding workers and threads,
+    channels-last, compile) re-runs nothing: none of them changes a feature. The stored dtype does: every
+    extraction re-runs, and what reads the features after it."""
+    root = run.parent
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    faster = {**config, "features": {**config["features"], "batch_size": 7, "num_workers": "auto", "threads": 3,
+                                     "channels_last": True, "compile": True}}
+    with edited(root / "config.yaml", yaml.safe_dump(faster)):
+        assert planned_jobs(root) == {}
+    other = {**config, "features": {**config["features"], "dtype": "float32"}}
+    with edited(root / "config.yaml", yaml.safe_dump(other)):
+        jobs = planned_jobs(root)
+    assert planned_jobs(root) == {}
+    assert jobs["extract_features"] == len(samplesheet(root)) * len(config["features"]["encoders"]), jobs
+    assert "segment_tissue" not in jobs and "tile_slide" not in jobs
+
+
 def test_replacing_one_slide_reruns_that_slide_and_what_reads_it(run):
     """A different slide written over one slide file: that slide's segmentation, tiling and base-encoder
     extraction re-run, and no other slide's. QC, the mSTAR stage-1 aggregator (it reads every base feature

@@ -87,11 +87,25 @@ def encoder_weights_files(encoder):
 
 
 def extraction_settings_json(encoder):
-    """Everything that shapes a feature store, as canonical JSON for params."""
-    keys = ("batch_size", "num_workers", "dtype", "device", "channels_last", "compile", "threads", "seed")
-    settings = {k: config["features"][k] for k in keys}
+    """What changes a feature (ExtractionSettings.FEATURE_KEYS), as canonical JSON for params: a re-run trigger."""
+    settings = {k: config["features"][k] for k in ("dtype", "device", "seed")}
     settings.update(encoder=PLAN.encoder_alias(encoder), weights=encoder_weights(encoder))
     return json.dumps(settings, sort_keys=True)
+
+
+def extraction_throughput():
+    """What only changes the speed, as resources (no re-run trigger); the job's threads come with {threads}."""
+    workers = config["features"]["num_workers"]
+    return {"extract_batch_size": int(config["features"]["batch_size"]),
+            "extract_workers": -1 if workers == "auto" else int(workers),
+            "extract_channels_last": int(bool(config["features"]["channels_last"])),
+            "extract_compile": int(bool(config["features"]["compile"]))}
+
+
+#: the extraction commands' speed arguments (read from the job's resources and threads)
+THROUGHPUT_ARGS = ("--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers}"
+                   " --channels-last {resources.extract_channels_last} --compile {resources.extract_compile}"
+                   " --threads {threads}")
 
 
 def memory(base_mb, scale_with=(), per_input_mb=0.0):

@@ -19,6 +19,8 @@ rule extract_features:
     resources:
         mem_mb=memory(config["features"]["mem_mb"], scale_with=("weights",), per_input_mb=3),
         runtime=120,
+        **extraction_throughput(),
     shell:
         "pathmm extract-features {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"
-        " --settings {params.settings:q} --tiles {input.tiles:q} --store {output.store:q} > {log:q} 2>&1"
+        " --settings {params.settings:q} " + THROUGHPUT_ARGS + " --tiles {input.tiles:q} --store {output.store:q}"
+        " > {log:q} 2>&1"

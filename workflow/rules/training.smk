@@ -271,9 +271,10 @@ rule extract_fold_features:
         mem_mb=memory(config["features"]["mem_mb"], scale_with=("weights",), per_input_mb=3),
         runtime=480,
         gpu=1,
+        **extraction_throughput(),
     shell:
         "pathmm extract-fold-features --manifest {input.manifest:q} --tiles {params.tiles:q} --out {output:q}"
-        " {params.backend} --settings {params.settings:q} > {log:q} 2>&1"
+        " {params.backend} --settings {params.settings:q} " + THROUGHPUT_ARGS + " > {log:q} 2>&1"
 
 
 def downstream_inputs(wildcards):
