@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,9 +42,11 @@ from pathmm_pipeline.core.atomic import atomic_path
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.core.provenance import PARQUET_KEY, build_provenance, hash_file
 from pathmm_pipeline.core.stores import ArraySpec, write_store
-from pathmm_pipeline.encoders.text import TextEncoder, get_text_encoder
 from pathmm_pipeline.reports.clean import SECTION_KEYS, clean_report, join_sections, normalize, repair_hyphenation
 from pathmm_pipeline.reports.deid import PHI_TYPES, deidentify
+
+if TYPE_CHECKING:  # cleaning a report imports no torch: the encoders are imported when embedding
+    from pathmm_pipeline.encoders.text import TextEncoder
 
 STAGE_CLEAN = "reports_clean"
 STAGE_EMBED = "reports_embed"
@@ -219,14 +221,16 @@ def embed_reports(clean_parquet: str | os.PathLike[str], out_store: str | os.Pat
     """
     clean_parquet = Path(clean_parquet)
     ids, texts = read_clean_table(clean_parquet, text_column)
-    if isinstance(encoder, TextEncoder):
+    if not isinstance(encoder, str):  # an encoder already built
         model = encoder
-        if pooling is not None and pooling != model.pooling:
+        if pooling is not None and pooling != getattr(model, "pooling", pooling):
             raise ValueError(f"encoder {model.name!r} was built with pooling={model.pooling!r}, not {pooling!r}")
     else:
         options = dict(encoder_options or {})
         if pooling is not None:
             options["pooling"] = pooling
+        from pathmm_pipeline.encoders.text import get_text_encoder
+
         model = get_text_encoder(encoder, **options)
     start = time.perf_counter()
     encoded = model.encode(texts, keep_tokens=keep_tokens)
