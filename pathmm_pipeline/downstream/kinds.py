@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -326,8 +326,8 @@ def out_of_distribution(pretrained: str | os.PathLike[str], cohort: MultimodalCo
     frozen general-prompt features are probed (:func:`linear_probe`, the model's own probe penalty) on another
     type B: fitted on B's training patients, scored on B's held-out patients. Every (A, B) pair is a row, with
     the in-distribution (A = B) and the untuned model (the frozen encoder: ``source`` ``none``) beside them.
-    A type with fewer training patients than the pretraining batch is not tuned on. Nothing is tuned or fitted
-    on held-out patients."""
+    A batch holds at most one type's training patients; a type with fewer than two is not tuned on. Nothing is
+    tuned or fitted on held-out patients."""
     from pathmm_pipeline.models import build_model
     from pathmm_pipeline.models.checkpoint import dims_from_record, options_from_record
     from pathmm_pipeline.training.pretrain import PretrainConfig, pretrain, read_pretrained
@@ -344,11 +344,13 @@ def out_of_distribution(pretrained: str | os.PathLike[str], cohort: MultimodalCo
                                                           TaskSpec.survival(config.n_bins), **options).eval()}
     fitted: dict[str, Any] = {}
     for source in names:
-        if len(train[source]) < max(config.batch_size, 2):
-            log.warning("out of distribution: %d training patients of %s, fewer than a batch: not tuned on",
-                        len(train[source]), source)
+        if len(train[source]) < 2:
+            log.warning("out of distribution: %d training patient(s) of %s: not tuned on", len(train[source]),
+                        source)
             continue
-        models[source] = pretrain(payload["model_name"], cohort, train[source], config).model.eval()
+        # one cancer type holds fewer patients than the corpus: a batch is at most the type's patients
+        tune = replace(config, batch_size=min(config.batch_size, len(train[source])))
+        models[source] = pretrain(payload["model_name"], cohort, train[source], tune).model.eval()
         fitted.update({f"tuned_on_{source}.{k}": v for k, v in _state(models[source]).items()})
     view = cohort.for_fold(fold.train) if cohort.genomics is not None else cohort
     rows = []

@@ -51,7 +51,8 @@ def run(source_slide, tmp_path_factory):
     config["training"]["downstream"] = {
         "report_generation": {"models": ["alter"], "settings": {"epochs": 2, "d_model": 32, "ff_dim": 64}},
         "data_efficiency": {"models": ["mice"], "fractions": [0.5, 1.0], "per_cancer_type": False},
-        "linear_probe": {"models": ["modaltune"]}, "zero_shot": {"models": ["mstar"]}}
+        "linear_probe": {"models": ["modaltune"]}, "out_of_distribution": {"models": ["modaltune"]},
+        "zero_shot": {"models": ["mstar"]}}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     proc = snakemake(root)
     assert proc.returncode == 0, proc.stderr[-6000:]
@@ -73,7 +74,7 @@ MSTAR = "mstar_efficientnet_lite0"  # the pipeline-made encoder (mSTAR stage 2's
 MODELS = ("abmil", "alter", "mice", "modaltune", "mstar")
 PRETRAINED = ("alter", "mice", "modaltune", "mstar")  # abmil has no pretraining stage
 DOWNSTREAM = {"report_generation": "alter", "data_efficiency": "mice", "linear_probe": "modaltune",
-              "zero_shot": "mstar"}
+              "out_of_distribution": "modaltune", "zero_shot": "mstar"}
 FOLDS = ("0", "1")
 SLIDE_STAGES = {"segment_tissue", "tile_slide"}
 GENOMICS_AND_REPORTS = {"genomics", "external_genomics", "clean_report", "merge_reports", "embed_reports"}
@@ -341,7 +342,7 @@ def test_replacing_one_slide_reruns_that_slide_and_what_reads_it(run):
     expected |= mstar_chain(slides) | training_jobs()
     assert jobs == expected, (jobs - expected, expected - jobs)
     assert counts == {"segment_tissue": 1, "tile_slide": 1, "extract_features": 1, "extract_fold_features": 2,
-                      "qc_summary": 1, "mstar_stage2": 2, "pretrain": 8, "train": 12, "downstream": 8,
+                      "qc_summary": 1, "mstar_stage2": 2, "pretrain": 8, "train": 12, "downstream": 10,
                       "evaluate": 1, "all": 1}, counts
 
 
@@ -364,7 +365,7 @@ def test_tiling_parameter_reruns_tiling_and_what_follows_only(run):
     n = len(slides)
     assert counts == {"tile_slide": n, "extract_features": n, "extract_fold_features": 2, "qc_summary": 1,
                       "mstar_stage2": 2,
-                      "pretrain": 8, "train": 12, "downstream": 8, "evaluate": 1, "all": 1}, counts
+                      "pretrain": 8, "train": 12, "downstream": 10, "evaluate": 1, "all": 1}, counts
 
 
 def test_new_base_encoder_weights_rerun_extraction_and_what_follows_only(run, tmp_path):
@@ -390,7 +391,7 @@ def test_new_base_encoder_weights_rerun_extraction_and_what_follows_only(run, tm
     assert not {r for r, _ in jobs} & (GENOMICS_AND_REPORTS | SLIDE_STAGES | {"qc_summary", "cohort_manifest"})
     assert counts == {"extract_features": len(slides), "extract_fold_features": 2, "mstar_stage2": 2,
                       "pretrain": 8, "train": 12,
-                      "downstream": 8, "evaluate": 1, "all": 1}, counts
+                      "downstream": 10, "evaluate": 1, "all": 1}, counts
 
 
 def test_another_encoder_extracts_and_trains_on_it_only(run):
@@ -408,7 +409,7 @@ def test_another_encoder_extracts_and_trains_on_it_only(run):
     expected = {job("extract_features", encoder="vit_tiny_test", slide=s) for s in slides}
     expected |= training_jobs("vit_tiny_test", also=())
     assert jobs == expected, (jobs - expected, expected - jobs)
-    assert counts == {"extract_features": len(slides), "pretrain": 8, "train": 10, "downstream": 8,
+    assert counts == {"extract_features": len(slides), "pretrain": 8, "train": 10, "downstream": 10,
                       "evaluate": 1, "all": 1}, counts
 
 
