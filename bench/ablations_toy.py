@@ -27,9 +27,10 @@ from toy_cohort import build_toy_cohort  # noqa: E402
 
 from pathmm_pipeline.cohort.dataset import MultimodalCohort  # noqa: E402
 from pathmm_pipeline.cohort.splits import Fold  # noqa: E402
+from pathmm_pipeline.evaluation.predict import predict_logits  # noqa: E402
 from pathmm_pipeline.stats.metrics import c_index  # noqa: E402
 from pathmm_pipeline.tasks.kinds import risk_scores  # noqa: E402
-from pathmm_pipeline.training.finetune import model_input, train_fold  # noqa: E402
+from pathmm_pipeline.training.finetune import train_fold  # noqa: E402
 from pathmm_pipeline.training.pretrain import PretrainConfig, pretrain  # noqa: E402
 from pathmm_pipeline.training.settings import TrainConfig  # noqa: E402
 
@@ -47,16 +48,9 @@ OPTIONS = {
 def held_out(result, cohort: MultimodalCohort, fold: Fold, withhold: tuple[str, ...] = ()) -> float:
     """Held-out C-index of a trained fold, with ``withhold`` modalities removed at test."""
     view = cohort.with_scaler(result.scaler) if result.scaler is not None else cohort
-    model = result.model.eval()
-    kept, rows = [], []
-    with torch.no_grad():
-        for p in fold.val:
-            x = model_input(view, model, p).x.without(*withhold)
-            if any(v for m, v in x.present().items() if m in model.modalities):
-                rows.append(model(x).logits.reshape(-1).numpy())
-                kept.append(p)
+    kept, logits, _ = predict_logits(result.model, view, fold.val, remove=withhold)
     times, events = view.survival(kept)
-    return float(c_index(times, events, risk_scores(result.task, np.stack(rows))))
+    return float(c_index(times, events, risk_scores(result.task, logits)))
 
 
 def mean_pool_probe(cohort: MultimodalCohort, fold: Fold) -> float:

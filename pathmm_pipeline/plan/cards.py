@@ -94,3 +94,6 @@ def weights_files(encoder: str, weights: str | None = "default") -> list[str]:
 
 #: the expression scalings a run may choose (``gene_scaling``): :data:`pathmm_pipeline.genomics.normalize.METHODS`
 GENE_SCALINGS: tuple[str, ...] = tuple(getattr(catalog, "GENE_SCALINGS", {}))  # (a stale catalogue fails a test)
+#: the extraction settings that change a feature (ExtractionSettings.FEATURE_KEYS): the extraction rules' params
+EXTRACTION_FEATURE_KEYS: tuple[str, ...] = tuple(
+    k for k, card in getattr(catalog, "EXTRACTION_SETTINGS", {}).items() if card["role"] == "feature")

@@ -80,3 +80,16 @@ GENE_SCALINGS = {
     'minmax': {},
     'zscore': {},
 }
+
+EXTRACTION_SETTINGS = {
+    'batch_size': {'role': 'throughput'},
+    'channels_last': {'role': 'throughput'},
+    'compile': {'role': 'throughput'},
+    'device': {'role': 'feature'},
+    'dtype': {'role': 'feature'},
+    'encoder': {'role': 'feature'},
+    'num_workers': {'role': 'throughput'},
+    'seed': {'role': 'feature'},
+    'threads': {'role': 'throughput'},
+    'weights': {'role': 'feature'},
+}

@@ -26,6 +26,7 @@ def catalog_data() -> dict[str, dict[str, Any]]:
     from pathmm_pipeline.encoders import get_encoder_spec, list_encoders
     from pathmm_pipeline.genomics.normalize import METHODS
     from pathmm_pipeline.models import get_model_class, list_models, model_options
+    from pathmm_pipeline.preprocess.features import ExtractionSettings
     from pathmm_pipeline.tasks.kinds import TASKS
 
     models = {}
@@ -38,8 +39,11 @@ def catalog_data() -> dict[str, dict[str, Any]]:
                          "needs_reports_table": kind.needs_reports_table} for name, kind in DOWNSTREAM.items()}
     encoders = {name: {"default_weights": get_encoder_spec(name).default_weights} for name in list_encoders()}
     scalings = {name: {} for name in METHODS}  # the expression scalings a run may choose (gene_scaling)
+    # which extraction settings change a feature (a rule's params) and which only the speed (its resources)
+    extraction = {**{k: {"role": "feature"} for k in ExtractionSettings.FEATURE_KEYS},
+                  **{k: {"role": "throughput"} for k in ExtractionSettings.THROUGHPUT_KEYS}}
     return {"MODELS": models, "TASKS": tasks, "DOWNSTREAM": downstream, "ENCODERS": encoders,
-            "GENE_SCALINGS": scalings}
+            "GENE_SCALINGS": scalings, "EXTRACTION_SETTINGS": extraction}
 
 
 def render_catalog() -> str:

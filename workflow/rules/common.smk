@@ -4,7 +4,7 @@ from pathlib import Path
 
 from pathmm_pipeline.core.errors import PathmmError
 from pathmm_pipeline.plan.resources import inputs_size_mb, job_memory_mb
-from pathmm_pipeline.plan.cards import weights_files
+from pathmm_pipeline.plan.cards import EXTRACTION_FEATURE_KEYS, weights_files
 from pathmm_pipeline.plan.training import CohortModalities, TrainingPlan
 from pathmm_pipeline.preprocess.samplesheet import load_samplesheet, slide_entries
 
@@ -88,7 +88,7 @@ def encoder_weights_files(encoder):
 
 def extraction_settings_json(encoder):
     """What changes a feature (ExtractionSettings.FEATURE_KEYS), as canonical JSON for params: a re-run trigger."""
-    settings = {k: config["features"][k] for k in ("dtype", "device", "seed")}
+    settings = {k: config["features"][k] for k in EXTRACTION_FEATURE_KEYS if k not in ("encoder", "weights")}
     settings.update(encoder=PLAN.encoder_alias(encoder), weights=encoder_weights(encoder))
     return json.dumps(settings, sort_keys=True)
 
