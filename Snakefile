@@ -27,7 +27,7 @@ rule all:
         rules.cohort_manifest.output,
         rules.qc_summary.output if SLIDE_IDS else [],
         expand(rules.segment_tissue.output, slide=SLIDE_IDS),
-        expand(rules.extract_features.output, slide=SLIDE_IDS, encoder=ENCODERS),
+        feature_stores(ENCODERS),
         rules.genomics.output if EXPRESSION_FILES else [],
         rules.embed_reports.output if REPORTS else [],
         rules.evaluate.output if config["training"]["models"] else [],

@@ -11,12 +11,12 @@ For each encoder:
 * **forward floor**: the bare model forward on pre-made tensors, same batch size and threads;
 * **decode floor**: the bare tile decode of the same tiles through the same DataLoader and workers.
 
-Ratios printed: cohort / forward floor and cohort / decode floor (1.0 = the cohort runs at that floor).
-``features.slides_per_job`` (many slides per job, issue 16 item 3) is not implemented yet: only one slide per
-job is measured, and the line says so.
+Ratios printed: cohort / forward floor and cohort / decode floor (1.0 = the cohort runs at that floor), for
+each ``features.slides_per_job`` given (default 1 and 16: one job per slide, and one job per stable bucket of up
+to 16 slides with the encoder loaded once), on the same slides in the same run.
 
-    python bench/extract_cohort.py [--slides 6] [--tiles-per-slide 256] [--encoders efficientnet_lite0]
-                                   [--cores 2]
+    python bench/extract_cohort.py [--slides 16] [--tiles-per-slide 96] [--encoders efficientnet_lite0]
+                                   [--slides-per-job 1 16] [--cores 2]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def bare_import_seconds(repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def make_cohort(root: Path, slide: Path, n_slides: int, encoder: str, cores: int) -> Path:
+def make_cohort(root: Path, slide: Path, n_slides: int, encoder: str, cores: int, per_job: int) -> Path:
     """``n_slides`` copies of one slide as a sample sheet, and a config that stops at the feature stores."""
     slides = root / "slides"
     slides.mkdir(parents=True)
@@ -64,13 +64,13 @@ def make_cohort(root: Path, slide: Path, n_slides: int, encoder: str, cores: int
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config.update(samplesheet=str(root / "samplesheet.csv"), results="results")
     config["training"].update(models=[], compare_encoders={})
-    config["features"].update(encoders=[encoder], threads=cores, num_workers="auto")
+    config["features"].update(encoders=[encoder], threads=cores, num_workers="auto", slides_per_job=per_job)
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root
 
 
-def run_cohort(root: Path, encoder: str, n_slides: int, cores: int) -> list[dict[str, float]]:
-    """Extract every slide through snakemake (local profile); one row per extraction job."""
+def run_cohort(root: Path, encoder: str, n_slides: int, cores: int) -> dict[str, float]:
+    """Extract every slide through snakemake (local profile): jobs, their summed wall time, tiles, loop time."""
     targets = [f"results/features/{encoder}/S{i:04d}.zarr" for i in range(n_slides)]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--profile",
@@ -81,20 +81,19 @@ def run_cohort(root: Path, encoder: str, n_slides: int, cores: int) -> list[dict
         raise RuntimeError(f"snakemake failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     import zarr
 
-    rows = []
-    for i in range(n_slides):
-        name = f"S{i:04d}"
-        bench = root / "results" / "benchmarks" / "extract_features" / encoder / f"{name}.tsv"
-        wall = float(bench.read_text().splitlines()[1].split("\t")[0])
-        attrs = zarr.open_group(str(root / "results" / "features" / encoder / f"{name}.zarr"), mode="r").attrs
-        rows.append({"slide": name, "tiles": int(attrs["n_tiles"]), "job_s": wall, "loop_s": float(attrs["seconds"])})
-    return rows
+    benchmarks = root / "results" / "benchmarks" / "extract_features" / encoder
+    walls = [float(f.read_text().splitlines()[1].split("\t")[0]) for f in sorted(benchmarks.glob("*.tsv"))]
+    stores = [zarr.open_group(str(root / "results" / "features" / encoder / f"S{i:04d}.zarr"), mode="r").attrs
+              for i in range(n_slides)]
+    return {"jobs": len(walls), "job_s": sum(walls), "tiles": sum(int(a["n_tiles"]) for a in stores),
+            "loop_s": sum(float(a["seconds"]) for a in stores)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slides", type=int, default=6)
-    parser.add_argument("--tiles-per-slide", type=int, default=256)
+    parser.add_argument("--slides", type=int, default=16)
+    parser.add_argument("--tiles-per-slide", type=int, default=96)
+    parser.add_argument("--slides-per-job", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--encoders", nargs="+", default=["efficientnet_lite0"])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--json", type=Path, default=REPO / ".cache" / "bench" / "extract_cohort.json")
@@ -109,30 +108,29 @@ def main() -> None:
         slide, tiles = make_tiles(work, args.tiles_per_slide)
         bare = bare_import_seconds()
         for name in args.encoders:
-            root = make_cohort(work / name, slide, args.slides, name, args.cores)
-            jobs = run_cohort(root, name, args.slides, args.cores)
             settings = ExtractionSettings(encoder=name, batch_size=32, num_workers="auto", threads=args.cores)
             encoder = load_encoder(name, "default")
             spec = encoder.spec
-            n = jobs[0]["tiles"]
-            forward = time_forward(encoder, torch.device("cpu"), n, settings.batch_size)
+            forward = time_forward(encoder, torch.device("cpu"), args.tiles_per_slide, settings.batch_size)
             decode = time_decode(slide, tiles, settings, spec.input_size, spec.interpolation)
-            tiles_total = sum(j["tiles"] for j in jobs)
-            cohort = tiles_total / sum(j["job_s"] for j in jobs)
-            fixed = statistics.median(j["job_s"] - j["loop_s"] for j in jobs)
-            row = {"encoder": name, "slides": args.slides, "tiles": tiles_total, "slides_per_job": 1,
-                   "cohort_tiles_per_s": cohort, "forward_floor_tiles_per_s": forward,
-                   "decode_floor_tiles_per_s": decode, "cohort_over_forward": cohort / forward,
-                   "cohort_over_decode": cohort / decode, "fixed_cost_per_job_s": fixed,
-                   "bare_import_torch_timm_s": bare, "fixed_over_bare_import": fixed / bare,
-                   "loop_share_of_job": sum(j["loop_s"] for j in jobs) / sum(j["job_s"] for j in jobs)}
-            results.append(row)
-            print(f"{name}: {args.slides} slides x {n} tiles, slides_per_job 1: cohort {cohort:.1f} tiles/s; "
-                  f"forward floor {forward:.1f}, decode floor {decode:.1f}; cohort/forward "
-                  f"{row['cohort_over_forward']:.2f}, cohort/decode {row['cohort_over_decode']:.2f}; fixed cost "
-                  f"per job {fixed:.1f} s = {row['fixed_over_bare_import']:.1f} x a bare `import torch, timm` "
-                  f"({bare:.1f} s); the loop is {100 * row['loop_share_of_job']:.0f} % of job time")
-            print(f"{name}: slides_per_job 16: not measured (many slides per job is not implemented yet)")
+            for per_job in args.slides_per_job:
+                root = make_cohort(work / f"{name}-{per_job}", slide, args.slides, name, args.cores, per_job)
+                run = run_cohort(root, name, args.slides, args.cores)
+                cohort = run["tiles"] / run["job_s"]
+                fixed = (run["job_s"] - run["loop_s"]) / run["jobs"]
+                row = {"encoder": name, "slides": args.slides, "tiles": run["tiles"], "slides_per_job": per_job,
+                       "jobs": run["jobs"], "cohort_tiles_per_s": cohort, "forward_floor_tiles_per_s": forward,
+                       "decode_floor_tiles_per_s": decode, "cohort_over_forward": cohort / forward,
+                       "cohort_over_decode": cohort / decode, "fixed_cost_per_job_s": fixed,
+                       "bare_import_torch_timm_s": bare, "fixed_over_bare_import": fixed / bare,
+                       "loop_share_of_job": run["loop_s"] / run["job_s"]}
+                results.append(row)
+                print(f"{name}: {args.slides} slides x {args.tiles_per_slide} tiles, slides_per_job {per_job} "
+                      f"({run['jobs']} jobs): cohort {cohort:.1f} tiles/s; forward floor {forward:.1f}, decode "
+                      f"floor {decode:.1f}; cohort/forward {row['cohort_over_forward']:.2f}, cohort/decode "
+                      f"{row['cohort_over_decode']:.2f}; fixed cost per job {fixed:.1f} s = "
+                      f"{row['fixed_over_bare_import']:.1f} x a bare `import torch, timm` ({bare:.1f} s); the "
+                      f"loop is {100 * row['loop_share_of_job']:.0f} % of job time", flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
 

@@ -31,6 +31,17 @@ def _settings(text: str) -> dict[str, Any]:
     return value
 
 
+def _json_list(text: str) -> list[Any]:
+    """A JSON list given inline or as ``@file.json``."""
+    try:
+        value = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"--jobs must be a JSON list or @file.json: {exc}") from exc
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError("--jobs must be a JSON list")
+    return value
+
+
 def _optional_float(text: str) -> float | None:
     return None if text in ("", "None", "none", "nan") else float(text)
 
@@ -111,6 +122,14 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
 
     extract_features(args.slide, args.tiles, args.store, with_throughput(args.settings, args),
                      slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
+    return 0
+
+
+def cmd_extract_features_bucket(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.preprocess import extract_features_bucket
+
+    extract_features_bucket(args.jobs, with_throughput(args.settings, args), backend=args.backend,
+                            fallback=not args.no_fallback)
     return 0
 
 
@@ -334,6 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, required=True, help="feature store to write")
     _throughput_args(p)
     p.set_defaults(func=cmd_extract_features)
+
+    p = sub.add_parser("extract-features-bucket",
+                       help="extract patch features of several slides with one encoder, loaded once (one store each)")
+    p.add_argument("--jobs", type=_json_list, required=True,
+                   help='JSON list of {"slide", "tiles", "store", "slide_id", "mpp_override"}, or @file.json')
+    p.add_argument("--backend", default="openslide", choices=["openslide", "tiffslide"])
+    p.add_argument("--no-fallback", action="store_true", help="do not try the other backend")
+    p.add_argument("--settings", type=_settings, default={}, help="extraction settings as JSON")
+    _throughput_args(p)
+    p.set_defaults(func=cmd_extract_features_bucket)
 
     p = sub.add_parser("encoders", help="list the registered patch encoders")
     p.set_defaults(func=cmd_encoders)

@@ -85,6 +85,7 @@ EXTRACTION_SETTINGS = {
     'batch_size': {'role': 'throughput'},
     'channels_last': {'role': 'throughput'},
     'compile': {'role': 'throughput'},
+    'decode': {'role': 'feature'},
     'device': {'role': 'feature'},
     'dtype': {'role': 'feature'},
     'encoder': {'role': 'feature'},

@@ -131,6 +131,18 @@ class TrainingPlan:
         fold (``<encoder>_fold<k>``, weights from that fold's stage 2), every other encoder one for all folds."""
         return f"{encoder}_fold{fold}" if self.per_fold_mstar and encoder == self.mstar["encoder"] else encoder
 
+    @property
+    def slide_feature_encoders(self) -> list[str]:
+        """The feature folders with one store per slide (``features/<encoder>/<slide>.zarr``): the extracted
+        encoders, the compared ones, and mSTAR's base encoder; not a per-fold mSTAR encoder (one folder per fold)."""
+        names = list(self.encoders)
+        if self.trained:
+            names += [e for e, _ in self.trained]
+        if self.mstar_used:
+            names += [self.mstar["base_encoder"], self.mstar["encoder"]]
+        return [n for n in dict.fromkeys(names)
+                if not (self.per_fold_mstar and self.mstar_used and n == self.mstar["encoder"])]
+
     def encoder_alias(self, name: str) -> str:
         """The registered encoder a feature-folder name stands for (mSTAR's per-fold encoders)."""
         base = self.mstar["encoder"]

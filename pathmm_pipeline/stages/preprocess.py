@@ -1,6 +1,7 @@
 """The slide stages as the rules run them, one function per rule and named as the rule: ``cohort_manifest``,
-``segment_tissue``, ``tile_slide``, ``extract_features``, ``extract_fold_features`` and ``qc_summary``. Each
-takes its inputs, its outputs and the rule's settings (a JSON object, refused on an unknown key)."""
+``segment_tissue``, ``tile_slide``, ``extract_features`` (and ``extract_features_bucket``, its rules for many
+slides per job), ``extract_fold_features`` and ``qc_summary``. Each takes its inputs, its outputs and the rule's
+settings (a JSON object, refused on an unknown key)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,15 @@ def extract_features(slide: PathLike, tiles: PathLike, store: PathLike, settings
     from pathmm_pipeline.preprocess.features import extract_features as extract
 
     return extract(slide, tiles, store, ExtractionSettings.from_dict(settings), **slide_options)
+
+
+def extract_features_bucket(jobs: list[dict[str, Any]], settings: dict[str, Any], backend: str = "openslide",
+                            fallback: bool = True) -> dict[str, int]:
+    """Several slides' patch features with one encoder, loaded once; one store per slide."""
+    from pathmm_pipeline.preprocess.features import ExtractionSettings, SlideJob, extract_slides
+
+    return extract_slides([SlideJob.from_dict(job) for job in jobs], ExtractionSettings.from_dict(settings),
+                          backend=backend, fallback=fallback)
 
 
 def extract_fold_features(manifest: PathLike, tiles: PathLike, out: PathLike, settings: dict[str, Any],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -60,7 +62,7 @@ def test_deterministic_and_worker_count_does_not_matter(tiled):
     # the speed settings are recorded beside the feature settings, not among them
     ra, rb = read_provenance(out / "a.zarr"), read_provenance(out / "b.zarr")
     assert ra["params"]["settings"] == rb["params"]["settings"] == tiny().feature_settings()
-    assert set(ra["params"]["settings"]) == {"encoder", "weights", "dtype", "device", "seed"}
+    assert set(ra["params"]["settings"]) == {"encoder", "weights", "dtype", "device", "seed", "decode"}
     assert rb["extra"]["throughput"]["batch_size"] == 5 and rb["extra"]["throughput"]["workers_used"] == 2
 
 
@@ -186,3 +188,111 @@ def test_skipped_slide_gives_empty_store(slide_factory, tmp_path):
     assert extract_features(slide.path, tiles, tmp_path / "f.zarr", tiny()) == 0
     store = load_features(tmp_path / "f.zarr")
     assert store.status == "skipped" and store.features.shape == (0, 192)
+
+
+def test_one_job_for_many_slides_matches_one_job_per_slide_and_resumes_after_a_kill(tiled, slide_factory, tmp_path,
+                                                                                 monkeypatch):
+    """extract_slides (features.slides_per_job > 1): one encoder load for three slides (one without tissue),
+    batches that span slide boundaries, features equal to one job per slide, each store with its own provenance.
+    Killed on the second slide, the finished first slide and the second's flushed chunks survive (nothing is on
+    the targets yet), and the re-run forwards only the second slide's missing tiles."""
+    from pathmm_pipeline.preprocess.features import SlideJob, extract_slides
+
+    slide, tiles, _ = tiled
+    other = slide_factory("s2", seed=1)
+    blank = slide_factory("blank", blank=True)
+    paths = [(slide, tiles)] + [(s.path, prepare(s.path, tmp_path / s.path.stem)) for s in (other, blank)
+                                if (tmp_path / s.path.stem).mkdir() is None]
+    loads = {"n": 0}
+    load = features_module.load_encoder
+    monkeypatch.setattr(features_module, "load_encoder", lambda *a, **k: (loads.__setitem__("n", loads["n"] + 1),
+                                                                          load(*a, **k))[1])
+    reference = {}
+    for k, (path, tile_store) in enumerate(paths):
+        extract_features(path, tile_store, tmp_path / f"one{k}.zarr", tiny(), slide_id=f"S{k}")
+        reference[k] = load_features(tmp_path / f"one{k}.zarr")
+    jobs = [SlideJob(str(p), str(t), str(tmp_path / f"bucket{k}.zarr"), f"S{k}") for k, (p, t) in enumerate(paths)]
+    loads["n"] = 0
+    assert extract_slides(jobs, tiny(batch_size=5)) == {f"S{k}": len(reference[k].coords) for k in range(3)}
+    assert loads["n"] == 1
+    for k in range(3):
+        store = load_features(tmp_path / f"bucket{k}.zarr")
+        np.testing.assert_array_equal(store.features, reference[k].features)
+        assert store.slide_id == f"S{k}" and store.status == reference[k].status
+        assert read_provenance(tmp_path / f"bucket{k}.zarr")["inputs"]["slide"]["path"].endswith(
+            paths[k][0].name)
+    n0, n1 = len(reference[0].coords), len(reference[1].coords)
+    assert reference[2].status == "skipped" and n1 > 16
+
+    monkeypatch.setattr(features_module, "CHUNK_ROWS", 8)
+    seen = {"tiles": 0}
+    original = features_module.FeatureExtractor.__call__
+
+    def dying(self, batch):
+        if seen["tiles"] >= n0 + 16:  # the second slide has two chunks flushed
+            seen["killed_at"] = seen["tiles"]
+            raise KeyboardInterrupt("killed")
+        seen["tiles"] += len(batch)
+        return original(self, batch)
+
+    monkeypatch.setattr(features_module.FeatureExtractor, "__call__", dying)
+    killed = [SlideJob(j.slide, j.tiles, str(tmp_path / f"killed{k}.zarr"), j.slide_id) for k, j in enumerate(jobs)]
+    with pytest.raises(KeyboardInterrupt):
+        extract_slides(killed, tiny(batch_size=4))
+    assert not any(Path(j.store).exists() for j in killed)
+
+    def counting(self, batch):
+        seen["tiles"] += len(batch)
+        return original(self, batch)
+
+    seen["tiles"] = 0
+    monkeypatch.setattr(features_module.FeatureExtractor, "__call__", counting)
+    extract_slides(killed, tiny(batch_size=4))
+    done_before = (seen["killed_at"] - n0) // 8 * 8  # the second slide's tiles flushed in chunks of 8 before
+    assert seen["tiles"] == n1 - done_before, (seen, n0, n1)
+    for k in range(3):
+        np.testing.assert_array_equal(load_features(killed[k].store).features, reference[k].features)
+        assert not Path(killed[k].store + features_module.PARTIAL_SUFFIX).exists()
+
+
+@pytest.mark.parametrize("mpp", [0.5, 0.3])
+def test_device_decoding_of_compressed_jpeg_tiles_matches_the_cpu_path(slide_factory, tmp_path, mpp):
+    """features.decode: device, run here on the CPU device (torchvision's libjpeg-turbo in place of nvjpeg, the
+    same code path): the JPEG tiles read raw with tifffile, decoded in a batch, assembled across tile
+    boundaries and resized with torch. At 0.5 um/px a tile is read 1:1; at 0.3 um/px 427 px are read across
+    several TIFF tiles and shrunk. Pixels within JPEG-decoder noise of OpenSlide + OpenCV; features within
+    cosine 0.999 per tile. A lossless (deflate) slide falls back to CPU decoding, recorded in the provenance."""
+    import torch
+
+    from pathmm_pipeline.preprocess.features import ConcatTiles, collate_tiles, device_batch
+    from pathmm_pipeline.preprocess.jpeg_tiles import jpeg_level
+
+    slide = slide_factory(f"jpeg{mpp}", mpp=mpp, seed=2)
+    tiles = prepare(slide.path, tmp_path)
+    extract_features(slide.path, tiles, tmp_path / "cpu.zarr", tiny(decode="cpu"))
+    extract_features(slide.path, tiles, tmp_path / "dev.zarr", tiny(decode="device"))
+    cpu, dev = load_features(tmp_path / "cpu.zarr").features, load_features(tmp_path / "dev.zarr").features
+    assert len(cpu) >= 5
+    cosine = (cpu * dev).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(dev, axis=1)
+    assert cosine.min() > 0.999, cosine.min()
+    assert read_provenance(tmp_path / "dev.zarr")["extra"]["decoded_on"] == "device"
+    assert read_provenance(tmp_path / "cpu.zarr")["extra"]["decoded_on"] == "cpu"
+
+    from pathmm_pipeline.preprocess.features import TileDataset
+    from pathmm_pipeline.preprocess.slides import open_slide
+    from pathmm_pipeline.preprocess.tiling import load_tiles
+
+    store = load_tiles(tiles)
+    with open_slide(slide.path) as reader:
+        level = jpeg_level(slide.path, reader.info.level_dimensions[store.geometry.level])
+    assert level is not None and (store.geometry.read_px > level.tile_w) == (mpp < 0.5)
+    plain = TileDataset(slide.path, store.geometry, store.coords[:8], 224)
+    raw = TileDataset(slide.path, store.geometry, store.coords[:8], 224, jpeg=level)
+    a = torch.stack([plain[i] for i in range(8)]).float()
+    b = device_batch(collate_tiles([ConcatTiles([raw])[i] for i in range(8)]), torch.device("cpu")).float()
+    assert (a - b).abs().mean() < 1.5, (a - b).abs().mean()
+
+    lossless = write_pyramidal_tiff(tmp_path / "lossless.tiff", np.asarray(plain.tile(0)).repeat(8, 0).repeat(8, 1),
+                                    mpp=0.5, compression="deflate")
+    with open_slide(lossless) as reader:
+        assert jpeg_level(lossless, reader.info.level_dimensions[0]) is None

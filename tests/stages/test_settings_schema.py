@@ -22,7 +22,7 @@ SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").r
 SECTIONS = {
     "segmentation": ((SegmentationSettings,), (), ()),
     "tiling": ((TilingSettings,), (), ()),
-    "features": ((ExtractionSettings,), ("encoders", "mem_mb"), ("encoder", "weights")),
+    "features": ((ExtractionSettings,), ("encoders", "mem_mb", "slides_per_job"), ("encoder", "weights")),
     "genomics": ((GenomicsSettings,), (), ()),
     "reports": ((CleanReportSettings, EmbedReportSettings), (), ()),
 }

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from pathmm_pipeline.core.errors import PathmmError
 from pathmm_pipeline.plan.resources import inputs_size_mb, job_memory_mb
+from pathmm_pipeline.plan.buckets import slide_buckets
 from pathmm_pipeline.plan.cards import EXTRACTION_FEATURE_KEYS, weights_files
 from pathmm_pipeline.plan.training import CohortModalities, TrainingPlan
 from pathmm_pipeline.preprocess.samplesheet import load_samplesheet, slide_entries
@@ -123,3 +124,27 @@ def memory(base_mb, scale_with=(), per_input_mb=0.0):
                              cap_mb=config["resources"]["max_mem_mb"])
 
     return mem_mb
+
+
+def bucket_rule(encoder, bucket):
+    """The name of the extraction rule of one bucket of slides (features.slides_per_job above 1)."""
+    return f"extract_features__{encoder}__{bucket}"
+
+
+def bucket_jobs_json(encoder, slides):
+    """The slides of one bucket job as the ``--jobs`` JSON of ``pathmm extract-features-bucket``."""
+    return json.dumps([{"slide": str(SLIDES[s].path), "tiles": f"{RESULTS}/tiles/{s}.zarr",
+                        "store": f"{RESULTS}/features/{encoder}/{s}.zarr", "slide_id": s,
+                        "mpp_override": SLIDES[s].mpp} for s in slides], sort_keys=True)
+
+
+def inherit_resources(name, base):
+    """Give rule ``name`` the resources and threads set for rule ``base`` on the command line or in the profile
+    (``set-resources`` / ``set-threads``), unless set for ``name`` itself: the bucket rules, generated per
+    cohort, take the profile's ``extract_features`` settings (GPU partition, gres, CPUs)."""
+    settings = workflow.resource_settings
+    target = workflow.get_rule(name)
+    if name not in settings.overwrite_resources:
+        target.resources.update(settings._parsed_overwrite_resources.get(base, {}))
+    if name not in settings.overwrite_threads and base in settings.overwrite_threads:
+        target.resources["_cores"] = settings._parsed_overwrite_threads[base]
