@@ -73,7 +73,8 @@ def _stream(tile: bytes, tables: bytes | None, rgb: bool) -> bytes:
     body = tile[2:]  # after SOI
     if tables:
         body = tables[2:-2] + body  # the tables without their SOI and EOI
-    return b"\xff\xd8" + (_ADOBE_RGB if rgb else b"") + body
+    marked = b"\xff\xee\x00\x0eAdobe" in tile[:512]  # the encoder already said how the components are stored
+    return b"\xff\xd8" + (_ADOBE_RGB if rgb and not marked else b"") + body
 
 
 class JpegRegions:
