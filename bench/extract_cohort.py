@@ -51,7 +51,8 @@ def bare_import_seconds(repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def make_cohort(root: Path, slide: Path, n_slides: int, encoder: str, cores: int, per_job: int) -> Path:
+def make_cohort(root: Path, slide: Path, n_slides: int, encoder: str, cores: int, per_job: int,
+                random_weights: bool = False) -> Path:
     """``n_slides`` copies of one slide as a sample sheet, and a config that stops at the feature stores."""
     slides = root / "slides"
     slides.mkdir(parents=True)
@@ -65,6 +66,8 @@ def make_cohort(root: Path, slide: Path, n_slides: int, encoder: str, cores: int
     config.update(samplesheet=str(root / "samplesheet.csv"), results="results")
     config["training"].update(models=[], compare_encoders={})
     config["features"].update(encoders=[encoder], threads=cores, num_workers="auto", slides_per_job=per_job)
+    if random_weights:  # throughput only: a published architecture without its (hub) weights
+        config["encoder_weights"] = {encoder: None}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root
 
@@ -94,6 +97,8 @@ def main() -> None:
     parser.add_argument("--slides", type=int, default=16)
     parser.add_argument("--tiles-per-slide", type=int, default=96)
     parser.add_argument("--slides-per-job", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random weights (throughput only; e.g. --encoders uni on a GPU without the hub)")
     parser.add_argument("--encoders", nargs="+", default=["efficientnet_lite0"])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--json", type=Path, default=REPO / ".cache" / "bench" / "extract_cohort.json")
@@ -109,12 +114,14 @@ def main() -> None:
         bare = bare_import_seconds()
         for name in args.encoders:
             settings = ExtractionSettings(encoder=name, batch_size=32, num_workers="auto", threads=args.cores)
-            encoder = load_encoder(name, "default")
+            encoder = load_encoder(name, None if args.random_weights else "default")
             spec = encoder.spec
-            forward = time_forward(encoder, torch.device("cpu"), args.tiles_per_slide, settings.batch_size)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as features.device: auto
+            forward = time_forward(encoder, device, args.tiles_per_slide, settings.batch_size)
             decode = time_decode(slide, tiles, settings, spec.input_size, spec.interpolation)
             for per_job in args.slides_per_job:
-                root = make_cohort(work / f"{name}-{per_job}", slide, args.slides, name, args.cores, per_job)
+                root = make_cohort(work / f"{name}-{per_job}", slide, args.slides, name, args.cores, per_job,
+                                   args.random_weights)
                 run = run_cohort(root, name, args.slides, args.cores)
                 cohort = run["tiles"] / run["job_s"]
                 fixed = (run["job_s"] - run["loop_s"]) / run["jobs"]

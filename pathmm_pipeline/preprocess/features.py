@@ -471,10 +471,11 @@ def extract_slides(jobs: list[SlideJob], settings: ExtractionSettings, backend: 
         desc = pending[0].slide_id if len(jobs) == 1 else f"{len(jobs)} slides"
         cursor = 0
         with tqdm(total=len(dataset), unit="tile", desc=f"{desc} [{encoder.spec.name}]", mininterval=2.0) as bar:
+            last = time.perf_counter()
             for batch in make_loader(dataset, settings, device):
-                start = time.perf_counter()
                 rows = extractor(batch).numpy().astype(settings.dtype)
-                seconds = time.perf_counter() - start
+                # the loop's time, the wait for decoded tiles included, shared among the batch's slides
+                seconds, last = time.perf_counter() - last, time.perf_counter()
                 offset = 0
                 while offset < len(rows):  # a batch may span the end of one slide and the start of the next
                     out = pending[cursor]
