@@ -4,10 +4,16 @@ paired by seed, printed with mean +- sd (the numbers in docs/methods/<method>.md
     python bench/ablations_toy.py modaltune --seeds 0 1 2 3 --signal sign --no-genomics --epochs 30
     python bench/ablations_toy.py alter --seeds 0 1 2 --epochs 10
     python bench/ablations_toy.py umeml | mice | mstar [--signal sign]
+    python bench/ablations_toy.py mstar --seeds 0 1 2 3 4 5 6 7 --signal sign --n-patients 210 --no-reports \
+        --epochs 8 --lr 3e-3 --option genomics_encoder=snn genomics_hidden=[16,16] genomics_dropout=0 w_triplet=0
+    python bench/ablations_toy.py alter --seeds 0 1 --n-patients 210 --labelled 30 --epochs 6 --finetune-epochs 4
 
 ``--signal mean``: tumour tiles shifted by +2 (a slide's mean feature carries the signal); ``sign``: by +-2 at
-random (only the tile pattern does). The fold is the toy cohort's first 60 patients for training, the other 30
-held out; nothing is fitted on the held-out ones.
+random (only the tile pattern does). The fold is the toy cohort's first ``--labelled`` (60) patients for
+training, patients 60-89 held out; nothing is fitted on the held-out ones. ``--n-patients`` above 90 adds
+patients 90.. to the *pretraining* corpus only (alter, modaltune, mstar: an unlabelled corpus larger than the
+labelled set; the held-out patients are never in it). mstar also prints the probe on its slide encoder at
+initialisation (the same seed, no pretraining), the control that the gain over mean pooling is learnt.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ def mean_pool_probe(cohort: MultimodalCohort, fold: Fold) -> float:
     import pandas as pd
     from lifelines import CoxPHFitter
 
-    view = cohort.with_scaler(None)
+    view = cohort.for_fold(fold.train)  # the slides only are read; a cohort with genomics needs a scaler
 
     def pooled(ids):
         kept = [p for p in ids if view.presence(p)["wsi"]]
@@ -74,20 +80,24 @@ def mean_pool_probe(cohort: MultimodalCohort, fold: Fold) -> float:
     return float(c_index(*view.survival(val), risk))
 
 
-def run(method: str, seeds: list[int], signal: str, genomics: bool, epochs: int, root: Path) -> dict[str, list]:
-    toy = build_toy_cohort(root / "toy", wsi_signal=signal)
-    cohort = toy.cohort() if genomics else MultimodalCohort.from_manifest(
-        toy.manifest, toy.features_dir, None, toy.reports, pathway_collection=None, family_collection=None)
+def run(method: str, seeds: list[int], signal: str, genomics: bool, epochs: int, root: Path, *,
+        n_patients: int = 90, labelled: int = 60, reports: bool = True, lr: float = 1e-3,
+        finetune_epochs: int | None = None, options: dict | None = None) -> dict[str, list]:
+    toy = build_toy_cohort(root / "toy", wsi_signal=signal, n_patients=n_patients)
+    cohort = MultimodalCohort.from_manifest(
+        toy.manifest, toy.features_dir, toy.genomics if genomics else None, toy.reports if reports else None,
+        pathway_collection="pathways" if genomics else None, family_collection="families" if genomics else None)
     ids = toy.manifest.patient_id.drop_duplicates().tolist()
-    fold = Fold(0, tuple(ids[:60]), tuple(ids[60:]))
-    opts = OPTIONS[method]
+    fold = Fold(0, tuple(ids[:labelled]), tuple(ids[60:90]))
+    corpus = list(ids[:60]) + list(ids[90:])  # pretraining: the training side, plus the pretraining-only patients
+    opts = {**OPTIONS[method], **(options or {})}
     out: dict[str, list] = {}
     for seed in seeds:
-        pre = PretrainConfig(epochs=epochs, batch_size=12, lr=1e-3, seed=seed, progress=False, model_options=opts)
-        tune = TrainConfig(epochs=8 if method != "alter" else 6, lr=1e-3, grad_accum=8, progress=False, n_bins=4,
-                           seed=seed, patience=None, model_options=opts)
+        pre = PretrainConfig(epochs=epochs, batch_size=12, lr=lr, seed=seed, progress=False, model_options=opts)
+        tune = TrainConfig(epochs=finetune_epochs or (8 if method != "alter" else 6), lr=1e-3, grad_accum=8,
+                           progress=False, n_bins=4, seed=seed, patience=None, model_options=opts)
         if method in ("modaltune", "alter"):
-            pretrain(method, cohort, fold.train, pre, out_dir=root / f"{method}{seed}")
+            pretrain(method, cohort, corpus, pre, out_dir=root / f"{method}{seed}")
             if method == "modaltune":
                 tune = TrainConfig(epochs=1, progress=False, n_bins=4, seed=seed, model_options=opts)
             first = "tuned" if method == "modaltune" else "pretrained"
@@ -110,13 +120,39 @@ def run(method: str, seeds: list[int], signal: str, genomics: bool, epochs: int,
                 out.setdefault(f"{name}, genomics withheld", []).append(held_out(result, cohort, fold,
                                                                                  ("genomics",)))
         else:  # mstar: the stage-1 slide embedding against mean pooling, both through a Cox probe
-            from pathmm_pipeline.downstream.kinds import linear_probe
-
-            model = pretrain(method, cohort, fold.train, pre).model
-            table = linear_probe(model, cohort.for_fold(fold.train), fold, "survival", prompt=None).table
-            out.setdefault("stage-1 slide embedding", []).append(float(table.value.iloc[0]))
+            out.setdefault("stage-1 slide embedding", []).append(mstar_probe(pretrain(method, cohort, corpus,
+                                                                                      pre).model, cohort, fold))
             out.setdefault("mean pooling", []).append(mean_pool_probe(cohort, fold))
+            out.setdefault("slide encoder at initialisation", []).append(
+                mstar_probe(untrained_mstar(cohort, seed, opts), cohort, fold))
     return out
+
+
+def mstar_probe(model, cohort: MultimodalCohort, fold: Fold) -> float:
+    """The held-out C-index of the linear (Cox) probe on ``model``'s slide embeddings (fitted on fold.train)."""
+    from pathmm_pipeline.downstream.kinds import linear_probe
+
+    return float(linear_probe(model, cohort.for_fold(fold.train), fold, "survival", prompt=None).table.value.iloc[0])
+
+
+def untrained_mstar(cohort: MultimodalCohort, seed: int, options: dict):
+    """mSTAR's slide encoder as initialised with ``seed`` (eval mode): the no-pretraining control."""
+    from pathmm_pipeline.models import TaskSpec, build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model("mstar", cohort.input_dims(), TaskSpec.survival(4), **options).eval()
+
+
+def option(text: str) -> tuple[str, object]:
+    """``key=value`` of --option, the value read as JSON (numbers, lists, booleans) or else kept as text."""
+    import json
+
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main() -> None:
@@ -125,19 +161,28 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--signal", choices=("mean", "sign"), default="mean")
     parser.add_argument("--no-genomics", action="store_true")
+    parser.add_argument("--no-reports", action="store_true")
     parser.add_argument("--epochs", type=int, default=6, help="pretraining epochs (modaltune, alter, mstar)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="pretraining learning rate")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs (8; alter 6)")
+    parser.add_argument("--n-patients", type=int, default=90, help="toy patients; those past 90 pretrain only")
+    parser.add_argument("--labelled", type=int, default=60, help="the first LABELLED patients are fine-tuned on")
+    parser.add_argument("--option", type=option, nargs="*", default=[], help="model options, key=value (JSON)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        out = run(args.method, args.seeds, args.signal, not args.no_genomics, args.epochs, Path(tmp))
+        out = run(args.method, args.seeds, args.signal, not args.no_genomics, args.epochs, Path(tmp),
+                  n_patients=args.n_patients, labelled=args.labelled, reports=not args.no_reports, lr=args.lr,
+                  finetune_epochs=args.finetune_epochs, options=dict(args.option))
     for name, values in out.items():
         print(f"{args.method:10s} {name:32s} {np.mean(values):.3f} +- {np.std(values):.3f}  "
               f"({', '.join(f'{v:.3f}' for v in values)})")
     names = list(out)
-    if len(names) == 2:
-        gain = np.array(out[names[0]]) - np.array(out[names[1]])
-        print(f"paired {names[0]} - {names[1]}: {gain.mean():+.3f} +- {gain.std():.3f}")
+    for other in names[1:] if len(names) in (2, 3) else []:
+        gain = np.array(out[names[0]]) - np.array(out[other])
+        print(f"paired {names[0]} - {other}: {gain.mean():+.3f} +- {gain.std():.3f} "
+              f"(min {gain.min():+.3f}; {', '.join(f'{v:+.3f}' for v in gain)})")
     print(f"{time.perf_counter() - start:.0f} s")
 
 
