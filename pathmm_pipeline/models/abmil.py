@@ -9,10 +9,13 @@ Paper-to-code mapping and deviations: docs/methods/baselines.md
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from pathmm_pipeline.models.base import InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
 from pathmm_pipeline.models.layers import AttentionPool
+from pathmm_pipeline.models.padded import pad_sequences, rowwise
 from pathmm_pipeline.models.registry import register_model
 
 
@@ -27,6 +30,7 @@ class ABMIL(PathmmModel):
 
     uses = frozenset({"wsi"})
     requires = frozenset({"wsi"})
+    batched = True
 
     def __init__(self, dims: InputDims, task: TaskSpec, hidden_dim: int = 512, attn_dim: int = 256,
                  dropout: float = 0.25, rho_dim: int | None = None) -> None:
@@ -49,3 +53,17 @@ class ABMIL(PathmmModel):
         if self.rho is not None:
             z = self.rho(z)
         return ModelOutput(self.classifier(z), z, {"attention": attention, "present": present, "missing": []})
+
+    def forward_batch(self, xs: Sequence[PatientInput]) -> list[ModelOutput]:
+        """Several patients in one padded pass (masked attention softmax): each output equals :meth:`forward`
+        on that patient alone, to float rounding."""
+        presents = [self.check_input(x) for x in xs]
+        bags = rowwise(self.fc, [self.wsi_features(x) for x in xs])
+        h, mask = pad_sequences(bags)
+        z, weights = self.pool.forward_padded(h, mask)
+        if self.rho is not None:
+            z = self.rho(z)
+        logits = self.classifier(z)
+        return [ModelOutput(logits[i:i + 1], z[i:i + 1], {"attention": weights[i:i + 1, :bags[i].shape[0]],
+                                                          "present": presents[i], "missing": []})
+                for i in range(len(xs))]

@@ -33,9 +33,10 @@ from pathmm_pipeline.models.base import (
 )
 from pathmm_pipeline.models.moe import Expert, MixtureOfExperts, RoutingStats
 from pathmm_pipeline.models.objectives import mask_tokens, masked_token_loss, symmetric_info_nce, triplet_margin_loss
+from pathmm_pipeline.models.padded import rowwise
 from pathmm_pipeline.models.performer import PerformerLayer
 from pathmm_pipeline.models.registry import register_model
-from pathmm_pipeline.models.transmil import PPEG, TransLayer, square_pad
+from pathmm_pipeline.models.transmil import PPEG, TransLayer, padded_square_tokens, square_pad
 
 MASKINGS = ("inputs", "tokens")
 FUSION_MODES = ("both", "shared_only", "moe_only")
@@ -146,6 +147,20 @@ class RegionWSIEncoder(nn.Module):
         h = self.norm(h)[0, 1:n + 1]                            # drop the encoder CLS and the square padding
         regions, _, side = region_pool(h, cells, self.region_size, self.max_regions)
         return regions, side, h
+
+    def encode_batch(self, features: Sequence[torch.Tensor], coords: Sequence[torch.Tensor | None]
+                     ) -> list[tuple[torch.Tensor, int]]:
+        """``(regions, region side)`` of several bags, the Nystrom encoder run once on them as a padded batch
+        (:func:`~pathmm_pipeline.models.transmil.padded_square_tokens`): each what :meth:`forward` gives alone."""
+        cells = [grid_positions(c, int(f.shape[0])) for f, c in zip(features, coords)]
+        bags = rowwise(self.fc, features)
+        h, mask, sides = padded_square_tokens(bags, self.cls_token)
+        h = self.norm(self.layer2(self.pos_layer.forward_padded(self.layer1(h, mask), sides), mask))
+        out = []
+        for i, bag in enumerate(bags):
+            regions, _, side = region_pool(h[i, 1:bag.shape[0] + 1], cells[i], self.region_size, self.max_regions)
+            out.append((regions, side))
+        return out
 
 
 class PathwayGeneEncoder(nn.Module):
@@ -258,6 +273,7 @@ class ALTER(PathmmModel):
     requires = frozenset()
     genomics_field = "genes"
     pretrainable = True
+    batched = True
 
     def __init__(self, dims: InputDims, task: TaskSpec, dim: int = 256, heads: int = 4, layers: int = 2,
                  fusion_mode: str = "both", n_experts: int = 4, top_k: int = 2, ff_dim: int | None = None,
@@ -353,15 +369,18 @@ class ALTER(PathmmModel):
 
     # -- encoding and fusion -------------------------------------------------------------------------------
 
-    def encode(self, x: PatientInput, present: dict[str, bool]) -> tuple[dict[str, torch.Tensor], dict]:
-        """The tokens (T_m, dim) of each present modality, and extras (the WSI region side and token counts)."""
+    def encode(self, x: PatientInput, present: dict[str, bool], wsi: tuple[torch.Tensor, int] | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict]:
+        """The tokens (T_m, dim) of each present modality, and extras (the WSI region side and token counts);
+        ``wsi``: the slide's ``(regions, side)`` when already encoded (:meth:`forward_batch`)."""
         tokens: dict[str, torch.Tensor] = {}
         info: dict = {}
         for m in self.order:
             if not present.get(m):
                 continue
             if m == "wsi":
-                tokens[m], info["region_size"] = self.encoders["wsi"](self.wsi_features(x), x.wsi_coords)
+                tokens[m], info["region_size"] = (wsi if wsi is not None else
+                                                  self.encoders["wsi"](self.wsi_features(x), x.wsi_coords))
             elif m == "genomics":
                 tokens[m] = self.encoders["genomics"](self.gene_vector(x)[0])
             else:
@@ -403,7 +422,24 @@ class ALTER(PathmmModel):
 
     def forward(self, x: PatientInput) -> ModelOutput:
         present = self.check_input(x)
-        tokens, info = self.encode(x, present)
+        return self._output(x, present, None)
+
+    def forward_batch(self, xs: Sequence[PatientInput]) -> list[ModelOutput]:
+        """Several patients: their slides through the Nystrom region encoder as one padded batch (the part that
+        grows with the bag), then each patient's own fusion pass (its token count differs); each output equals
+        :meth:`forward` on that patient alone, to float rounding, where no random draw is involved."""
+        presents = [self.check_input(x) for x in xs]
+        rows = [i for i, p in enumerate(presents) if p.get("wsi")]
+        slides: dict[int, tuple[torch.Tensor, int]] = {}
+        if rows:
+            encoded = self.encoders["wsi"].encode_batch([self.wsi_features(xs[i]) for i in rows],
+                                                        [xs[i].wsi_coords for i in rows])
+            slides = dict(zip(rows, encoded))
+        return [self._output(x, presents[i], slides.get(i)) for i, x in enumerate(xs)]
+
+    def _output(self, x: PatientInput, present: dict[str, bool], wsi: tuple[torch.Tensor, int] | None
+                ) -> ModelOutput:
+        tokens, info = self.encode(x, present, wsi)
         fused = self.fuse(tokens)
         aux, entropy = self._moe_terms(fused.stats)
         extras = {"present": present, "missing": [], "cls": fused.cls, "aux_loss": aux, "router_entropy": entropy,

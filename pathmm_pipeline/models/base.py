@@ -454,6 +454,14 @@ class PathmmModel(nn.Module):
     def forward(self, x: PatientInput) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    #: whether :meth:`forward_batch` runs the patients as one padded batch (else it loops over :meth:`forward`)
+    batched: ClassVar[bool] = False
+
+    def forward_batch(self, xs: Sequence[PatientInput]) -> list[ModelOutput]:
+        """One output per patient, each what :meth:`forward` gives that patient alone (to float rounding).
+        Models whose forward can pad their bags (``batched = True``) run them together; this default loops."""
+        return [self(x) for x in xs]
+
 
 def _short(sizes: tuple[int, ...]) -> str:
     return str(tuple(sizes)) if len(sizes) <= 8 else f"({', '.join(map(str, sizes[:6]))}, ...)"

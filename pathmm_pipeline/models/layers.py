@@ -71,6 +71,13 @@ class AttentionPool(nn.Module):
         weights = torch.softmax(self.attention(h), dim=0).unsqueeze(0)  # (1, N)
         return weights @ h, weights
 
+    def forward_padded(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A padded batch (B, N, L) with ``mask`` (B, N) True at real rows -> pooled (B, L) and weights (B, N)
+        (zero at padded rows): each bag's what :meth:`forward` gives it alone."""
+        scores = self.attention(h).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=1)
+        return (weights.unsqueeze(1) @ h).squeeze(1), weights
+
 
 class MissingEmbedding(nn.Module):
     """A learned stand-in for an absent modality's representation (``shape``), N(0, 0.02) initialised."""

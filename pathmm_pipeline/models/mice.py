@@ -32,8 +32,9 @@ from pathmm_pipeline.models.base import (
 from pathmm_pipeline.models.layers import AttentionPool, mlp, snn
 from pathmm_pipeline.models.losses import nll_survival_loss
 from pathmm_pipeline.models.mamba import MambaMIL
-from pathmm_pipeline.models.moe import MixtureOfExperts, RoutingStats, load_balance_loss, router_entropy
+from pathmm_pipeline.models.moe import MixtureOfExperts, RoutingStats, routing_stats
 from pathmm_pipeline.models.objectives import symmetric_info_nce
+from pathmm_pipeline.models.padded import pad_sequences, rowwise
 from pathmm_pipeline.models.registry import register_model
 
 #: CLIP's initial inverse temperature, log(1 / 0.07), and its clamp, log(100)
@@ -55,9 +56,7 @@ def mix_routed(moe: MixtureOfExperts, inputs: torch.Tensor, probs: torch.Tensor,
         row, slot = (indices == e).nonzero(as_tuple=True)
         if row.numel():
             out = out.index_add(0, row, gates[row, slot, None] * expert(inputs[row]))
-    load = F.one_hot(indices, moe.n_experts).sum(dim=(0, 1)).to(probs.dtype)
-    return out, RoutingStats(load_balance_loss(probs, indices, moe.n_experts), router_entropy(probs),
-                             load / load.sum(), indices)
+    return out, routing_stats(probs, indices)
 
 
 class OverlappingExperts(MixtureOfExperts):
@@ -138,6 +137,7 @@ class MICE(PathmmModel):
     requires = frozenset()
     genomics_field = "genes"
     pretrainable = True
+    batched = True
 
     def __init__(self, dims: InputDims, task: TaskSpec, dim: int = 128, attn_dim: int | None = None,
                  snn_hidden: Sequence[int] | None = None, report_hidden: Sequence[int] | None = None,
@@ -260,22 +260,8 @@ class MICE(PathmmModel):
 
     def encode(self, x: PatientInput, present: dict[str, bool]) -> tuple[dict[str, torch.Tensor], dict]:
         """The real (1, dim) embedding of each present modality, and extras (``attention`` of the wsi pool)."""
-        out: dict[str, torch.Tensor] = {}
-        extras: dict = {}
-        for m in self.order:
-            if not present[m]:
-                continue
-            if m == "wsi":
-                enc = self.encoders["wsi"]
-                if isinstance(enc, MambaMIL):
-                    out[m], extras["attention"] = enc(self.wsi_features(x))
-                else:
-                    out[m], extras["attention"] = enc["pool"](enc["fc"](self.wsi_features(x)))
-            elif m == "genomics":
-                out[m] = self.encoders["genomics"](self.gene_vector(x))
-            else:
-                out[m] = self.encoders["report"](self.report_vector(x))
-        return out, extras
+        real, extras = self.encode_batch([x], [present])
+        return real[0], extras[0]
 
     def synthesize(self, types: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, dim) stand-in embeddings of every modality, from the cancer-type embeddings of ``types`` (B,); with
@@ -316,21 +302,60 @@ class MICE(PathmmModel):
     # -- forward -------------------------------------------------------------------------------------------
 
     def forward(self, x: PatientInput) -> ModelOutput:
-        present = self.check_input(x)
-        types = self.cancer_types(x.cancer_type)
-        real, extras = self.encode(x, present)
+        return self.forward_batch([x])[0]
+
+    def encode_batch(self, xs: Sequence[PatientInput], presents: Sequence[dict[str, bool]]
+                     ) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
+        """:meth:`encode` of several patients, the slides' gated attention pooling as one padded pass and each
+        of genomics and report as one call over the patients that have it."""
+        real: list[dict[str, torch.Tensor]] = [{} for _ in xs]
+        extras: list[dict] = [{} for _ in xs]
+        enc = self.encoders
+        for m in self.order:
+            rows = [i for i, p in enumerate(presents) if p[m]]
+            if not rows:
+                continue
+            if m == "wsi" and isinstance(enc["wsi"], MambaMIL):
+                for i in rows:
+                    real[i][m], extras[i]["attention"] = enc["wsi"](self.wsi_features(xs[i]))
+            elif m == "wsi":
+                bags = rowwise(enc["wsi"]["fc"], [self.wsi_features(xs[i]) for i in rows])
+                h, mask = pad_sequences(bags)
+                pooled, weights = enc["wsi"]["pool"].forward_padded(h, mask)
+                for j, i in enumerate(rows):
+                    real[i][m], extras[i]["attention"] = pooled[j:j + 1], weights[j:j + 1, :bags[j].shape[0]]
+            else:
+                read = self.gene_vector if m == "genomics" else self.report_vector
+                out = enc[m](torch.cat([read(xs[i]) for i in rows]))
+                for j, i in enumerate(rows):
+                    real[i][m] = out[j:j + 1]
+        return real, extras
+
+    def forward_batch(self, xs: Sequence[PatientInput]) -> list[ModelOutput]:
+        """Several patients at once: the encoders as in :meth:`encode_batch`, synthesis, experts and fusion over
+        the (B, M, dim) modality tokens; each patient's ``aux_loss`` and routing are its own rows' (so each output
+        equals :meth:`forward` on that patient alone, to float rounding, where no random draw is involved)."""
+        presents = [self.check_input(x) for x in xs]
+        types = self.cancer_types([int(x.cancer_type) for x in xs])
+        real, extras = self.encode_batch(xs, presents)
         synth = self.synthesize(types)
-        embeddings = torch.stack([real[m][0] if m in real else synth[m][0] for m in self.order])[None]
+        embeddings = torch.stack([torch.stack([real[i][m][0] if m in real[i] else synth[m][i] for m in self.order])
+                                  for i in range(len(xs))])
         h, stats = self.fuse(embeddings, types)
-        aux = self.moe_loss_weight * stats.load_balance
-        if self.training and self.use_synthesis:
-            mse = self.synthesis_loss(real, {m: synth[m] for m in real})
-            if mse is not None:
-                aux = aux + self.w_synthesis * mse
-        extras.update(present=present, missing=[m for m in self.order if not present[m]],
-                      router_load=stats.load, router_indices=stats.indices, router_entropy=stats.entropy,
-                      aux_loss=aux)
-        return ModelOutput(self.classifier(h), h, extras)
+        logits = self.classifier(h)
+        outputs = []
+        for i, present in enumerate(presents):
+            own = stats.rows(i, i + 1)
+            aux = self.moe_loss_weight * own.load_balance
+            if self.training and self.use_synthesis:
+                mse = self.synthesis_loss(real[i], {m: synth[m][i:i + 1] for m in real[i]})
+                if mse is not None:
+                    aux = aux + self.w_synthesis * mse
+            extras[i].update(present=present, missing=[m for m in self.order if not present[m]],
+                             router_load=own.load, router_indices=own.indices, router_entropy=own.entropy,
+                             aux_loss=aux)
+            outputs.append(ModelOutput(logits[i:i + 1], h[i:i + 1], extras[i]))
+        return outputs
 
     # -- pretraining ---------------------------------------------------------------------------------------
 
@@ -343,11 +368,8 @@ class MICE(PathmmModel):
         types = self.cancer_types(batch.cancer_type)
         if types.numel() != n:
             raise ModelInputError(f"model '{self.name}': {n} patients but {types.numel()} cancer types")
-        presents, reals = [], []
-        for x in batch.inputs:
-            present = self.check_input(x)
-            presents.append(present)
-            reals.append(self.encode(x, present)[0])
+        presents = [self.check_input(x) for x in batch.inputs]
+        reals, _ = self.encode_batch(batch.inputs, presents)  # the slides as one padded pass
         synth = self.synthesize(types)  # (B, dim) each
         embeddings = torch.stack([torch.stack([reals[i][m][0] if m in reals[i] else synth[m][i] for m in self.order])
                                   for i in range(n)])

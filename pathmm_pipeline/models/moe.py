@@ -21,12 +21,20 @@ from torch import nn
 @dataclass
 class RoutingStats:
     """What one MoE call routed: ``load_balance`` loss, ``entropy`` of the router, ``load`` (n_experts,) the
-    fraction of routed slots per expert, ``indices`` (T, k) the chosen experts."""
+    fraction of routed slots per expert, ``indices`` (T, k) the chosen experts and ``probs`` (T, E) the full
+    router softmax (for :meth:`rows`)."""
 
     load_balance: torch.Tensor
     entropy: torch.Tensor
     load: torch.Tensor
     indices: torch.Tensor
+    probs: torch.Tensor | None = None
+
+    def rows(self, start: int, end: int) -> RoutingStats:
+        """The stats the tokens ``start:end`` alone would have given (a patient's rows of a batched call)."""
+        if self.probs is None:
+            raise ValueError("RoutingStats.rows needs the router probabilities")
+        return routing_stats(self.probs[start:end], self.indices[start:end])
 
 
 def top_k_gates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +56,14 @@ def load_balance_loss(router_probs: torch.Tensor, indices: torch.Tensor, n_exper
 def router_entropy(router_probs: torch.Tensor) -> torch.Tensor:
     """Mean entropy (nats) of the per-token router distribution."""
     return -(router_probs * router_probs.clamp_min(1e-12).log()).sum(-1).mean()
+
+
+def routing_stats(probs: torch.Tensor, indices: torch.Tensor) -> RoutingStats:
+    """The :class:`RoutingStats` of a routing: ``probs`` (T, E) full softmax, ``indices`` (T, k) the chosen experts."""
+    n_experts = probs.shape[-1]
+    load = F.one_hot(indices, n_experts).sum(dim=(0, 1)).to(probs.dtype)
+    return RoutingStats(load_balance_loss(probs, indices, n_experts), router_entropy(probs), load / load.sum(),
+                        indices, probs)
 
 
 class Expert(nn.Module):
@@ -97,7 +113,4 @@ class MixtureOfExperts(nn.Module):
             token, slot = (indices == e).nonzero(as_tuple=True)
             if token.numel():
                 out.index_add_(0, token, gates[token, slot, None] * expert(x[token]))
-        load = F.one_hot(indices, self.n_experts).sum(dim=(0, 1)).float()
-        stats = RoutingStats(load_balance_loss(probs, indices, self.n_experts), router_entropy(probs),
-                             load / load.sum(), indices)
-        return out, stats
+        return out, routing_stats(probs, indices)

@@ -1,7 +1,8 @@
 """TransMIL: a correlated-MIL transformer over patch features (the ``transmil`` model).
 
 Holds :class:`TransLayer` (pre-norm Nystrom self-attention), :class:`PPEG` and :func:`square_pad` (reused by
-ALTER and mSTAR), and :class:`TransMIL`.
+ALTER and mSTAR), :func:`padded_square_tokens` (several bags as one padded batch: each bag squared and
+prefixed with its CLS token as alone, then padded), and :class:`TransMIL`.
 
 Paper: Shao et al., NeurIPS 2021.
 Paper-to-code mapping and deviations: docs/methods/baselines.md
@@ -10,12 +11,14 @@ Paper-to-code mapping and deviations: docs/methods/baselines.md
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from pathmm_pipeline.models.base import InputDims, ModelOutput, PathmmModel, PatientInput, TaskSpec
 from pathmm_pipeline.models.nystrom import NystromAttention
+from pathmm_pipeline.models.padded import pad_sequences, rowwise
 from pathmm_pipeline.models.registry import register_model
 
 
@@ -30,8 +33,9 @@ class TransLayer(nn.Module):
                                      num_landmarks=num_landmarks or dim // 2, pinv_iterations=pinv_iterations,
                                      residual=True, residual_conv_kernel=residual_conv_kernel, dropout=dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.attn(self.norm(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n, dim); ``mask`` (B, n) True at real tokens for a padded batch."""
+        return x + self.attn(self.norm(x), mask=mask)
 
 
 class PPEG(nn.Module):
@@ -53,6 +57,26 @@ class PPEG(nn.Module):
         grid = grid + self.proj(grid) + self.proj1(grid) + self.proj2(grid)
         return torch.cat([cls_token, grid.flatten(2).transpose(1, 2)], dim=1)
 
+    def forward_padded(self, x: torch.Tensor, sides: Sequence[int]) -> torch.Tensor:
+        """A padded batch (B, L, c): row b holds CLS and then ``sides[b]`` ** 2 grid tokens (the rest padding).
+        Each grid is laid into the top-left corner of one zero canvas of the largest side, so the zero-padded
+        convolutions give its cells what they give the grid alone; padded positions come back as zeros."""
+        b, length, c = x.shape
+        big = max(sides)
+        device = x.device
+        into = torch.full((b, big * big), length - 1, dtype=torch.long, device=device)   # canvas <- token
+        back = torch.full((b, length - 1), big * big, dtype=torch.long, device=device)   # token <- canvas
+        for i, side in enumerate(sides):
+            r, col = torch.meshgrid(torch.arange(side, device=device), torch.arange(side, device=device), indexing="ij")
+            cell = (r * big + col).reshape(-1)
+            into[i, cell] = torch.arange(side * side, device=device)
+            back[i, :side * side] = cell
+        feat = torch.cat([x[:, 1:], x.new_zeros(b, 1, c)], dim=1)        # the last slot is a zero token
+        canvas = feat.gather(1, into[..., None].expand(-1, -1, c)).transpose(1, 2).reshape(b, c, big, big)
+        canvas = canvas + self.proj(canvas) + self.proj1(canvas) + self.proj2(canvas)
+        flat = torch.cat([canvas.flatten(2).transpose(1, 2), x.new_zeros(b, 1, c)], dim=1)
+        return torch.cat([x[:, :1], flat.gather(1, back[..., None].expand(-1, -1, c))], dim=1)
+
 
 def square_pad(h: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """(B, N, C) -> (B, S*S, C), S = ceil(sqrt(N)), by appending the sequence's first tokens (cyclically)."""
@@ -64,6 +88,19 @@ def square_pad(h: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return h, side, side
 
 
+def padded_square_tokens(bags: Sequence[torch.Tensor], cls_token: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Bags (n_i, C) -> ``(padded (B, L, C), mask (B, L), sides)``: each bag squared (:func:`square_pad`) and
+    prefixed with ``cls_token`` (1, 1, C) as it is alone, then padded to the longest."""
+    rows, sides = [], []
+    for bag in bags:
+        h, side, _ = square_pad(bag.unsqueeze(0))
+        rows.append(torch.cat([cls_token[0].to(h.dtype), h[0]]))
+        sides.append(side)
+    padded, mask = pad_sequences(rows)
+    return padded, mask, sides
+
+
 @register_model("transmil")
 class TransMIL(PathmmModel):
     """TransMIL on the patch features (``wsi`` required). Options: ``dim`` (512), ``heads`` (8),
@@ -72,6 +109,7 @@ class TransMIL(PathmmModel):
 
     uses = frozenset({"wsi"})
     requires = frozenset({"wsi"})
+    batched = True
 
     def __init__(self, dims: InputDims, task: TaskSpec, dim: int = 512, heads: int = 8,
                  num_landmarks: int | None = None, pinv_iterations: int = 6, dropout: float = 0.1,
@@ -101,3 +139,17 @@ class TransMIL(PathmmModel):
         z = self.norm(h)[:, 0]
         return ModelOutput(self._fc2(z), z, {"present": present, "missing": [], "n_patches": n,
                                              "grid": (side_h, side_w)})
+
+    def forward_batch(self, xs: Sequence[PatientInput]) -> list[ModelOutput]:
+        """Several patients in one padded pass (masked Nystrom attention, PPEG on one canvas): each output
+        equals :meth:`forward` on that patient alone, to float rounding."""
+        presents = [self.check_input(x) for x in xs]
+        bags = rowwise(self._fc1, [self.wsi_features(x) for x in xs])
+        h, mask, sides = padded_square_tokens(bags, self.cls_token)
+        h = self.layer2(self.pos_layer.forward_padded(self.layer1(h, mask), sides), mask)
+        z = self.norm(h)[:, 0]
+        logits = self._fc2(z)
+        return [ModelOutput(logits[i:i + 1], z[i:i + 1], {"present": presents[i], "missing": [],
+                                                          "n_patches": int(bags[i].shape[0]),
+                                                          "grid": (sides[i], sides[i])})
+                for i in range(len(xs))]

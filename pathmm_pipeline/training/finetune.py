@@ -14,7 +14,8 @@
 * **Optimisation**: AdamW or RAdam; bag batches of one patient, gradients accumulated over ``grad_accum``
   patients (each patient's loss divided by the window's size, so a window's gradient is the mean); linear
   warm-up then cosine decay, stepped per optimizer step; optional gradient clipping. The Cox loss needs a
-  batch: it is computed over each accumulation window (``grad_accum >= 2``).
+  batch: it is computed over each accumulation window (``grad_accum >= 2``). With ``batch_tiles`` a window's
+  patients are forwarded together in padded batches (:mod:`.batching`), same losses to float rounding.
 * **Sampling**: each epoch visits the training patients in a seeded random order; ``weighted_sampling``
   instead draws as many patients with replacement, each with weight inverse to the size of its stratum
   (survival bin x event, or class), as SurvPath's reference code does.
@@ -55,9 +56,10 @@ from pathmm_pipeline.core.atomic import write_text_atomic
 from pathmm_pipeline.evaluation.predict import model_input, predict_logits
 from pathmm_pipeline.evaluation.run import evaluate_fold
 from pathmm_pipeline.evaluation.trained import FoldResult
-from pathmm_pipeline.models import PathmmModel, TaskSpec, build_model
+from pathmm_pipeline.models import ModelOutput, PathmmModel, PatientInput, TaskSpec, build_model
 from pathmm_pipeline.models.checkpoint import save_checkpoint
 from pathmm_pipeline.tasks.kinds import Objective, has_target, metric_name, resolve_task, score_metric
+from pathmm_pipeline.training.batching import bag_size, padded_batches
 from pathmm_pipeline.training.engine import Engine, cosine_with_warmup, peak_gpu_mb, peak_rss_mb, run_on
 from pathmm_pipeline.training.pretrain import apply_pretrained
 from pathmm_pipeline.training.settings import TrainConfig
@@ -170,6 +172,54 @@ def _fit_direct(model: nn.Module, view: MultimodalCohort, train_ids: list[str], 
     return state, rows
 
 
+def _window_step(model: PathmmModel, view: MultimodalCohort, window: list[str], y: dict[str, torch.Tensor],
+                 objective: Objective, engine: Engine, config: TrainConfig, device: torch.device) -> list[float]:
+    """Accumulate the gradient of one window (``y``: its targets, rows in window order); returns its losses.
+
+    A decomposable objective back-propagates each forward call's patients as soon as they are done (each
+    patient's loss over the window's size); the Cox loss needs the whole window's logits in one graph. With
+    ``batch_tiles`` the window's patients go through :mod:`.batching`'s padded batches, else one at a time."""
+    def targets(rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        picked = torch.as_tensor(list(rows))
+        return {k: v[picked].to(device) for k, v in y.items()}
+
+    def with_aux(loss: torch.Tensor, outs: Sequence[Any]) -> torch.Tensor:
+        aux = [o.extras["aux_loss"] for o in outs if o.extras.get("aux_loss") is not None]
+        return loss + config.aux_loss_weight * torch.stack(aux).mean() if aux else loss
+
+    if config.batch_tiles is None:
+        groups = [[i] for i in range(len(window))]
+        loaded: dict[int, PatientInput] = {}
+    else:
+        loaded = {i: model_input(view, model, p).x for i, p in enumerate(window)}
+        groups = padded_batches([bag_size(x) for x in loaded.values()], config.batch_tiles)
+
+    def forward(rows: Sequence[int]) -> list[ModelOutput]:
+        xs = [(loaded[i] if i in loaded else model_input(view, model, window[i]).x).to(device) for i in rows]
+        return model.forward_batch(xs) if config.batch_tiles is not None else [model(x) for x in xs]
+
+    if not objective.decomposable:
+        outs: list[Any] = [None] * len(window)
+        with engine.autocast():
+            for rows in groups:
+                for i, o in zip(rows, forward(rows)):
+                    outs[i] = o
+        loss = objective(torch.cat([o.logits.reshape(1, -1) for o in outs]), targets(range(len(window))))
+        engine.backward(with_aux(loss, outs))
+        return [float(loss.detach())]
+    losses = []
+    for rows in groups:
+        with engine.autocast():
+            outs = forward(rows)
+        total = torch.zeros((), device=device)
+        for i, o in zip(rows, outs):
+            loss = objective(o.logits.reshape(1, -1), targets([i]))
+            total = total + with_aux(loss, [o])
+            losses.append(float(loss.detach()))
+        engine.backward(total / len(window))
+    return losses
+
+
 def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, fold: Fold,
                config: TrainConfig | None = None, *, out_dir: str | os.PathLike[str] | None = None,
                split_file: str | os.PathLike[str] | None = None,
@@ -261,24 +311,7 @@ def train_fold(model_name: str, task: str | TaskSpec, cohort: MultimodalCohort, 
                     window = order[w:w + config.grad_accum]
                     rows_idx = torch.as_tensor([index[p] for p in window])
                     y = {k: v[rows_idx] for k, v in train_targets.items()}
-                    if objective.decomposable:
-                        for j, p in enumerate(window):
-                            with engine.autocast():
-                                o = model(model_input(view, model, p).x.to(device))
-                            loss = objective(o.logits.reshape(1, -1), {k: v[j:j + 1].to(device) for k, v in y.items()})
-                            aux = o.extras.get("aux_loss")
-                            total = loss + config.aux_loss_weight * aux if aux is not None else loss
-                            engine.backward(total / len(window))
-                            losses.append(float(loss.detach()))
-                    else:
-                        with engine.autocast():
-                            outs = [model(model_input(view, model, p).x.to(device)) for p in window]
-                        logits = torch.cat([o.logits.reshape(1, -1) for o in outs])
-                        loss = objective(logits, {k: v.to(device) for k, v in y.items()})
-                        aux = [o.extras["aux_loss"] for o in outs if o.extras.get("aux_loss") is not None]
-                        total = loss + config.aux_loss_weight * torch.stack(aux).mean() if aux else loss
-                        engine.backward(total)
-                        losses.append(float(loss.detach()))
+                    losses += _window_step(model, view, window, y, objective, engine, config, device)
                     engine.step()
                 train_loss = float(np.mean(losses))
 

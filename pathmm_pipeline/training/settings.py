@@ -49,6 +49,9 @@ class TrainConfig(SettingsMixin):
     threads: int | None = None
     #: bfloat16 autocast of the forward pass on CUDA (no effect on the CPU)
     amp: bool = False
+    #: None: one patient per forward pass; an int: each accumulation window's patients in padded batches of at
+    #: most this many rows (patients x largest bag), for the models that can pad (:mod:`.batching`)
+    batch_tiles: int | None = None
     progress: bool = True
     model_options: dict[str, Any] = field(default_factory=dict)
 
@@ -58,6 +61,8 @@ class TrainConfig(SettingsMixin):
             problems.append(f"epochs must be >= 1, got {self.epochs}")
         if self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr}")
+        if self.batch_tiles is not None and self.batch_tiles < 1:
+            problems.append(f"batch_tiles must be >= 1 or None, got {self.batch_tiles}")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.selection not in SELECTIONS:
