@@ -7,12 +7,14 @@ paired by seed, printed with mean +- sd (the numbers in docs/methods/<method>.md
     python bench/ablations_toy.py mstar --seeds 0 1 2 3 4 5 6 7 --signal sign --n-patients 210 --no-reports \
         --epochs 8 --lr 3e-3 --option genomics_encoder=snn genomics_hidden=[16,16] genomics_dropout=0 w_triplet=0
     python bench/ablations_toy.py alter --seeds 0 1 --n-patients 210 --labelled 30 --epochs 6 --finetune-epochs 4
+    python bench/ablations_toy.py mice --seeds 0 1 2 3 --type-shift 1.5 --no-genomics --pretrain --epochs 10
 
 ``--signal mean``: tumour tiles shifted by +2 (a slide's mean feature carries the signal); ``sign``: by +-2 at
 random (only the tile pattern does). The fold is the toy cohort's first ``--labelled`` (60) patients for
 training, patients 60-89 held out; nothing is fitted on the held-out ones. ``--n-patients`` above 90 adds
 patients 90.. to the *pretraining* corpus only (alter, modaltune, mstar: an unlabelled corpus larger than the
-labelled set; the held-out patients are never in it). mstar also prints the probe on its slide encoder at
+labelled set; the held-out patients are never in it). ``--type-shift``: cancer type B's latent risk shifted (the
+types differ in outcome and modalities); ``--pretrain`` (mice): each arm pretrained on the corpus first. mstar also prints the probe on its slide encoder at
 initialisation (the same seed, no pretraining), the control that the gain over mean pooling is learnt.
 """
 
@@ -82,8 +84,9 @@ def mean_pool_probe(cohort: MultimodalCohort, fold: Fold) -> float:
 
 def run(method: str, seeds: list[int], signal: str, genomics: bool, epochs: int, root: Path, *,
         n_patients: int = 90, labelled: int = 60, reports: bool = True, lr: float = 1e-3,
-        finetune_epochs: int | None = None, options: dict | None = None) -> dict[str, list]:
-    toy = build_toy_cohort(root / "toy", wsi_signal=signal, n_patients=n_patients)
+        finetune_epochs: int | None = None, options: dict | None = None, type_shift: float = 0.0,
+        mice_pretrain: bool = False) -> dict[str, list]:
+    toy = build_toy_cohort(root / "toy", wsi_signal=signal, n_patients=n_patients, type_shift=type_shift)
     cohort = MultimodalCohort.from_manifest(
         toy.manifest, toy.features_dir, toy.genomics if genomics else None, toy.reports if reports else None,
         pathway_collection="pathways" if genomics else None, family_collection="families" if genomics else None)
@@ -114,8 +117,15 @@ def run(method: str, seeds: list[int], signal: str, genomics: bool, epochs: int,
                                                          fold))
         elif method == "mice":
             for name, o in (("synthesis", opts), ("none", {**opts, "synthesis": False})):
+                start = None
+                if mice_pretrain:  # the supervised pan-cancer pretraining on the corpus, then fine-tuning
+                    start = root / f"mice_{name}{seed}"
+                    pretrain(method, cohort, corpus, PretrainConfig(**{**pre.to_dict(), "model_options": o}),
+                             out_dir=start)
+                    start = start / "pretrained.pt"
                 result = train_fold(method, "survival", cohort, fold, TrainConfig(**{**tune.to_dict(),
-                                                                                     "model_options": o}))
+                                                                                     "model_options": o}),
+                                    pretrained=start)
                 out.setdefault(f"{name}, slides withheld", []).append(held_out(result, cohort, fold, ("wsi",)))
                 out.setdefault(f"{name}, genomics withheld", []).append(held_out(result, cohort, fold,
                                                                                  ("genomics",)))
@@ -167,6 +177,9 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs (8; alter 6)")
     parser.add_argument("--n-patients", type=int, default=90, help="toy patients; those past 90 pretrain only")
     parser.add_argument("--labelled", type=int, default=60, help="the first LABELLED patients are fine-tuned on")
+    parser.add_argument("--type-shift", type=float, default=0.0,
+                        help="latent risk shift of cancer type B (types differ in outcome and modalities)")
+    parser.add_argument("--pretrain", action="store_true", help="mice: pretrain each arm on the corpus first")
     parser.add_argument("--option", type=option, nargs="*", default=[], help="model options, key=value (JSON)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -174,7 +187,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = run(args.method, args.seeds, args.signal, not args.no_genomics, args.epochs, Path(tmp),
                   n_patients=args.n_patients, labelled=args.labelled, reports=not args.no_reports, lr=args.lr,
-                  finetune_epochs=args.finetune_epochs, options=dict(args.option))
+                  finetune_epochs=args.finetune_epochs, options=dict(args.option), type_shift=args.type_shift,
+                  mice_pretrain=args.pretrain)
     for name, values in out.items():
         print(f"{args.method:10s} {name:32s} {np.mean(values):.3f} +- {np.std(values):.3f}  "
               f"({', '.join(f'{v:.3f}' for v in values)})")

@@ -91,14 +91,17 @@ STAGES, STAGE_CUTS = ("I", "II", "III", "IV"), (-0.67, 0.0, 0.67)
 
 
 def build_toy_cohort(root: Path, seed: int = 0, wsi_signal: str = "mean",
-                     n_patients: int = N_PATIENTS) -> ToyCohort:
+                     n_patients: int = N_PATIENTS, type_shift: float = 0.0) -> ToyCohort:
     """``n_patients`` (90) patients; survival driven by a latent risk z that also sets the fraction of 'tumour'
     tiles (feature 0 shifted by +3) and gene G00, and the clinical stage (I-IV by quartile of z; subtypes cycle
     through OncoTree codes). Some patients lack expression, reports or slides; a few have two slides. Another
-    ``n_patients`` draws every patient anew (its first 90 are not the default cohort's, which is unchanged)."""
+    ``n_patients`` draws every patient anew (its first 90 are not the default cohort's, which is unchanged).
+    ``type_shift``: the latent risk of cancer type B (every third patient) is shifted by it, so that the types
+    differ in outcome and in every modality's typical value (a pan-cancer cohort); 0 (default): no difference."""
     rng = np.random.default_rng(seed)
     ids = [f"P{i:03d}" for i in range(n_patients)]
     z = pd.Series(rng.normal(0, 1, n_patients), index=ids)
+    z.iloc[::3] += type_shift
     t_event = rng.exponential(1.0, n_patients) / (0.05 * np.exp(2.0 * z.to_numpy()))
     t_censor = rng.uniform(5, 90, n_patients)
     time = np.minimum(t_event, t_censor).round(3) + 0.01

@@ -18,7 +18,8 @@ Measured (bench/ablations_toy.py, 8 seeds): stage-1 0.646 +- 0.095, mean pooling
 and no seed below -0.02. The slide encoder at initialisation is printed as a control (0.603 +- 0.066 over 8
 seeds: pretraining adds +0.044 +- 0.062, 6 of 8 seeds positive, min -0.080: not asserted).
 
-ALTER, MICE and UMEML could not be shown on toy cohorts of this size; measured over seeds and recorded in
+ALTER, MICE and UMEML could not be shown on toy cohorts of this size (ALTER also not in the setting where mSTAR
+shows its claim; MICE also not on a toy whose cancer types differ in outcome); measured over seeds and recorded in
 docs/methods/<method>.md instead of asserted (a test that asserts a direction the spread does not support
 would be a coin flip).
 """
