@@ -14,8 +14,9 @@ random (only the tile pattern does). The fold is the toy cohort's first ``--labe
 training, patients 60-89 held out; nothing is fitted on the held-out ones. ``--n-patients`` above 90 adds
 patients 90.. to the *pretraining* corpus only (alter, modaltune, mstar: an unlabelled corpus larger than the
 labelled set; the held-out patients are never in it). ``--type-shift``: cancer type B's latent risk shifted (the
-types differ in outcome and modalities); ``--pretrain`` (mice): each arm pretrained on the corpus first. mstar also prints the probe on its slide encoder at
-initialisation (the same seed, no pretraining), the control that the gain over mean pooling is learnt.
+types differ in outcome and modalities); ``--pretrain`` (mice): each arm pretrained on the corpus first.
+mstar also prints the probe on its slide encoder at initialisation (the same seed, no pretraining), the control
+that the gain over mean pooling is learnt.
 """
 
 from __future__ import annotations

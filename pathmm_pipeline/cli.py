@@ -53,6 +53,23 @@ def _slide_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-fallback", action="store_true", help="do not try the other backend")
     parser.add_argument("--mpp", type=_optional_float, default=None, help="override the slide's mpp")
     parser.add_argument("--settings", type=_settings, default={}, help="stage settings as a JSON object")
+    _limit_args(parser)
+
+
+def _limit_args(parser: argparse.ArgumentParser) -> None:
+    """The caps on one slide (config.yaml's slide.max_*; the rules pass them from the job's resources)."""
+    parser.add_argument("--max-side-px", type=int, default=None, help="refuse a slide whose longer side is larger")
+    parser.add_argument("--max-megapixels", type=int, default=None, help="refuse a slide with more megapixels")
+    parser.add_argument("--max-tiles", type=int, default=None, help="refuse a slide with more tiles")
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    """The :class:`~pathmm_pipeline.preprocess.slides.SlideLimits` given on the command line (defaults for the
+    rest)."""
+    from pathmm_pipeline.preprocess.slides import SlideLimits
+
+    given = {"max_side_px": args.max_side_px, "max_megapixels": args.max_megapixels, "max_tiles": args.max_tiles}
+    return SlideLimits(**{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_demo_cohort(args: argparse.Namespace) -> int:
@@ -86,7 +103,8 @@ def cmd_segment_tissue(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.preprocess import segment_tissue
 
     segment_tissue(args.slide, args.store, args.geojson, args.thumbnail, args.settings,
-                   slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
+                   slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp,
+                   limits=_limits(args))
     return 0
 
 
@@ -94,7 +112,8 @@ def cmd_tile_slide(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.preprocess import tile_slide
 
     tile_slide(args.slide, args.segmentation, args.store, args.settings,
-               slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
+               slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp,
+               limits=_limits(args))
     return 0
 
 
@@ -121,7 +140,8 @@ def cmd_extract_features(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.preprocess import extract_features
 
     extract_features(args.slide, args.tiles, args.store, with_throughput(args.settings, args),
-                     slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp)
+                     slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp,
+                     limits=_limits(args))
     return 0
 
 
@@ -129,7 +149,7 @@ def cmd_extract_features_bucket(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.preprocess import extract_features_bucket
 
     extract_features_bucket(args.jobs, with_throughput(args.settings, args), backend=args.backend,
-                            fallback=not args.no_fallback)
+                            fallback=not args.no_fallback, limits=_limits(args))
     return 0
 
 
@@ -138,7 +158,7 @@ def cmd_extract_fold_features(args: argparse.Namespace) -> int:
 
     extract_fold_features(args.manifest, args.tiles, args.out, with_throughput(args.settings, args),
                           backend=args.backend,
-                          fallback=not args.no_fallback)
+                          fallback=not args.no_fallback, limits=_limits(args))
     return 0
 
 
@@ -309,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fallback", action="store_true")
     p.add_argument("--settings", type=_settings, default={}, help="extraction settings as JSON")
     _throughput_args(p)
+    _limit_args(p)
     p.set_defaults(func=cmd_extract_fold_features)
 
     p = sub.add_parser("tcga-cohort", help="a slide-less cohort (sample sheet, expression, published splits, "
@@ -362,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fallback", action="store_true", help="do not try the other backend")
     p.add_argument("--settings", type=_settings, default={}, help="extraction settings as JSON")
     _throughput_args(p)
+    _limit_args(p)
     p.set_defaults(func=cmd_extract_features_bucket)
 
     p = sub.add_parser("encoders", help="list the registered patch encoders")

@@ -30,6 +30,11 @@ class MissingMppError(InputError):
     """A slide has no microns-per-pixel metadata and no override in the sample sheet."""
 
 
+class SlideTooLargeError(InputError):
+    """A slide's dimensions or tile count exceed the configured caps (``slide.max_*``): refused before any pixel
+    is decoded."""
+
+
 class ConfigError(PathmmError):
     """The pipeline configuration does not match its schema."""
 

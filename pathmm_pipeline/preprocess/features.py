@@ -43,7 +43,7 @@ from pathmm_pipeline.preprocess.jpeg_tiles import (
     region_position,
     resize_batch,
 )
-from pathmm_pipeline.preprocess.slides import open_slide
+from pathmm_pipeline.preprocess.slides import SlideLimits, open_slide
 from pathmm_pipeline.preprocess.tiling import STATUS_OK, TileGeometry, load_tiles, read_tile
 
 log = logging.getLogger(__name__)
@@ -451,13 +451,29 @@ class _SlideOutput:
         move_into_place(self.partial, self.job.store)
 
 
+def check_job_limits(job: SlideJob, limits: SlideLimits) -> None:
+    """Refuse a slide whose tile store (its attributes: the slide's dimensions and the tile count, as tiling
+    recorded them) is above ``limits``, before the encoder is loaded or any tile read."""
+    from pathmm_pipeline.core.stores import open_store
+
+    attrs = open_store(job.tiles).attrs
+    if attrs.get("slide_dimensions"):
+        limits.check_dimensions(job.slide, tuple(attrs["slide_dimensions"]))
+    limits.check_tiles(job.tiles, int(attrs.get("n_tiles", 0)), f"tiles in the tile store of {job.slide}")
+
+
 def extract_slides(jobs: list[SlideJob], settings: ExtractionSettings, backend: str = "openslide",
-                   fallback: bool = True) -> dict[str, int]:
+                   fallback: bool = True, limits: SlideLimits | None = None) -> dict[str, int]:
     """Extract features of every tile of each slide of ``jobs`` with one encoder, loaded once: the tiles of all
     slides stream through one loader (decoding runs ahead into the next slide), and each slide gets its own
     store and provenance. Every store is finished in its partial and moved into place once all slides are
     done, so a killed job keeps the slides it finished (and the chunks of the one it was on) for its re-run,
-    even where the workflow manager deletes the job's outputs before re-running it. Returns slide -> tiles."""
+    even where the workflow manager deletes the job's outputs before re-running it. Returns slide -> tiles.
+
+    A slide above ``limits`` (default: :class:`SlideLimits`'s) fails first, before the encoder is loaded
+    (:func:`check_job_limits`)."""
+    for job in jobs:
+        check_job_limits(job, limits or SlideLimits())
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)
@@ -496,10 +512,11 @@ def extract_slides(jobs: list[SlideJob], settings: ExtractionSettings, backend: 
 
 def extract_features(slide_path: str | os.PathLike[str], tiles_store: str | os.PathLike[str],
                      store_path: str | os.PathLike[str], settings: ExtractionSettings, slide_id: str | None = None,
-                     backend: str = "openslide", fallback: bool = True, mpp_override: float | None = None) -> int:
+                     backend: str = "openslide", fallback: bool = True, mpp_override: float | None = None,
+                     limits: SlideLimits | None = None) -> int:
     """Extract features of every tile of one slide into ``store_path``; returns the number of tiles."""
     job = SlideJob(str(slide_path), str(tiles_store), str(store_path), slide_id, mpp_override)
-    return next(iter(extract_slides([job], settings, backend, fallback).values()))
+    return next(iter(extract_slides([job], settings, backend, fallback, limits).values()))
 
 
 @dataclass(frozen=True)
@@ -526,7 +543,8 @@ def load_features(store_path: str | os.PathLike[str]) -> FeatureSet:
 
 def extract_cohort_features(manifest: str | os.PathLike[str], tiles_dir: str | os.PathLike[str],
                             out_dir: str | os.PathLike[str], settings: ExtractionSettings,
-                            backend: str = "openslide", fallback: bool = True) -> Path:
+                            backend: str = "openslide", fallback: bool = True,
+                            limits: SlideLimits | None = None) -> Path:
     """Extract every slide of the manifest that has a tile store in ``tiles_dir`` into ``out_dir/<slide>.zarr``
     with one encoder, in one process: the per-fold encoders of mSTAR (one folder per fold, not one job per slide
     and fold). The folder appears whole or not at all."""
@@ -546,5 +564,5 @@ def extract_cohort_features(manifest: str | os.PathLike[str], tiles_dir: str | o
                 jobs.append(SlideJob(str(row.slide_path), str(store), str(tmp / f"{row.slide_id}.zarr"),
                                      row.slide_id, None if mpp is None or pd.isna(mpp) else float(mpp)))
         if jobs:
-            extract_slides(jobs, settings, backend, fallback)
+            extract_slides(jobs, settings, backend, fallback, limits)
     return Path(out_dir)

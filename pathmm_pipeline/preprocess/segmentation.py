@@ -22,7 +22,7 @@ from pathmm_pipeline.core.atomic import write_bytes_atomic, write_text_atomic
 from pathmm_pipeline.core.provenance import build_provenance
 from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.core.stores import ArraySpec, write_store
-from pathmm_pipeline.preprocess.slides import SlideReader, open_slide
+from pathmm_pipeline.preprocess.slides import SlideLimits, SlideReader, open_slide
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +224,16 @@ def qc_thumbnail(result: SegmentationResult, max_px: int) -> np.ndarray:
 def segment_slide(slide_path: str | os.PathLike[str], store_path: str | os.PathLike[str],
                   geojson_path: str | os.PathLike[str], thumbnail_path: str | os.PathLike[str],
                   settings: SegmentationSettings, slide_id: str | None = None, backend: str = "openslide",
-                  fallback: bool = True, mpp_override: float | None = None) -> SegmentationResult:
-    """Segment one slide and write its mask store, GeoJSON and QC thumbnail (each atomically)."""
+                  fallback: bool = True, mpp_override: float | None = None,
+                  limits: SlideLimits | None = None) -> SegmentationResult:
+    """Segment one slide and write its mask store, GeoJSON and QC thumbnail (each atomically).
+
+    A slide whose header says it is larger than ``limits`` (default: :class:`SlideLimits`'s) fails before any
+    pixel is read (:class:`~pathmm_pipeline.core.errors.SlideTooLargeError`).
+    """
     slide_id = slide_id or Path(slide_path).stem
-    with open_slide(slide_path, backend=backend, fallback=fallback, mpp_override=mpp_override) as reader:
+    with open_slide(slide_path, backend=backend, fallback=fallback, mpp_override=mpp_override,
+                    limits=limits or SlideLimits()) as reader:
         result = segment_reader(reader, settings)
         info = reader.info
     reason = "" if result.contours else (

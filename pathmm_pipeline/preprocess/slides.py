@@ -2,7 +2,8 @@
 
 The microns per pixel come from the file (``openslide.mpp-x``/``tiffslide.mpp-x``, the Aperio ``MPP`` field,
 TIFF resolution tags) or from the sample sheet's override. A slide with neither fails: magnification is never
-guessed.
+guessed. A slide larger than the configured caps (:class:`SlideLimits`, ``slide:`` in config.yaml) fails from its
+header, before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pathmm_pipeline.core.errors import MissingMppError, SlideReadError
+from pathmm_pipeline.core.errors import MissingMppError, SlideReadError, SlideTooLargeError
+from pathmm_pipeline.core.settings import SettingsMixin
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,44 @@ class SlideInfo:
     def level_mpp(self, level: int) -> float:
         """Microns per pixel at ``level``."""
         return self.mpp * self.level_downsamples[level]
+
+
+@dataclass(frozen=True)
+class SlideLimits(SettingsMixin):
+    """Caps on one slide (``slide:`` in config.yaml, less ``backend``/``fallback``), checked from the header and
+    the tile counts before any pixel is decoded: a corrupt header or a mis-set tiling fails in seconds with a
+    clear message instead of exhausting a node's memory or running for days."""
+
+    settings_name = "slide"
+
+    #: longest side of level 0, in pixels
+    max_side_px: int = 300_000
+    #: level-0 width x height, in millions of pixels
+    max_megapixels: int = 40_000
+    #: tiles of one slide (tiling counts those in the tissue; extraction refuses a larger tile store)
+    max_tiles: int = 1_000_000
+
+    def check_dimensions(self, path: object, dimensions: tuple[int, int]) -> None:
+        """Raise :class:`SlideTooLargeError` when level-0 ``dimensions`` (width, height) exceed a cap."""
+        width, height = int(dimensions[0]), int(dimensions[1])
+        megapixels = width * height / 1e6
+        what = f"level 0 is {width:,} x {height:,} px ({megapixels:,.0f} megapixels)"
+        hint = ("check the file (a corrupt or foreign header?) or, if the slide is really this large, raise "
+                "{key} in config.yaml (no pixel was read)")
+        if max(width, height) > self.max_side_px:
+            raise SlideTooLargeError(path, f"{what}: its longer side exceeds slide.max_side_px = "
+                                     f"{self.max_side_px:,}", hint.format(key="slide.max_side_px"))
+        if megapixels > self.max_megapixels:
+            raise SlideTooLargeError(path, f"{what}: above slide.max_megapixels = {self.max_megapixels:,}",
+                                     hint.format(key="slide.max_megapixels"))
+
+    def check_tiles(self, path: object, n_tiles: int, what: str = "tiles", done: str = "no tile was read") -> None:
+        """Raise :class:`SlideTooLargeError` when ``n_tiles`` (of ``what``) exceeds ``max_tiles``; ``done`` says
+        what the refusal spared, at the end of the message."""
+        if n_tiles > self.max_tiles:
+            raise SlideTooLargeError(path, f"{n_tiles:,} {what}: above slide.max_tiles = {self.max_tiles:,}",
+                                     "raise slide.max_tiles in config.yaml, or tile coarser (a larger tiling.mpp, "
+                                     f"less tiling.overlap, a higher tiling.min_tissue_fraction) ({done})")
 
 
 class SlideReader:
@@ -190,11 +230,12 @@ _OPENERS: dict[str, Callable[[Path], Any]] = {"openslide": _open_openslide, "tif
 
 
 def open_slide(path: str | os.PathLike[str], backend: str = "openslide", fallback: bool = True,
-               mpp_override: float | None = None) -> SlideReader:
+               mpp_override: float | None = None, limits: SlideLimits | None = None) -> SlideReader:
     """Open ``path`` with ``backend``; when that backend cannot, try the other one (if ``fallback``).
 
-    Raises :class:`SlideReadError` when no backend can open it and :class:`MissingMppError` when the slide
-    has no mpp.
+    Raises :class:`SlideReadError` when no backend can open it, :class:`MissingMppError` when the slide
+    has no mpp and, given ``limits``, :class:`SlideTooLargeError` when its header says it is larger than they
+    allow (checked before the probe decodes any pixel; ``None``: unchecked).
     """
     path = Path(path)
     if backend not in _OPENERS:
@@ -215,8 +256,10 @@ def open_slide(path: str | os.PathLike[str], backend: str = "openslide", fallbac
             log.warning("%s: %s could not open it, read with %s instead", path, backend, name)
         try:
             reader = SlideReader(handle, path, name, mpp_override)
+            if limits is not None:
+                limits.check_dimensions(path, reader.info.dimensions)
             _probe(reader)
-        except MissingMppError:
+        except (MissingMppError, SlideTooLargeError):
             handle.close()
             raise
         except SlideReadError as exc:

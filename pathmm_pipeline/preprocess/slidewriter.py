@@ -4,18 +4,33 @@
 levels, every ImageDescription in Aperio form with ``AppMag`` and ``MPP``: OpenSlide reports vendor aperio.
 ``style="generic"``: a tiled pyramid with SubIFDs-free reduced pages and TIFF resolution tags: read as
 generic-tiff with mpp but no objective power. ``mpp=None`` writes no mpp at all (for bad-input tests).
+
+:func:`write_tiled_slide` writes the same Aperio layout as a BigTIFF of any size, tile by tile, from a callable
+that renders any region of any level: no level is ever held in memory (the real-size benchmark's 100,000 x
+80,000 px slides; content from :mod:`pathmm_pipeline.preprocess.synthetic`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tifffile
+from tqdm import tqdm
 
 from pathmm_pipeline.core.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: ``render(downsample, x, y, w, h)`` -> (h, w, 3) uint8 RGB: the region of the level with that downsample whose
+#: top-left is (x, y) in that level's pixels
+TileRenderer = Callable[[float, int, int, int, int], np.ndarray]
 
 
 def _pyramid(image: np.ndarray, levels: int, factor: int) -> list[np.ndarray]:
@@ -89,4 +104,89 @@ def write_pyramidal_tiff(
                                      "resolutionunit": "CENTIMETER"}
                     tif.write(level_img, tile=(tile, tile), **codec,
                               photometric="rgb", metadata=None, subfiletype=1, **level_res)
+    return Path(path)
+
+
+def pyramid_sizes(size: tuple[int, int], factor: int = 4, min_level_px: int = 512) -> list[tuple[int, int]]:
+    """(width, height) of each level: level 0 is ``size``, each next one ``factor`` times smaller (floored),
+    down to the last whose shorter side is at least ``min_level_px``."""
+    width, height = int(size[0]), int(size[1])
+    sizes = [(width, height)]
+    while min(sizes[-1]) // factor >= min_level_px:
+        d = factor ** len(sizes)
+        sizes.append((width // d, height // d))
+    return sizes
+
+
+def _jpeg_tile(tile: np.ndarray, quality: int) -> bytes:
+    """A tile encoded exactly as tifffile encodes JPEG RGB tiles (YCbCr, 2x2 chroma subsampling)."""
+    import imagecodecs
+
+    return imagecodecs.jpeg_encode(np.ascontiguousarray(tile), level=quality, subsampling=(2, 2), colorspace="RGB",
+                                   outcolorspace="YCBCR")
+
+
+def _encoded_tiles(render: TileRenderer, downsample: float, size: tuple[int, int], tile: int, quality: int,
+                   pool: ThreadPoolExecutor, ahead: int, bar: tqdm) -> Iterator[bytes]:
+    """The level's JPEG tiles in row-major order, rendered and encoded by ``pool`` at most ``ahead`` in flight."""
+    width, height = size
+
+    def make(x: int, y: int) -> bytes:
+        region = render(downsample, x, y, tile, tile)
+        if region.shape != (tile, tile, 3) or region.dtype != np.uint8:
+            raise ValueError(f"render returned {region.shape} {region.dtype} for a {tile} px tile, "
+                             f"expected ({tile}, {tile}, 3) uint8")
+        return _jpeg_tile(region, quality)
+
+    positions = ((x, y) for y in range(0, height, tile) for x in range(0, width, tile))
+    pending: deque[Future[bytes]] = deque()
+    for x, y in positions:
+        pending.append(pool.submit(make, x, y))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+            bar.update(1)
+    while pending:
+        yield pending.popleft().result()
+        bar.update(1)
+
+
+def write_tiled_slide(path: str | os.PathLike[str], size: tuple[int, int], render: TileRenderer,
+                      mpp: float = 0.25, app_mag: float = 40.0, factor: int = 4, min_level_px: int = 512,
+                      tile: int = 256, quality: int = 85, thumbnail_px: int = 768, workers: int | None = None,
+                      progress: bool = True) -> Path:
+    """Write a pyramidal tiled JPEG BigTIFF in the Aperio layout (OpenSlide: vendor aperio, ``AppMag``, ``MPP``)
+    of ``size`` = (width, height) level-0 pixels at ``path``, atomically, tile by tile from ``render``.
+
+    Page 0 is level 0, page 1 a stripped thumbnail of at most ``thumbnail_px``, pages 2.. the reduced levels of
+    :func:`pyramid_sizes`. Tiles are rendered and encoded by ``workers`` threads (default: the CPUs), a few
+    ahead of the writer: memory holds a few tiles, whatever the size of the slide.
+    """
+    width, height = int(size[0]), int(size[1])
+    if width < 1 or height < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if tile % 16:
+        raise ValueError(f"tile must be a multiple of 16 (JPEG 2x2 subsampling), got {tile}")
+    levels = pyramid_sizes((width, height), factor, min_level_px)
+    fields = [f"AppMag = {app_mag:g}", f"MPP = {mpp:.4f}"]
+    desc = "|".join([f"Aperio Image Library v12.0.0\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
+                     f"JPEG/RGB Q={quality}"] + fields)
+    workers = max(1, workers or os.cpu_count() or 1)
+    n_tiles = sum(-(-w // tile) * -(-h // tile) for w, h in levels)
+    with atomic_path(path, use_scratch=False) as tmp, \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slidewriter") as pool, \
+            tqdm(total=n_tiles, unit="tile", desc=f"writing {Path(path).name}", disable=not progress,
+                 mininterval=2.0) as bar, \
+            tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+        for index, (lw, lh) in enumerate(levels):
+            downsample = float(factor ** index)
+            log.info("%s: level %d, %d x %d px", path, index, lw, lh)
+            tiles = _encoded_tiles(render, downsample, (lw, lh), tile, quality, pool, 4 * workers, bar)
+            tif.write(tiles, shape=(lh, lw, 3), dtype=np.uint8, tile=(tile, tile), compression="jpeg",
+                      photometric="rgb", description=desc, metadata=None, subfiletype=0)
+            if index == 0:
+                scale = min(1.0, thumbnail_px / max(width, height))
+                tw, th = max(1, int(width * scale)), max(1, int(height * scale))
+                thumb = np.ascontiguousarray(render(width / tw, 0, 0, tw, th))
+                tif.write(thumb, compression="jpeg", compressionargs={"level": quality}, photometric="rgb",
+                          description=desc, metadata=None, subfiletype=0, rowsperstrip=16)
     return Path(path)

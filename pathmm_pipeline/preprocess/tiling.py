@@ -23,7 +23,7 @@ from pathmm_pipeline.core.provenance import build_provenance
 from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.core.stores import ArraySpec, open_store, write_store
 from pathmm_pipeline.preprocess.segmentation import STATUS_OK, TissueMask, load_mask
-from pathmm_pipeline.preprocess.slides import SlideInfo, SlideReader, open_slide
+from pathmm_pipeline.preprocess.slides import SlideInfo, SlideLimits, SlideReader, open_slide
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +95,27 @@ def tile_geometry(info: SlideInfo, settings: TilingSettings) -> TileGeometry:
                         stride_level0=size0 * (1 - settings.overlap))
 
 
-def grid_positions(dimensions: tuple[int, int], geometry: TileGeometry) -> np.ndarray:
-    """All top-left grid positions (int64, level-0 px) whose tile lies wholly inside the slide."""
+#: grid positions scored at a time by :func:`select_tiles` (bounds its memory whatever the grid)
+GRID_BLOCK = 1 << 20
+
+
+def grid_axes(dimensions: tuple[int, int], geometry: TileGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """The grid's x and y positions (int64, level-0 px) of tiles that lie wholly inside the slide."""
     w0, h0 = dimensions
     size, step = geometry.tile_size_level0, geometry.stride_level0
     nx = max(0, int(np.floor((w0 - size) / step)) + 1) if w0 >= size else 0
     ny = max(0, int(np.floor((h0 - size) / step)) + 1) if h0 >= size else 0
-    xs = np.round(np.arange(nx) * step).astype(np.int64)
-    ys = np.round(np.arange(ny) * step).astype(np.int64)
+    return np.round(np.arange(nx) * step).astype(np.int64), np.round(np.arange(ny) * step).astype(np.int64)
+
+
+def _grid(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     gx, gy = np.meshgrid(xs, ys)
     return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+def grid_positions(dimensions: tuple[int, int], geometry: TileGeometry) -> np.ndarray:
+    """All top-left grid positions (int64, level-0 px) whose tile lies wholly inside the slide, row by row."""
+    return _grid(*grid_axes(dimensions, geometry))
 
 
 def integral_image(mask: np.ndarray) -> np.ndarray:
@@ -125,11 +136,14 @@ def _sample_integral(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndar
     return t00 * (1 - fx) * (1 - fy) + t10 * fx * (1 - fy) + t01 * (1 - fx) * fy + t11 * fx * fy
 
 
-def tissue_fractions(coords: np.ndarray, tile_size_level0: float, tissue: TissueMask) -> np.ndarray:
-    """Exact area-weighted tissue fraction of each tile (coords in level-0 px) from the mask."""
+def tissue_fractions(coords: np.ndarray, tile_size_level0: float, tissue: TissueMask,
+                     table: np.ndarray | None = None) -> np.ndarray:
+    """Exact area-weighted tissue fraction of each tile (coords in level-0 px) from the mask (``table``: its
+    :func:`integral_image`, when already made)."""
     if len(coords) == 0:
         return np.zeros(0, np.float32)
-    table = integral_image(tissue.mask)
+    if table is None:
+        table = integral_image(tissue.mask)
     sx, sy = tissue.scale_to_level0
     x0 = coords[:, 0] / sx
     y0 = coords[:, 1] / sy
@@ -141,14 +155,34 @@ def tissue_fractions(coords: np.ndarray, tile_size_level0: float, tissue: Tissue
     return np.clip(covered / area, 0.0, 1.0).astype(np.float32)
 
 
-def select_tiles(info: SlideInfo, tissue: TissueMask,
-                 settings: TilingSettings) -> tuple[TileGeometry, np.ndarray, np.ndarray]:
-    """(geometry, kept coords (N, 2) int64, their tissue fractions (N,) float32)."""
+def select_tiles(info: SlideInfo, tissue: TissueMask, settings: TilingSettings,
+                 limits: SlideLimits | None = None) -> tuple[TileGeometry, np.ndarray, np.ndarray]:
+    """(geometry, kept coords (N, 2) int64, their tissue fractions (N,) float32).
+
+    The grid is scored in blocks of rows (memory bounded whatever its size); with ``limits``, more kept tiles
+    than ``limits.max_tiles`` raise :class:`~pathmm_pipeline.core.errors.SlideTooLargeError` with their count.
+    """
     geometry = tile_geometry(info, settings)
-    coords = grid_positions(info.dimensions, geometry)
-    fractions = tissue_fractions(coords, geometry.tile_size_level0, tissue)
-    keep = fractions >= settings.min_tissue_fraction if settings.min_tissue_fraction > 0 else fractions > 0
-    return geometry, coords[keep], fractions[keep]
+    xs, ys = grid_axes(info.dimensions, geometry)
+    table = integral_image(tissue.mask)
+    rows = max(1, GRID_BLOCK // max(1, len(xs)))
+    kept_coords, kept_fractions, n_kept = [], [], 0
+    for start in range(0, len(ys), rows):
+        coords = _grid(xs, ys[start:start + rows])
+        fractions = tissue_fractions(coords, geometry.tile_size_level0, tissue, table)
+        keep = fractions >= settings.min_tissue_fraction if settings.min_tissue_fraction > 0 else fractions > 0
+        n_kept += int(keep.sum())
+        if limits is None or n_kept <= limits.max_tiles:
+            kept_coords.append(coords[keep])
+            kept_fractions.append(fractions[keep])
+        else:
+            kept_coords, kept_fractions = [], []  # only counted from here on, for the message
+    if limits is not None:
+        limits.check_tiles(info.path, n_kept, f"tiles of {settings.tile_px} px at {settings.mpp:g} um/px in the "
+                           f"tissue (of a {len(xs):,} x {len(ys):,} grid)", "no tile store was written")
+    if not kept_coords:
+        return geometry, np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    return geometry, np.concatenate(kept_coords), np.concatenate(kept_fractions)
 
 
 def read_tile(reader: SlideReader, geometry: TileGeometry, x: int, y: int) -> np.ndarray:
@@ -162,18 +196,25 @@ def read_tile(reader: SlideReader, geometry: TileGeometry, x: int, y: int) -> np
 
 def tile_slide(slide_path: str | os.PathLike[str], segmentation_store: str | os.PathLike[str],
                store_path: str | os.PathLike[str], settings: TilingSettings, slide_id: str | None = None,
-               backend: str = "openslide", fallback: bool = True, mpp_override: float | None = None) -> int:
-    """Tile one slide into a coordinate store; returns the number of tiles kept."""
+               backend: str = "openslide", fallback: bool = True, mpp_override: float | None = None,
+               limits: SlideLimits | None = None) -> int:
+    """Tile one slide into a coordinate store; returns the number of tiles kept.
+
+    A slide above ``limits`` (default: :class:`SlideLimits`'s) in size or in kept tiles fails before the store
+    is written (:class:`~pathmm_pipeline.core.errors.SlideTooLargeError`).
+    """
     slide_id = slide_id or Path(slide_path).stem
+    limits = limits or SlideLimits()
     tissue = load_mask(segmentation_store)
-    with open_slide(slide_path, backend=backend, fallback=fallback, mpp_override=mpp_override) as reader:
+    with open_slide(slide_path, backend=backend, fallback=fallback, mpp_override=mpp_override,
+                    limits=limits) as reader:
         info = reader.info
     if tissue.status != STATUS_OK:
         status, reason = STATUS_SKIPPED, f"segmentation found no tissue: {tissue.reason}"
         geometry, coords, fractions = tile_geometry(info, settings), np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
         log.warning("%s: skipped, %s", slide_id, reason)
     else:
-        geometry, coords, fractions = select_tiles(info, tissue, settings)
+        geometry, coords, fractions = select_tiles(info, tissue, settings, limits)
         status, reason = STATUS_OK, ""
         if len(coords) == 0:
             status, reason = STATUS_SKIPPED, (f"no tile reaches tissue fraction {settings.min_tissue_fraction:g}")

@@ -1,15 +1,19 @@
 """The slide stages as the rules run them, one function per rule and named as the rule: ``cohort_manifest``,
 ``segment_tissue``, ``tile_slide``, ``extract_features`` (and ``extract_features_bucket``, its rules for many
 slides per job), ``extract_fold_features`` and ``qc_summary``. Each takes its inputs, its outputs and the rule's
-settings (a JSON object, refused on an unknown key)."""
+settings (a JSON object, refused on an unknown key); the slide stages also take the caps on one slide
+(``limits``: :class:`~pathmm_pipeline.preprocess.slides.SlideLimits`, default its defaults)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pathmm_pipeline.stages.settings import ManifestSettings
+
+if TYPE_CHECKING:
+    from pathmm_pipeline.preprocess.slides import SlideLimits
 
 PathLike = str | os.PathLike[str]
 
@@ -49,21 +53,22 @@ def extract_features(slide: PathLike, tiles: PathLike, store: PathLike, settings
 
 
 def extract_features_bucket(jobs: list[dict[str, Any]], settings: dict[str, Any], backend: str = "openslide",
-                            fallback: bool = True) -> dict[str, int]:
+                            fallback: bool = True, limits: SlideLimits | None = None) -> dict[str, int]:
     """Several slides' patch features with one encoder, loaded once; one store per slide."""
     from pathmm_pipeline.preprocess.features import ExtractionSettings, SlideJob, extract_slides
 
     return extract_slides([SlideJob.from_dict(job) for job in jobs], ExtractionSettings.from_dict(settings),
-                          backend=backend, fallback=fallback)
+                          backend=backend, fallback=fallback, limits=limits)
 
 
 def extract_fold_features(manifest: PathLike, tiles: PathLike, out: PathLike, settings: dict[str, Any],
-                          backend: str = "openslide", fallback: bool = True) -> Path:
+                          backend: str = "openslide", fallback: bool = True,
+                          limits: SlideLimits | None = None) -> Path:
     """Every tiled slide of the manifest with one (per-fold mSTAR) encoder, in one job."""
     from pathmm_pipeline.preprocess.features import ExtractionSettings, extract_cohort_features
 
     return extract_cohort_features(manifest, tiles, out, ExtractionSettings.from_dict(settings), backend=backend,
-                                   fallback=fallback)
+                                   fallback=fallback, limits=limits)
 
 
 def qc_summary(tiles: list[PathLike], segmentation: list[PathLike], out: PathLike) -> Path:

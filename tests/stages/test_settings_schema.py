@@ -13,6 +13,7 @@ from conftest import REPO
 from pathmm_pipeline.genomics.stage import GenomicsSettings
 from pathmm_pipeline.preprocess.features import ExtractionSettings
 from pathmm_pipeline.preprocess.segmentation import SegmentationSettings
+from pathmm_pipeline.preprocess.slides import SlideLimits
 from pathmm_pipeline.preprocess.tiling import TilingSettings
 from pathmm_pipeline.stages.settings import CleanReportSettings, EmbedReportSettings
 
@@ -20,6 +21,7 @@ SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").r
 
 #: section -> its dataclasses, the keys only the DAG reads (schema-only) and the keys the DAG fills in per job
 SECTIONS = {
+    "slide": ((SlideLimits,), ("backend", "fallback"), ()),
     "segmentation": ((SegmentationSettings,), (), ()),
     "tiling": ((TilingSettings,), (), ()),
     "features": ((ExtractionSettings,), ("encoders", "mem_mb", "slides_per_job"), ("encoder", "weights")),
@@ -55,8 +57,8 @@ def test_schema_and_dataclass_agree(section):
             assert props[key]["default"] == value, f"{section}.{key}: schema {props[key]['default']!r}, {value!r}"
 
 
-@pytest.mark.parametrize("cls", [SegmentationSettings, TilingSettings, ExtractionSettings, GenomicsSettings,
-                                 CleanReportSettings, EmbedReportSettings])
+@pytest.mark.parametrize("cls", [SlideLimits, SegmentationSettings, TilingSettings, ExtractionSettings,
+                                 GenomicsSettings, CleanReportSettings, EmbedReportSettings])
 def test_unknown_settings_are_refused_naming_the_key(cls):
     with pytest.raises(ValueError, match="nonsense_key"):
         cls.from_dict({"nonsense_key": 1})

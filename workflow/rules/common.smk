@@ -103,6 +103,18 @@ def extraction_throughput():
             "extract_compile": int(bool(config["features"]["compile"]))}
 
 
+def slide_limits():
+    """The caps on one slide (slide.max_*) as resources: they decide whether a job may run and never change an
+    output, so they are no re-run trigger (params would re-run every slide when a cap is raised for one)."""
+    caps = config["slide"]
+    return {"slide_max_side_px": int(caps["max_side_px"]), "slide_max_megapixels": int(caps["max_megapixels"]),
+            "slide_max_tiles": int(caps["max_tiles"])}
+
+
+#: the slide commands' cap arguments (read from the job's resources, see slide_limits)
+LIMIT_ARGS = (" --max-side-px {resources.slide_max_side_px} --max-megapixels {resources.slide_max_megapixels}"
+              " --max-tiles {resources.slide_max_tiles}")
+
 #: the extraction commands' speed arguments (read from the job's resources and threads)
 THROUGHPUT_ARGS = ("--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers}"
                    " --channels-last {resources.extract_channels_last} --compile {resources.extract_compile}"

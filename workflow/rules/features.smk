@@ -30,9 +30,10 @@ if SLIDES_PER_JOB == 1:
             mem_mb=memory(config["features"]["mem_mb"], scale_with=("weights",), per_input_mb=3),
             runtime=120,
             **extraction_throughput(),
+            **slide_limits(),
         shell:
             "pathmm extract-features {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"
-            " --settings {params.settings:q} " + THROUGHPUT_ARGS + " --tiles {input.tiles:q}"
+            " --settings {params.settings:q} " + THROUGHPUT_ARGS + LIMIT_ARGS + " --tiles {input.tiles:q}"
             " --store {output.store:q} > {log:q} 2>&1"
 
 else:
@@ -63,9 +64,10 @@ else:
                     mem_mb=memory(config["features"]["mem_mb"], scale_with=("weights",), per_input_mb=3),
                     runtime=120 + 10 * len(_slides),
                     **extraction_throughput(),
+                    **slide_limits(),
                 shell:
                     "pathmm extract-features-bucket --jobs {params.jobs:q} {params.backend}"
-                    " --settings {params.settings:q} " + THROUGHPUT_ARGS + " > {log:q} 2>&1"
+                    " --settings {params.settings:q} " + THROUGHPUT_ARGS + LIMIT_ARGS + " > {log:q} 2>&1"
 
             inherit_resources(bucket_rule(_encoder, _bucket), "extract_features")
 

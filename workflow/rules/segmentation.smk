@@ -19,7 +19,8 @@ rule segment_tissue:
     resources:
         mem_mb=memory(config["resources"]["segment_mem_mb"]),
         runtime=20,
+        **slide_limits(),
     shell:
         "pathmm segment-tissue {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"
         " --settings {params.settings:q} --store {output.store:q} --geojson {output.geojson:q}"
-        " --thumbnail {output.thumbnail:q} > {log:q} 2>&1"
+        " --thumbnail {output.thumbnail:q}" + LIMIT_ARGS + " > {log:q} 2>&1"

@@ -18,7 +18,8 @@ rule tile_slide:
     resources:
         mem_mb=memory(config["resources"]["tile_mem_mb"]),
         runtime=20,
+        **slide_limits(),
     shell:
         "pathmm tile-slide {input.slide:q} --slide-id {wildcards.slide} {params.backend} --mpp '{params.mpp}'"
         " --settings {params.settings:q} --segmentation {input.segmentation:q} --store {output.store:q}"
-        " > {log:q} 2>&1"
+        + LIMIT_ARGS + " > {log:q} 2>&1"
