@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from pathmm_pipeline.models.base import InputDims, ModelConfigError, ModelOutput, PathmmModel, PatientInput, TaskSpec
 from pathmm_pipeline.models.layers import AttentionPool
-from pathmm_pipeline.models.padded import pad_sequences, rowwise
 from pathmm_pipeline.models.registry import register_model
 
 
@@ -55,15 +55,14 @@ class ABMIL(PathmmModel):
         return ModelOutput(self.classifier(z), z, {"attention": attention, "present": present, "missing": []})
 
     def forward_batch(self, xs: Sequence[PatientInput]) -> list[ModelOutput]:
-        """Several patients in one padded pass (masked attention softmax): each output equals :meth:`forward`
-        on that patient alone, to float rounding."""
+        """Several patients in one pass over their concatenated tiles (attention softmax per patient, no
+        padding): each output equals :meth:`forward` on that patient alone, to float rounding."""
         presents = [self.check_input(x) for x in xs]
-        bags = rowwise(self.fc, [self.wsi_features(x) for x in xs])
-        h, mask = pad_sequences(bags)
-        z, weights = self.pool.forward_padded(h, mask)
+        bags = [self.wsi_features(x) for x in xs]
+        z, weights = self.pool.forward_segments(self.fc(torch.cat(bags)), [b.shape[0] for b in bags])
         if self.rho is not None:
             z = self.rho(z)
         logits = self.classifier(z)
-        return [ModelOutput(logits[i:i + 1], z[i:i + 1], {"attention": weights[i:i + 1, :bags[i].shape[0]],
-                                                          "present": presents[i], "missing": []})
+        return [ModelOutput(logits[i:i + 1], z[i:i + 1], {"attention": weights[i], "present": presents[i],
+                                                          "missing": []})
                 for i in range(len(xs))]

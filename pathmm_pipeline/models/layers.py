@@ -71,12 +71,18 @@ class AttentionPool(nn.Module):
         weights = torch.softmax(self.attention(h), dim=0).unsqueeze(0)  # (1, N)
         return weights @ h, weights
 
-    def forward_padded(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A padded batch (B, N, L) with ``mask`` (B, N) True at real rows -> pooled (B, L) and weights (B, N)
-        (zero at padded rows): each bag's what :meth:`forward` gives it alone."""
-        scores = self.attention(h).masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, dim=1)
-        return (weights.unsqueeze(1) @ h).squeeze(1), weights
+    def forward_segments(self, h: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Several bags concatenated, (sum N_i, L) with ``sizes`` N_i -> pooled (B, L) and each bag's (1, N_i)
+        weights: a softmax per bag over its own rows, so no padding is computed; each bag's what :meth:`forward`
+        gives it alone."""
+        segment = torch.repeat_interleave(torch.arange(len(sizes), device=h.device),
+                                          torch.as_tensor(list(sizes), device=h.device))
+        scores = self.attention(h)
+        top = scores.new_full((len(sizes),), float("-inf")).scatter_reduce(0, segment, scores, "amax")
+        exp = torch.exp(scores - top[segment])
+        weights = exp / exp.new_zeros(len(sizes)).index_add(0, segment, exp)[segment]
+        pooled = h.new_zeros(len(sizes), h.shape[1]).index_add(0, segment, weights[:, None] * h)
+        return pooled, [w[None] for w in torch.split(weights, list(sizes))]
 
 
 class MissingEmbedding(nn.Module):

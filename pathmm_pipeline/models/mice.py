@@ -34,7 +34,6 @@ from pathmm_pipeline.models.losses import nll_survival_loss
 from pathmm_pipeline.models.mamba import MambaMIL
 from pathmm_pipeline.models.moe import MixtureOfExperts, RoutingStats, routing_stats
 from pathmm_pipeline.models.objectives import symmetric_info_nce
-from pathmm_pipeline.models.padded import pad_sequences, rowwise
 from pathmm_pipeline.models.registry import register_model
 
 #: CLIP's initial inverse temperature, log(1 / 0.07), and its clamp, log(100)
@@ -306,8 +305,9 @@ class MICE(PathmmModel):
 
     def encode_batch(self, xs: Sequence[PatientInput], presents: Sequence[dict[str, bool]]
                      ) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
-        """:meth:`encode` of several patients, the slides' gated attention pooling as one padded pass and each
-        of genomics and report as one call over the patients that have it."""
+        """:meth:`encode` of several patients: the slides' gated attention pooling as one pass over their
+        concatenated tiles (a softmax per slide), genomics and report each as one call over the patients that
+        have it."""
         real: list[dict[str, torch.Tensor]] = [{} for _ in xs]
         extras: list[dict] = [{} for _ in xs]
         enc = self.encoders
@@ -319,11 +319,11 @@ class MICE(PathmmModel):
                 for i in rows:
                     real[i][m], extras[i]["attention"] = enc["wsi"](self.wsi_features(xs[i]))
             elif m == "wsi":
-                bags = rowwise(enc["wsi"]["fc"], [self.wsi_features(xs[i]) for i in rows])
-                h, mask = pad_sequences(bags)
-                pooled, weights = enc["wsi"]["pool"].forward_padded(h, mask)
+                bags = [self.wsi_features(xs[i]) for i in rows]
+                pooled, weights = enc["wsi"]["pool"].forward_segments(enc["wsi"]["fc"](torch.cat(bags)),
+                                                                      [b.shape[0] for b in bags])
                 for j, i in enumerate(rows):
-                    real[i][m], extras[i]["attention"] = pooled[j:j + 1], weights[j:j + 1, :bags[j].shape[0]]
+                    real[i][m], extras[i]["attention"] = pooled[j:j + 1], weights[j]
             else:
                 read = self.gene_vector if m == "genomics" else self.report_vector
                 out = enc[m](torch.cat([read(xs[i]) for i in rows]))
