@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from pathmm_pipeline.core.atomic import TMP_MARK, move_into_place, scratch_root
 from pathmm_pipeline.core.errors import ConfigError
-from pathmm_pipeline.core.provenance import build_provenance, hash_path, jsonable
+from pathmm_pipeline.core.provenance import build_provenance, hash_path, jsonable, prime_hash_cache
 from pathmm_pipeline.core.runtime import resolve_device
 from pathmm_pipeline.core.settings import SettingsMixin
 from pathmm_pipeline.encoders import LoadedEncoder, load_encoder
@@ -263,6 +263,9 @@ class FeatureExtractor:
 
 
 def _resume_key(inputs: dict[str, str], params: dict[str, Any]) -> str:
+    for value in inputs.values():  # the tile store vouches for the slide's hash: a multi-GB scan is hashed once
+        if (Path(value) / "zarr.json").is_file():
+            prime_hash_cache(value)
     text = json.dumps({"inputs": {k: hash_path(v) for k, v in inputs.items()}, "params": params}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

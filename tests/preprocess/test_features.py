@@ -296,3 +296,26 @@ def test_device_decoding_of_compressed_jpeg_tiles_matches_the_cpu_path(slide_fac
                                     mpp=0.5, compression="deflate")
     with open_slide(lossless) as reader:
         assert jpeg_level(lossless, reader.info.level_dimensions[0]) is None
+
+
+def test_extraction_takes_the_slide_hash_from_the_tile_store(tiled, tmp_path, monkeypatch):
+    """A multi-GB scan is hashed once per cohort (by segmentation); extraction, like tiling, trusts the hash
+    the tile store recorded for the unchanged file and never reads the slide's bytes to hash them."""
+    import builtins
+
+    from pathmm_pipeline.core import provenance
+
+    slide, tiles, _ = tiled
+    provenance._hash_cache.clear()  # a fresh job process
+    hashed = []
+
+    def spy(path, *args, **kwargs):
+        if Path(path).resolve() == Path(slide).resolve():
+            hashed.append(path)
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(provenance, "open", spy, raising=False)  # what hash_file reads files with
+    extract_features(slide, tiles, tmp_path / "f.zarr", tiny())
+    assert not hashed
+    recorded = read_provenance(tmp_path / "f.zarr")["inputs"]["slide"]["sha256"]
+    assert recorded == read_provenance(tiles)["inputs"]["slide"]["sha256"]
