@@ -61,6 +61,19 @@ def _limit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-side-px", type=int, default=None, help="refuse a slide whose longer side is larger")
     parser.add_argument("--max-megapixels", type=int, default=None, help="refuse a slide with more megapixels")
     parser.add_argument("--max-tiles", type=int, default=None, help="refuse a slide with more tiles")
+    parser.add_argument("--mpp-range", type=_mpp_range, default=None, metavar="MIN:MAX",
+                        help="refuse a slide whose level-0 um/px lies outside")
+    parser.add_argument("--max-mpp-xy-ratio", type=float, default=None, help="refuse non-square pixels beyond")
+
+
+def _mpp_range(text: str) -> tuple[float, float]:
+    low, sep, high = text.partition(":")
+    try:
+        if sep:
+            return float(low), float(high)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"--mpp-range takes MIN:MAX in um/px, e.g. 0.08:20, not {text!r}")
 
 
 def _limits(args: argparse.Namespace) -> Any:
@@ -68,7 +81,9 @@ def _limits(args: argparse.Namespace) -> Any:
     rest)."""
     from pathmm_pipeline.preprocess.slides import SlideLimits
 
-    given = {"max_side_px": args.max_side_px, "max_megapixels": args.max_megapixels, "max_tiles": args.max_tiles}
+    low, high = args.mpp_range if args.mpp_range is not None else (None, None)
+    given = {"max_side_px": args.max_side_px, "max_megapixels": args.max_megapixels, "max_tiles": args.max_tiles,
+             "min_mpp": low, "max_mpp": high, "max_mpp_xy_ratio": args.max_mpp_xy_ratio}
     return SlideLimits(**{k: v for k, v in given.items() if v is not None})
 
 

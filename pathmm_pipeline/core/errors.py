@@ -30,6 +30,12 @@ class MissingMppError(InputError):
     """A slide has no microns-per-pixel metadata and no override in the sample sheet."""
 
 
+class ImplausibleMppError(InputError):
+    """A slide's microns per pixel cannot be a scanner's: outside the configured range (``slide.min_mpp`` /
+    ``max_mpp``), a screen or print default resolution (72, 96, 150, 300 dpi) without scanner metadata, or x and y
+    that differ beyond ``slide.max_mpp_xy_ratio``."""
+
+
 class SlideTooLargeError(InputError):
     """A slide's dimensions or tile count exceed the configured caps (``slide.max_*``): refused before any pixel
     is decoded."""

@@ -69,6 +69,9 @@ def build_bad_corpus(root: str | os.PathLike[str]) -> list[BadInput]:
     strips = root / "slides" / "strips_not_pyramidal.tif"
     tifffile.imwrite(strips, _texture(size, 1), photometric="rgb")  # one plain strip image: not a WSI layout
     no_mpp = _slide(root / "slides" / "no_mpp.tiff", _texture(size, 2), mpp=None)
+    screen_dpi = root / "slides" / "screen_72dpi.tiff"  # image software's default: 72 dpi reads as 352.8 um/px
+    tifffile.imwrite(screen_dpi, _texture(size, 3), photometric="rgb", tile=(256, 256), compression="deflate",
+                     resolution=(72, 72), resolutionunit="INCH")
     white = _slide(root / "slides" / "all_white.svs", np.full((*size, 3), 245, np.uint8))
     pen = np.full((*size, 3), 245, np.uint8)
     cv2.line(pen, (200, 300), (1300, 700), (40, 60, 200), 40)  # a blue marker stroke on bare glass
@@ -106,6 +109,9 @@ def build_bad_corpus(root: str | os.PathLike[str]) -> list[BadInput]:
                  "allow the tiffslide fallback (slide.fallback: true), or convert the file to a pyramidal TIFF"),
         BadInput("slide without mpp", no_mpp, (*seg, str(no_mpp)), True, ("no_mpp.tiff", "no microns-per-pixel"),
                  "give the slide's microns per pixel in the sample sheet's mpp column"),
+        BadInput("TIFF at a 72 dpi screen default", screen_dpi, (*seg, str(screen_dpi)), True,
+                 ("screen_72dpi.tiff", "72 dpi", "352.8"),
+                 "put the scanner's mpp in the sample sheet's mpp column (the file's resolution tags are not it)"),
         BadInput("all-white slide", white, (*seg, str(white)), False, (),
                  "none: the slide is recorded as no_tissue with a reason; tiling and extraction write skipped stores"),
         BadInput("pen-only region", pen_only, (*seg, str(pen_only)), False, (),

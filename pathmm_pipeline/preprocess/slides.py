@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pathmm_pipeline.core.errors import MissingMppError, SlideReadError, SlideTooLargeError
+from pathmm_pipeline.core.errors import ImplausibleMppError, MissingMppError, SlideReadError, SlideTooLargeError
 from pathmm_pipeline.core.settings import SettingsMixin
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,32 @@ class SlideLimits(SettingsMixin):
     max_megapixels: int = 40_000
     #: tiles of one slide (tiling counts those in the tissue; extraction refuses a larger tile store)
     max_tiles: int = 1_000_000
+    #: the level-0 microns per pixel a slide scanner can give (a 100x oil objective ~0.1, a 1.25x scan ~8)
+    min_mpp: float = 0.08
+    max_mpp: float = 20.0
+    #: largest ratio of mpp-y to mpp-x (or back) when the file gives both
+    max_mpp_xy_ratio: float = 1.1
+
+    def check_resolution(self, path: object, info: SlideInfo, properties: dict[str, Any]) -> None:
+        """Raise :class:`ImplausibleMppError` when the slide's mpp (``info``; ``properties``: the backend's
+        metadata) cannot be a scanner's: a screen / print default dpi in the TIFF tags with no scanner metadata,
+        outside ``min_mpp``-``max_mpp``, or x and y further apart than ``max_mpp_xy_ratio``."""
+        override = ("set this slide's true mpp in the sample sheet's 'mpp' column (the scanner's value), or widen "
+                    "slide.min_mpp / slide.max_mpp in config.yaml if it really is one")
+        where = f"mpp {info.mpp:.4g} um/px (from {info.mpp_source})"
+        dpi = _tiff_dpi(properties)
+        scanner = any(k.startswith(SCANNER_PREFIXES) for k in properties)
+        if info.mpp_source != "override" and dpi is not None and not scanner and round(dpi) in DEFAULT_DPI:
+            raise ImplausibleMppError(path, f"{where}: the TIFF resolution is {dpi:g} dpi, a screen / print "
+                                      f"default, and the file has no scanner metadata", override)
+        if not self.min_mpp <= info.mpp <= self.max_mpp:
+            raise ImplausibleMppError(path, f"{where}: outside slide.min_mpp-max_mpp = {self.min_mpp:g}-"
+                                      f"{self.max_mpp:g} um/px, the range of slide scanners", override)
+        mpp_y = info.mpp if info.mpp_source == "override" else _mpp_y(properties)
+        if mpp_y is not None and max(mpp_y / info.mpp, info.mpp / mpp_y) > self.max_mpp_xy_ratio:
+            raise ImplausibleMppError(path, f"{where} but mpp-y {mpp_y:.4g}: pixels that are not square (ratio above "
+                                      f"slide.max_mpp_xy_ratio = {self.max_mpp_xy_ratio:g})",
+                                      "check the scanner's export; " + override)
 
     def check_dimensions(self, path: object, dimensions: tuple[int, int]) -> None:
         """Raise :class:`SlideTooLargeError` when level-0 ``dimensions`` (width, height) exceed a cap."""
@@ -95,6 +121,7 @@ class SlideReader:
         self.path = path
         self.backend = backend
         props = dict(handle.properties)
+        self.properties = props
         mpp, source = _resolve_mpp(props, mpp_override)
         if mpp is None:
             raise MissingMppError(
@@ -197,6 +224,37 @@ def _first_float(props: dict[str, Any], keys: tuple[str, ...]) -> float | None:
     return None
 
 
+#: screen and print default resolutions that image software writes when it knows none (dpi)
+DEFAULT_DPI = frozenset({72, 96, 150, 200, 300, 600})
+#: metadata that only a slide scanner's file has (its presence vouches for the resolution tags)
+SCANNER_PREFIXES = ("aperio.", "hamamatsu.", "leica.", "mirax.", "philips.", "sakura.", "ventana.", "dicom.")
+
+
+def _tiff_dpi(props: dict[str, Any]) -> float | None:
+    """The TIFF XResolution in dots per inch, when the tags give one."""
+    unit = str(props.get("tiff.ResolutionUnit", "")).lower()
+    res = _first_float(props, ("tiff.XResolution",))
+    if res is None:
+        return None
+    if unit in ("centimeter", "cm", "3"):
+        return res * 2.54
+    return res if unit in ("inch", "2", "") else None
+
+
+def _mpp_y(props: dict[str, Any]) -> float | None:
+    """The slide's own mpp-y (metadata or TIFF YResolution), when given."""
+    value = _first_float(props, ("openslide.mpp-y", "tiffslide.mpp-y"))
+    if value is not None:
+        return value
+    unit = str(props.get("tiff.ResolutionUnit", "")).lower()
+    res = _first_float(props, ("tiff.YResolution",))
+    if res is not None and unit in ("centimeter", "cm", "3"):
+        return 1e4 / res
+    if res is not None and unit in ("inch", "2"):
+        return 25400.0 / res
+    return None
+
+
 def _resolve_mpp(props: dict[str, Any], override: float | None) -> tuple[float | None, str]:
     if override is not None and np.isfinite(override) and override > 0:
         return float(override), "override"
@@ -258,8 +316,9 @@ def open_slide(path: str | os.PathLike[str], backend: str = "openslide", fallbac
             reader = SlideReader(handle, path, name, mpp_override)
             if limits is not None:
                 limits.check_dimensions(path, reader.info.dimensions)
+                limits.check_resolution(path, reader.info, reader.properties)
             _probe(reader)
-        except (MissingMppError, SlideTooLargeError):
+        except (MissingMppError, SlideTooLargeError, ImplausibleMppError):
             handle.close()
             raise
         except SlideReadError as exc:

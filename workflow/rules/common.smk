@@ -104,16 +104,18 @@ def extraction_throughput():
 
 
 def slide_limits():
-    """The caps on one slide (slide.max_*) as resources: they decide whether a job may run and never change an
+    """The caps on one slide (slide.max_*, the mpp range and x/y ratio) as resources: they decide whether a job may run and never change an
     output, so they are no re-run trigger (params would re-run every slide when a cap is raised for one)."""
     caps = config["slide"]
     return {"slide_max_side_px": int(caps["max_side_px"]), "slide_max_megapixels": int(caps["max_megapixels"]),
-            "slide_max_tiles": int(caps["max_tiles"])}
+            "slide_max_tiles": int(caps["max_tiles"]), "slide_mpp_range": f"{caps['min_mpp']}:{caps['max_mpp']}",
+            "slide_max_mpp_xy_ratio": str(caps["max_mpp_xy_ratio"])}
 
 
 #: the slide commands' cap arguments (read from the job's resources, see slide_limits)
 LIMIT_ARGS = (" --max-side-px {resources.slide_max_side_px} --max-megapixels {resources.slide_max_megapixels}"
-              " --max-tiles {resources.slide_max_tiles}")
+              " --max-tiles {resources.slide_max_tiles} --mpp-range {resources.slide_mpp_range}"
+              " --max-mpp-xy-ratio {resources.slide_max_mpp_xy_ratio}")
 
 #: the extraction commands' speed arguments (read from the job's resources and threads)
 THROUGHPUT_ARGS = ("--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers}"
