@@ -347,7 +347,8 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
                  verify_provenance: bool = False, max_thumbnails: int = 200, thumb_px: int = 160,
                  notes: Sequence[str] = (), pretraining: pd.DataFrame | None = None,
                  downstream: Mapping[str, pd.DataFrame] | None = None,
-                 protocol: Mapping[str, Any] | None = None) -> Path:
+                 protocol: Mapping[str, Any] | None = None,
+                 resolution: str | os.PathLike[str] | pd.DataFrame | None = None) -> Path:
     """Write the HTML report at ``out_html`` and its tables as CSV (see the module docstring); returns the path.
 
     ``qc``: the QC summary (``results/qc/slides.parquet`` or a DataFrame); ``thumbnails``: the segmentation
@@ -355,7 +356,8 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     inputs to list (label -> path, or paths; :func:`collect_inputs` finds a results folder's); ``pretraining``:
     the pretraining history (model, fold, epoch and one column per loss term; :func:`read_pretraining_logs`);
     ``downstream``: title -> table of downstream-task results (report generation, data efficiency, ...);
-    ``protocol``: how the run was evaluated (:func:`protocol_html`: splits, inner validation, pretraining)."""
+    ``protocol``: how the run was evaluated (:func:`protocol_html`: splits, inner validation, pretraining);
+    ``resolution``: the cohort resolution table (``results/cohort/resolution.csv`` or a DataFrame)."""
     from pathmm_pipeline.core.provenance import code_identity
 
     out_html = Path(out_html)
@@ -504,6 +506,7 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
         parts.append("<details><summary>Per-slide table</summary>" + _table(qc_frame[cols]) + "</details>")
     else:
         parts.append("<p class='meta'>(no QC summary given: run the qc_summary rule)</p>")
+    parts.append(resolution_html(resolution))
     thumbs = _thumbnail_paths(thumbnails)[:max_thumbnails]
     if thumbs:
         parts.append("<h3>Segmentation QC thumbnails</h3><div class='grid'>")
@@ -530,6 +533,35 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     parts.append("</body></html>")
     write_text_atomic(out_html, "\n".join(parts))
     return out_html
+
+
+def resolution_html(resolution: str | os.PathLike[str] | pd.DataFrame | None, max_rows: int = 200) -> str:
+    """The cohort resolution table as the report shows it: the slides grouped by where their mpp came from
+    (source, vendor, objective, mpp to 3 digits) and every flagged slide (at most ``max_rows``) with the reason a
+    slide job refuses it."""
+    from pathmm_pipeline.preprocess.resolution import read_resolution_table
+
+    table = resolution if isinstance(resolution, pd.DataFrame) or resolution is None else \
+        read_resolution_table(resolution)
+    parts = ["<h3>Slide resolution</h3>"]
+    if table is None or table.empty:
+        return parts[0] + "<p class='meta'>(no resolution table: written by the cohort_manifest rule)</p>"
+    shown = table.assign(mpp_x=table.mpp_x.round(3), mpp_y=table.mpp_y.round(3),
+                         objective_power=table.objective_power.fillna(-1), vendor=table.vendor.fillna("-"))
+    groups = (shown.groupby(["mpp_source", "vendor", "objective_power", "mpp_x", "mpp_y"], dropna=False)
+              .size().rename("slides").reset_index().sort_values("slides", ascending=False))
+    groups["objective_power"] = groups.objective_power.where(groups.objective_power >= 0, None)
+    flagged = table[table["flags"].astype(str) != ""]
+    mpp = table.mpp_x.dropna()
+    span = f"{mpp.min():.3g}-{mpp.max():.3g} um/px" if not mpp.empty else "none"
+    parts.append(f"<p>{len(table)} slides read from their headers at manifest time (mpp {span}); "
+                 f"<b>{len(flagged)} flagged</b>: a slide job refuses them. Full table: "
+                 "<code>results/cohort/resolution.csv</code>.</p>")
+    parts.append(_table(groups, max_rows=max_rows))
+    if not flagged.empty:
+        parts.append("<h4>Flagged slides</h4>" + _table(flagged[["slide_id", "mpp_x", "mpp_y", "mpp_source",
+                                                                  "flags"]], max_rows=max_rows))
+    return "".join(parts)
 
 
 def protocol_html(results: ResultsTables, protocol: Mapping[str, Any]) -> str:

@@ -148,7 +148,8 @@ def load_samplesheet(path: str | os.PathLike[str], cancer_types: list[str], extr
                                 "both be empty")
 
     for column in [c for c in PATIENT_COLUMNS if c in frame]:
-        per_patient = frame.groupby("patient_id")[column].agg(lambda s: s.dropna().astype(str).nunique())
+        given = frame[["patient_id", column]].dropna()
+        per_patient = given[column].astype(str).groupby(given["patient_id"]).nunique()
         for patient in per_patient[per_patient > 1].index:
             seen = sorted(frame.loc[frame.patient_id == patient, column].dropna().astype(str).unique())
             problems.append(f"patient '{patient}': slides disagree on '{column}' ({', '.join(seen)})")

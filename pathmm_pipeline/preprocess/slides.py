@@ -168,6 +168,8 @@ class SlideReader:
         start = (x + int(round(cx0 * ds)), y + int(round(cy0 * ds)))
         try:
             region = self._handle.read_region(start, level, (cx1 - cx0, cy1 - cy0))
+        except MemoryError:
+            raise  # out of memory is not a damaged file: the command line says so
         except Exception as exc:  # decoder errors differ per backend
             raise SlideReadError(self.path, f"cannot read region {(x, y, w, h)} at level {level}: {exc}",
                                  "the file may be truncated or corrupt; re-copy it from the scanner") from exc
@@ -307,6 +309,8 @@ def open_slide(path: str | os.PathLike[str], backend: str = "openslide", fallbac
     for name in order:
         try:
             handle = _OPENERS[name](path)
+        except MemoryError:
+            raise
         except Exception as exc:  # each backend raises its own types
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
             continue
@@ -342,3 +346,65 @@ def slide_info(path: str | os.PathLike[str], **kwargs: Any) -> SlideInfo:
     """Open, describe and close a slide."""
     with open_slide(path, **kwargs) as reader:
         return reader.info
+
+
+@dataclass(frozen=True)
+class ResolutionRecord:
+    """One slide's resolution as its header gives it (no pixel decoded): a row of the cohort resolution table.
+    ``flags`` is empty for a slide the slide jobs will accept, else why they will refuse it."""
+
+    slide_id: str
+    path: str
+    mpp_x: float | None
+    mpp_y: float | None
+    mpp_source: str
+    objective_power: float | None
+    vendor: str | None
+    backend: str | None
+    width: int | None
+    height: int | None
+    flags: str
+
+
+def read_resolution(path: str | os.PathLike[str], slide_id: str, backend: str = "openslide", fallback: bool = True,
+                    mpp_override: float | None = None, limits: SlideLimits | None = None) -> ResolutionRecord:
+    """The resolution record of one slide, from its header only; problems go to ``flags`` instead of raising,
+    so that one table shows every slide the cohort's slide jobs would refuse, and why."""
+    path = Path(path)
+    limits = limits or SlideLimits()
+    empty = dict(mpp_x=None, mpp_y=None, mpp_source="none", objective_power=None, vendor=None, backend=None,
+                 width=None, height=None)
+    if not path.is_file():
+        return ResolutionRecord(slide_id, str(path), **empty, flags="file not found")
+    failures = []
+    for name in [backend] + ([b for b in BACKENDS if b != backend] if fallback else []):
+        try:
+            handle = _OPENERS[name](path)
+        except MemoryError:
+            raise
+        except Exception as exc:  # each backend raises its own types
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            try:
+                reader = SlideReader(handle, path, name, mpp_override)
+            except MissingMppError as exc:
+                width, height = (int(v) for v in handle.dimensions)
+                return ResolutionRecord(slide_id, str(path), **{**empty, "backend": name, "width": width,
+                                                                "height": height}, flags=exc.problem)
+            info = reader.info
+            mpp_y = info.mpp if info.mpp_source == "override" else (_mpp_y(reader.properties) or info.mpp)
+            flags = []
+            checks = ((limits.check_resolution, (path, info, reader.properties)),
+                      (limits.check_dimensions, (path, info.dimensions)))
+            for check, args in checks:
+                try:
+                    check(*args)
+                except (ImplausibleMppError, SlideTooLargeError) as exc:
+                    flags.append(exc.problem)
+            return ResolutionRecord(slide_id, str(path), mpp_x=info.mpp, mpp_y=mpp_y, mpp_source=info.mpp_source,
+                                    objective_power=info.objective_power, vendor=info.vendor, backend=name,
+                                    width=info.dimensions[0], height=info.dimensions[1], flags="; ".join(flags))
+        finally:
+            handle.close()
+    return ResolutionRecord(slide_id, str(path), **empty, flags="unreadable (" + "; ".join(failures) + ")")

@@ -18,12 +18,23 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 
-def cohort_manifest(samplesheet: PathLike, out: PathLike, settings: dict[str, Any]) -> Path:
-    """Validate the sample sheet and write the cohort manifest (Parquet, with provenance)."""
+def cohort_manifest(samplesheet: PathLike, out: PathLike, settings: dict[str, Any],
+                    resolution: PathLike | None = None, backend: str = "openslide", fallback: bool = True,
+                    limits: SlideLimits | None = None, threads: int = 4) -> Path:
+    """Validate the sample sheet and write the cohort manifest (Parquet, with provenance) and, given
+    ``resolution``, the cohort resolution table (CSV: every slide's mpp from its header, and why a slide job would
+    refuse it)."""
+    from pathmm_pipeline.preprocess.resolution import write_resolution_table
     from pathmm_pipeline.preprocess.samplesheet import write_manifest
 
     s = ManifestSettings.from_dict(settings)
-    return write_manifest(samplesheet, out, s.cancer_types, s.labels)
+    manifest = write_manifest(samplesheet, out, s.cancer_types, s.labels)
+    if resolution is not None:
+        import pandas as pd
+
+        write_resolution_table(pd.read_parquet(manifest), resolution, backend=backend, fallback=fallback,
+                               limits=limits, threads=threads)
+    return manifest
 
 
 def segment_tissue(slide: PathLike, store: PathLike, geojson: PathLike, thumbnail: PathLike,

@@ -22,6 +22,7 @@ from pathmm_pipeline.cohort.selection import strata_table
 from pathmm_pipeline.core.atomic import publish_staged, write_text_atomic
 from pathmm_pipeline.core.atomic import staging_dir as atomic_staging_dir
 from pathmm_pipeline.core.errors import InputError
+from pathmm_pipeline.core.locks import dead_local_tag, owner_tag
 from pathmm_pipeline.plan.runs import COHORT_KEYS, parse_task
 from pathmm_pipeline.stages.settings import CohortSettings, FoldEvaluationSettings
 
@@ -147,9 +148,10 @@ def train(model: str, task: str, fold_index: int, manifest: str | os.PathLike[st
     ``metrics.csv``/``predictions.csv`` into ``out_dir``. ``label`` names the run in the tables (a variant
     name; default the model's); ``pretrained`` a pretraining checkpoint to start from.
 
-    The run writes into ``<out_dir>.tmp-train`` (its epoch logs are there while it trains) and its files are
-    moved into ``out_dir`` only once training and evaluation are done (:func:`publish_fold`): a killed run
-    leaves no output that looks complete, and an earlier run's outputs stay as they were until then."""
+    The run writes into ``<out_dir>.tmp-train-<host>-<pid>`` (its epoch logs are there while it trains; a
+    second copy of the job has its own) and its files are moved into ``out_dir`` only once training and
+    evaluation are done (:func:`publish_fold`): a killed run leaves no output that looks complete, and an earlier
+    run's outputs stay as they were until then."""
     from pathmm_pipeline.cohort.splits import read_splits
     from pathmm_pipeline.evaluation.run import evaluate_fold
     from pathmm_pipeline.training.finetune import train_fold
@@ -165,9 +167,8 @@ def train(model: str, task: str, fold_index: int, manifest: str | os.PathLike[st
     fold = read_splits(splits_dir)[fold_index]
     inner, inner_file = fold_inner_split(splits_dir, fold, config.selection)
     kind, _ = parse_task(task)
+    remove_dead_stagings(out)
     staging = staging_dir(out)
-    if staging.exists():  # left by a killed run of this fold
-        shutil.rmtree(staging)
     try:
         result = train_fold(model, kind, cohort, fold, config, out_dir=staging, split_file=splits_dir,
                             pretrained=pretrained, label=label, inner=inner, inner_split_file=inner_file)
@@ -199,8 +200,25 @@ def fold_inner_split(splits_dir: str | os.PathLike[str], fold: Any, selection: s
 
 
 def staging_dir(out_dir: str | os.PathLike[str]) -> Path:
-    """Where a training run writes before its outputs are moved into ``out_dir``: ``<out_dir>.tmp-train``."""
-    return atomic_staging_dir(out_dir, "train")
+    """Where this process's training run writes before its outputs are moved into ``out_dir``:
+    ``<out_dir>.tmp-train-<host>-<pid>``, so that two copies of one job never share (or delete) it."""
+    return atomic_staging_dir(out_dir, f"{STAGING_LABEL}-{owner_tag()}")
+
+
+#: the label of training staging folders (``<out_dir>.tmp-train-<host>-<pid>``)
+STAGING_LABEL = "train"
+
+
+def remove_dead_stagings(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove the staging folders of ``out_dir`` left by killed runs of this host (their process is gone); a
+    live copy's, or another node's, stays (``pathmm audit`` lists those as left-over temporaries)."""
+    prefix = atomic_staging_dir(out_dir, f"{STAGING_LABEL}-").name
+    removed = []
+    for path in Path(atomic_staging_dir(out_dir, STAGING_LABEL)).parent.glob(f"{prefix}*"):
+        if dead_local_tag(path.name[len(prefix):]):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def publish_fold(staging: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
@@ -381,7 +399,8 @@ def evaluate(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.
     write_report(tables, out_html, qc=root / "qc" / "slides.parquet", thumbnails=root / "segmentation",
                  benchmarks=root / "benchmarks", provenance=collect_inputs(root), title=title,
                  csv_dir=out_html.parent, pretraining=read_pretraining_logs(sorted(set(pretrain_logs))),
-                 downstream=read_downstream(fold_dirs), protocol=run_protocol(root))
+                 downstream=read_downstream(fold_dirs), protocol=run_protocol(root),
+                 resolution=root / "cohort" / "resolution.csv")
     write_text_atomic(out_html.parent / "summary.json",
                       json.dumps(json.loads(tables.summary.to_json(orient="records")), indent=1))
     write_report_provenance(out_html, fold_dirs, root, [out_html.parent / "summary.json",

@@ -70,3 +70,47 @@ def test_the_segmentation_stage_refuses_it_in_one_line_and_writes_nothing(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "96 dpi" in err[0] and str(path) in err[0]
     assert not any(tmp_path.glob("s.*"))
+
+
+def test_cohort_manifest_writes_the_resolution_table_with_every_refusal_flagged(tmp_path):
+    """The cohort resolution table, read from the headers at manifest time: one row per slide with mpp x / y,
+    source, vendor and the reason a slide job would refuse it; the report shows its summary and the flags."""
+    import pandas as pd
+
+    from pathmm_pipeline.evaluation.html import resolution_html
+    from pathmm_pipeline.preprocess.resolution import read_resolution_table
+
+    _tiff(tmp_path / "good.tiff", (2e4, 2e4), "CENTIMETER")
+    _tiff(tmp_path / "screen.tiff", (72, 72), "INCH")
+    _tiff(tmp_path / "skewed.tiff", (2e4, 1.5e4), "CENTIMETER")
+    _tiff(tmp_path / "fixed.tiff", (72, 72), "INCH")  # a screen default, overridden in the sheet
+    (tmp_path / "notaslide.tiff").write_bytes(b"not a slide")
+    (tmp_path / "report.txt").write_text("Invasive carcinoma.")
+    rows = [("P1", "good", ""), ("P2", "screen", ""), ("P3", "skewed", ""), ("P4", "fixed", "0.25"),
+            ("P5", "notaslide", "")]
+    sheet = pd.DataFrame([{"patient_id": p, "slide_id": s, "slide_path": f"{s}.tiff", "mpp": m,
+                           "cancer_type": "BRCA"} for p, s, m in rows])
+    sheet.loc[len(sheet)] = {"patient_id": "P6", "cancer_type": "BRCA"}  # a patient without slides
+    sheet["report_path"] = ["", "", "", "", "", "report.txt"]
+    sheet.to_csv(tmp_path / "sheet.csv", index=False)
+    out = tmp_path / "results" / "cohort"
+    assert main(["cohort-manifest", str(tmp_path / "sheet.csv"), "--out", str(out / "manifest.parquet"),
+                 "--settings", '{"cancer_types": ["BRCA"], "labels": []}', "--resolution",
+                 str(out / "resolution.csv"), "--threads", "2"]) == 0
+    table = read_resolution_table(out / "resolution.csv").set_index("slide_id")
+    assert list(table.index) == ["good", "screen", "skewed", "fixed", "notaslide"]  # slide-less patient: no row
+    assert table.loc["good", "mpp_x"] == pytest.approx(0.5) and table.loc["good", "flags"] == ""
+    assert table.loc["good", "mpp_source"].startswith("metadata:")
+    assert table.loc["good", ["width", "height"]].tolist() == [1536, 1024]
+    assert "72 dpi" in table.loc["screen", "flags"] and table.loc["screen", "mpp_x"] == pytest.approx(352.78, 1e-3)
+    assert "not square" in table.loc["skewed", "flags"]
+    assert table.loc["skewed", "mpp_y"] == pytest.approx(2 / 3, 1e-3)
+    assert table.loc["fixed", "mpp_source"] == "override" and table.loc["fixed", "flags"] == ""
+    assert table.loc["notaslide", "flags"].startswith("unreadable")
+    shown = resolution_html(out / "resolution.csv")
+    assert "5 slides" in shown and "<b>3 flagged</b>" in shown and "72 dpi" in shown
+    # a tighter range from the command line flags the good slide too
+    assert main(["cohort-manifest", str(tmp_path / "sheet.csv"), "--out", str(out / "manifest.parquet"),
+                 "--settings", '{"cancer_types": ["BRCA"], "labels": []}', "--resolution",
+                 str(out / "resolution.csv"), "--mpp-range", "0.1:0.4"]) == 0
+    assert "outside slide.min_mpp-max_mpp" in read_resolution_table(out / "resolution.csv")["flags"][0]

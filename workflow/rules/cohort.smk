@@ -2,20 +2,28 @@ rule cohort_manifest:
     input:
         samplesheet=config["samplesheet"],
     output:
-        f"{RESULTS}/cohort/manifest.parquet",
+        manifest=f"{RESULTS}/cohort/manifest.parquet",
+        resolution=f"{RESULTS}/cohort/resolution.csv",  # every slide's mpp x/y, source, objective, vendor, flags
     params:
         settings=json.dumps({"cancer_types": config["cancer_types"], "labels": config["labels"]}, sort_keys=True),
+        backend=slide_backend_args(),
     log:
         f"{RESULTS}/logs/cohort_manifest.log",
     benchmark:
         f"{RESULTS}/benchmarks/cohort_manifest.tsv"
     conda:
         "../../envs/preprocess.yaml"
+    threads: 4  # slide headers are read on threads (opening a slide waits on the disk)
+    # scheduled before the slide jobs, which do not depend on it: an ancient() input whose producer re-runs
+    # makes Snakemake 9 skip the consumer's params trigger (a changed mpp would re-run no slide job)
+    priority: 100
     resources:
         mem_mb=memory(2000),
-        runtime=10,
+        runtime=10 + len(SLIDE_IDS) // 2000,
+        **slide_limits(),
     shell:
-        "pathmm cohort-manifest {input.samplesheet:q} --out {output:q} --settings {params.settings:q} > {log:q} 2>&1"
+        "pathmm cohort-manifest {input.samplesheet:q} --out {output.manifest:q} --settings {params.settings:q}"
+        " --resolution {output.resolution:q} {params.backend} --threads {threads}" + LIMIT_ARGS + " > {log:q} 2>&1"
 
 
 rule qc_summary:
@@ -24,6 +32,9 @@ rule qc_summary:
         segmentation=expand(f"{RESULTS}/segmentation/{{slide}}.zarr", slide=SLIDE_IDS),
     output:
         f"{RESULTS}/qc/slides.parquet",
+    params:  # the lists go through files (a command line cannot hold 12,000 slides); the name is their digest
+        tiles=list_file("qc-tiles", expand(f"{RESULTS}/tiles/{{slide}}.zarr", slide=SLIDE_IDS)),
+        segmentation=list_file("qc-segmentation", expand(f"{RESULTS}/segmentation/{{slide}}.zarr", slide=SLIDE_IDS)),
     log:
         f"{RESULTS}/logs/qc_summary.log",
     benchmark:
@@ -34,4 +45,4 @@ rule qc_summary:
         mem_mb=memory(2000),
         runtime=10,
     shell:
-        "pathmm qc-summary --tiles {input.tiles:q} --segmentation {input.segmentation:q} --out {output:q} > {log:q} 2>&1"
+        "pathmm qc-summary --tiles {params.tiles:q} --segmentation {params.segmentation:q} --out {output:q} > {log:q} 2>&1"

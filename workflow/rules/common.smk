@@ -1,4 +1,5 @@
-# Shared definitions: the validated sample sheet and the output layout. No side effects at parse time.
+# Shared definitions: the validated sample sheet and the output layout. The only writes at parse time are the
+# content-addressed caches and list files under .snakemake/pathmm/ (pathmm_pipeline.plan.samplesheet / .lists).
 import json
 from pathlib import Path
 
@@ -7,12 +8,15 @@ from pathmm_pipeline.plan.resources import inputs_size_mb, job_memory_mb
 from pathmm_pipeline.plan.buckets import slide_buckets
 from pathmm_pipeline.plan.cards import EXTRACTION_FEATURE_KEYS, weights_files
 from pathmm_pipeline.plan.training import CohortModalities, TrainingPlan
-from pathmm_pipeline.preprocess.samplesheet import load_samplesheet, slide_entries
+from pathmm_pipeline.plan.lists import list_file
+from pathmm_pipeline.plan.samplesheet import validated_samplesheet
+from pathmm_pipeline.preprocess.samplesheet import slide_entries
 
 RESULTS = config["results"]
 
-try:
-    SAMPLES = load_samplesheet(config["samplesheet"], config["cancer_types"], config["labels"])
+try:  # validated in full by the main process; a cluster job reads its cache of the same content
+    SAMPLES = validated_samplesheet(config["samplesheet"], config["cancer_types"], config["labels"],
+                                    trust_cache=workflow.remote_exec)
 except PathmmError as exc:
     raise WorkflowError(f"the sample sheet is invalid, no job was started:\n{exc}") from None
 

@@ -24,6 +24,9 @@ rule merge_reports:
         expand(f"{RESULTS}/reports/clean/{{patient}}.parquet", patient=sorted(REPORTS)),
     output:
         f"{RESULTS}/reports/reports.parquet",
+    params:  # through a file: a command line cannot hold every patient's table path
+        tables=list_file("report-tables", expand(f"{RESULTS}/reports/clean/{{patient}}.parquet",
+                                                 patient=sorted(REPORTS))),
     log:
         f"{RESULTS}/logs/merge_reports.log",
     benchmark:
@@ -34,7 +37,7 @@ rule merge_reports:
         mem_mb=memory(2000),
         runtime=10,
     shell:
-        "pathmm merge-reports {input:q} --out {output:q} > {log:q} 2>&1"
+        "pathmm merge-reports {params.tables:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule embed_reports:

@@ -14,7 +14,7 @@ def features_dir(wildcards):
 
 rule make_splits:
     input:
-        manifest=rules.cohort_manifest.output,
+        manifest=rules.cohort_manifest.output.manifest,
     output:
         [f"{RESULTS}/splits/splits_{k}.csv" for k in FOLDS] + [f"{RESULTS}/splits/inner_{k}.csv" for k in FOLDS],
     params:
@@ -74,8 +74,10 @@ rule external_genomics:
     output:
         store=directory(f"{RESULTS}/pretraining/external/genomics.zarr"),
     params:
-        settings=json.dumps({**config["genomics"], "patients": sorted(EXTERNAL.patient_id) if EXTERNAL is not None
-                             else []}, sort_keys=True),
+        settings=settings_json("genomics"),
+        expression=list_file("external-expression", sorted(set(EXTERNAL.expression_path))
+                             if EXTERNAL is not None else []),
+        patients=list_file("external-patients", sorted(EXTERNAL.patient_id) if EXTERNAL is not None else []),
     log:
         f"{RESULTS}/logs/external_genomics.log",
     benchmark:
@@ -86,7 +88,8 @@ rule external_genomics:
         mem_mb=memory(4000),
         runtime=30,
     shell:
-        "pathmm external-genomics --expression {input.expression:q} --out {output.store:q} --settings {params.settings:q}"
+        "pathmm external-genomics --expression {params.expression:q} --patients {params.patients:q}"
+        " --out {output.store:q} --settings {params.settings:q}"
         " > {log:q} 2>&1"
 
 
@@ -326,6 +329,7 @@ rule evaluate:
         folds=PLAN.fold_metrics(),
         downstream=PLAN.downstream_tables(),
         qc=rules.qc_summary.output if SLIDE_IDS else [],
+        resolution=rules.cohort_manifest.output.resolution,
     output:
         html=f"{RESULTS}/evaluation/report.html",
         summary=f"{RESULTS}/evaluation/summary.json",
