@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pathmm_pipeline import __version__
-from pathmm_pipeline.core.errors import InputError, PathmmError
+from pathmm_pipeline.core.errors import InputError, PathmmError, describe_failure
 from pathmm_pipeline.plan.cards import DOWNSTREAM_CARDS
+from pathmm_pipeline.plan.lists import expand_items
 
 log = logging.getLogger("pathmm")
 
@@ -40,6 +41,15 @@ def _json_list(text: str) -> list[Any]:
     if not isinstance(value, list):
         raise argparse.ArgumentTypeError("--jobs must be a JSON list")
     return value
+
+
+#: how a cohort-sized list is given: the rules always pass a file (pathmm_pipeline.plan.lists)
+LISTED = "@file: one per line"
+
+
+def _listed_paths(values: list[str]) -> list[Path]:
+    """Paths given inline and / or as ``@file`` lists."""
+    return [Path(v) for v in expand_items(values)]
 
 
 def _optional_float(text: str) -> float | None:
@@ -110,7 +120,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_cohort_manifest(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.preprocess import cohort_manifest
 
-    cohort_manifest(args.samplesheet, args.out, args.settings)
+    cohort_manifest(args.samplesheet, args.out, args.settings, resolution=args.resolution, backend=args.backend,
+                    fallback=not args.no_fallback, limits=_limits(args), threads=args.threads)
     return 0
 
 
@@ -190,7 +201,10 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 def cmd_genomics(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.modalities import genomics
 
-    genomics(args.expression, args.out, args.settings)
+    settings = dict(args.settings)
+    if args.patients is not None:
+        settings["patients"] = expand_items(args.patients)
+    genomics(_listed_paths(args.expression), args.out, settings)
     return 0
 
 
@@ -204,7 +218,7 @@ def cmd_clean_report(args: argparse.Namespace) -> int:
 def cmd_merge_reports(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.modalities import merge_reports
 
-    merge_reports(args.tables, args.out)
+    merge_reports(_listed_paths(args.tables), args.out)
     return 0
 
 
@@ -283,7 +297,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_qc_summary(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.preprocess import qc_summary
 
-    qc_summary(args.tiles, args.segmentation, args.out)
+    qc_summary(_listed_paths(args.tiles), _listed_paths(args.segmentation), args.out)
     return 0
 
 
@@ -367,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("samplesheet", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--settings", type=_settings, required=True, help='{"cancer_types": [...], "labels": [...]}')
+    p.add_argument("--resolution", type=Path, default=None,
+                   help="also write the cohort resolution table (CSV) read from every slide's header")
+    p.add_argument("--backend", default="openslide", choices=["openslide", "tiffslide"])
+    p.add_argument("--no-fallback", action="store_true", help="do not try the other backend")
+    p.add_argument("--threads", type=int, default=4, help="threads reading slide headers")
+    _limit_args(p)
     p.set_defaults(func=cmd_cohort_manifest)
 
     p = sub.add_parser("segment-tissue", aliases=["segment"], help="segment tissue of one slide")
@@ -406,9 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("genomics", aliases=["external-genomics"],
                        help="expression -> cohort genomics store (log scale, gene sets, rank scores)")
-    p.add_argument("--expression", type=Path, nargs="+", required=True)
+    p.add_argument("--expression", nargs="+", required=True, help=f"expression files (or {LISTED})")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--settings", type=_settings, required=True, help='genomics settings + "patients": [...]')
+    p.add_argument("--settings", type=_settings, required=True,
+                   help='genomics settings (+ "patients": [...] unless --patients is given)')
+    p.add_argument("--patients", nargs="+", default=None, help=f"the patients to keep (or {LISTED})")
     p.set_defaults(func=cmd_genomics)
 
     p = sub.add_parser("clean-report", help="clean and de-identify one patient's report into a Parquet table")
@@ -419,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_clean_report)
 
     p = sub.add_parser("merge-reports", help="merge per-patient cleaned reports into the cohort table")
-    p.add_argument("tables", type=Path, nargs="+")
+    p.add_argument("tables", nargs="+", help=f"per-patient tables (or {LISTED})")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_merge_reports)
 
@@ -507,8 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("qc-summary", help="one row per slide: statuses, tissue area, tile counts")
-    p.add_argument("--tiles", type=Path, nargs="+", required=True)
-    p.add_argument("--segmentation", type=Path, nargs="+", required=True)
+    p.add_argument("--tiles", nargs="+", required=True, help=f"tile stores (or {LISTED})")
+    p.add_argument("--segmentation", nargs="+", required=True, help=f"segmentation stores (or {LISTED})")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_qc_summary)
 
@@ -545,6 +567,20 @@ def main(argv: list[str] | None = None) -> int:
     except PathmmError as exc:
         print(f"pathmm {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - every other failure is one line too (--verbose: the traceback)
+        if args.verbose:
+            log.exception("pathmm %s failed", args.command)
+        print(f"pathmm {args.command}: error: {describe_failure(exc, _subject(args))}", file=sys.stderr)
+        return 2
+
+
+def _subject(args: argparse.Namespace) -> str | None:
+    """The command's main input, named in an error that carries no file of its own: the first path argument
+    that exists on disk (the positional input comes first), else the first path argument."""
+    paths = [v for v in vars(args).values() if isinstance(v, Path)]
+    existing = [p for p in paths if p.exists()]
+    chosen = existing[0] if existing else (paths[0] if paths else None)
+    return None if chosen is None else str(chosen)
 
 
 if __name__ == "__main__":

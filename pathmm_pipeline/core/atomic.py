@@ -38,14 +38,19 @@ def move_into_place(tmp: Path, final: Path) -> None:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            # another filesystem: copy under a temporary name (a kill mid-copy leaves only that), then rename
-            if tmp.is_dir():
-                shutil.copytree(tmp, near)
-                shutil.rmtree(tmp)
-            else:
-                shutil.copy2(tmp, near)
-                tmp.unlink()
+            # another filesystem: copy under a temporary name (a kill mid-copy leaves only that), then rename;
+            # a failed copy (a full disk) removes its half copy, and the caller removes the scratch original
+            try:
+                if tmp.is_dir():
+                    _copy_tree(tmp, near)
+                else:
+                    shutil.copy2(tmp, near)
+            except BaseException:
+                _remove(near)
+                raise
+            _remove(tmp)
         tmp = near
+    flush_to_disk(tmp)
     if final.is_dir() and not final.is_symlink():
         if _exchange(tmp, final):  # one atomic swap: the target is never absent; tmp now holds the old store
             shutil.rmtree(tmp, ignore_errors=True)
@@ -56,6 +61,37 @@ def move_into_place(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy a folder file by file; the first failure (ENOSPC, EIO) is raised as itself, naming its file (where
+    ``shutil.copytree`` gathers every file's failure into one ``shutil.Error`` without an errno)."""
+    for folder, _dirs, files in os.walk(source):
+        out = target / Path(folder).relative_to(source)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            shutil.copy2(Path(folder) / name, out / name)
+
+
+def flush_to_disk(path: str | os.PathLike[str]) -> None:
+    """``fsync`` a file, or every file and folder of a directory tree, so that the rename that publishes it
+    cannot reach the disk before its content does (a node crash right after a job leaves no empty output)."""
+    path = Path(path)
+    if path.is_dir():
+        for folder, _dirs, files in os.walk(path):
+            for name in files:
+                _fsync(Path(folder) / name, os.O_RDONLY)
+            _fsync(Path(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    elif path.exists():
+        _fsync(path, os.O_RDONLY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _RENAME_EXCHANGE = 2

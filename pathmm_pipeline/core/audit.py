@@ -11,6 +11,7 @@ from typing import Any
 from pathmm_pipeline.core.atomic import TMP_MARK, stale_temporaries
 from pathmm_pipeline.core.errors import ProvenanceError
 from pathmm_pipeline.core.provenance import SIDECAR_SUFFIX, Finding, read_provenance, verify_provenance
+from pathmm_pipeline.core.stores import content_problems, describe_file, recorded_content
 
 
 @dataclass
@@ -73,10 +74,21 @@ def audit_store(path: Path) -> StoreAudit:
         record = read_provenance(path)
     except ProvenanceError as exc:
         return StoreAudit(str(path), None, None, {}, {}, {}, error=str(exc))
-    findings = verify_provenance(path)
+    findings = verify_provenance(path) + _content_findings(path)
     return StoreAudit(str(path), record.get("stage"), record.get("created_utc"), record.get("code", {}),
                       record.get("params", {}), {role: e["path"] for role, e in record.get("inputs", {}).items()},
                       {role: e.get("sha256", "") for role, e in record.get("inputs", {}).items()}, findings)
+
+
+def _content_findings(path: Path) -> list[Finding]:
+    """A Zarr store's own files against the digests it recorded when written (none for older stores)."""
+    if not (path.is_dir() and (path / "zarr.json").is_file()):
+        return []
+    recorded = recorded_content(path)
+    if recorded is None:
+        return []
+    return [Finding(str(path), "content", describe_file(name), str(path / name), problem)
+            for name, problem in content_problems(path, recorded)]
 
 
 def audit(root: str | os.PathLike[str]) -> tuple[list[StoreAudit], list[Path]]:

@@ -65,3 +65,38 @@ def did_you_mean(name: object, choices: Iterable[str]) -> str:
 
     close = difflib.get_close_matches(str(name), list(choices), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+#: what to do when a stage runs out of memory, by where the memory ran out
+_MEMORY_HINT = ("request more memory for this rule (config.yaml resources.*_mem_mb, or --set-resources on the "
+                "command line) or lower its batch / tile sizes; the input itself was not judged damaged")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for host (MemoryError, numpy's array-allocation error) and accelerator (``torch.OutOfMemoryError``,
+    a RuntimeError saying "out of memory") allocation failures."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def describe_failure(exc: BaseException, subject: str | None) -> str:
+    """One line for an error the pipeline did not raise on purpose: the file (the OSError's own, else
+    ``subject``, the command's main input), the problem and, where there is one, what to do."""
+    if isinstance(exc, OSError) and not is_out_of_memory(exc):
+        where = exc.filename if exc.filename is not None else subject
+        problem = exc.strerror or str(exc) or type(exc).__name__
+        if exc.filename2 is not None:
+            where = f"{exc.filename} -> {exc.filename2}"
+        hint = " -- the disk is full: free space and run again (the partial output was removed)" \
+            if exc.errno == 28 else ""
+        return f"{where}: {problem}{hint}" if where is not None else f"{problem}{hint}"
+    if is_out_of_memory(exc):
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        where = f"{subject}: " if subject else ""
+        return f"{where}out of memory ({detail}) -- {_MEMORY_HINT}"
+    text = " ".join(str(exc).split())
+    if len(text) > 500:
+        text = text[:500] + " ..."
+    where = f"{subject}: " if subject else ""
+    return f"{where}{type(exc).__name__}: {text or 'no message'} -- run again with --verbose for the traceback"

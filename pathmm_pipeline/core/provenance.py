@@ -234,10 +234,10 @@ class Finding:
     """One discrepancy between a store's provenance and the files on disk now."""
 
     store: str
-    kind: str  # "input" or "output"
+    kind: str  # "input", "output" or "content" (a file of the store itself)
     role: str
     path: str
-    problem: str  # "missing" or "changed"
+    problem: str  # "missing" or "changed" (content: also "altered ...", "not written with the store")
 
     def __str__(self) -> str:
         return f"{self.store}: {self.kind} '{self.role}' {self.path} is {self.problem}"

@@ -1,6 +1,10 @@
 """Zarr v3 stores: written whole under a temporary path and renamed; provenance is their last attribute.
 
-A store without provenance is, by construction, incomplete; :func:`open_store` refuses it.
+A store without provenance is, by construction, incomplete; :func:`open_store` refuses it. Every store also
+records, beside its provenance, the sha256 of each of its files (chunks and array metadata, attribute
+``content_sha256``; Zarr does not write a chunk that holds only the fill value, so none is recorded for it).
+:func:`open_store` and ``pathmm audit`` verify them: a deleted chunk that Zarr would silently read back as zeros,
+or an altered one, fails with the store, array and chunk named.
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ import zarr
 
 from pathmm_pipeline.core.atomic import atomic_path
 from pathmm_pipeline.core.errors import InputError
-from pathmm_pipeline.core.provenance import jsonable
+from pathmm_pipeline.core.provenance import hash_file, jsonable
+
+#: the attribute holding ``{relative file path: sha256}`` for every file of the store but its root ``zarr.json``
+CONTENT_KEY = "content_sha256"
+
+
+class StoreContentError(InputError):
+    """A store's files no longer match the digests recorded when it was written (a chunk missing or altered)."""
 
 
 @dataclass(frozen=True)
@@ -45,13 +56,73 @@ def write_store(path: str | os.PathLike[str], arrays: dict[str, ArraySpec], attr
                                        chunks=_chunks_for(spec), dimension_names=spec.dims)
             if spec.data.size:
                 array[...] = spec.data
-        # one metadata write: attributes and, with them, the provenance that marks the store complete
-        group.update_attributes({**jsonable(attrs), "provenance": jsonable(provenance)})
+        # one metadata write: attributes, the content digests and the provenance that marks the store complete
+        group.update_attributes({**jsonable(attrs), CONTENT_KEY: content_digests(tmp),
+                                 "provenance": jsonable(provenance)})
     return Path(path)
 
 
-def open_store(path: str | os.PathLike[str]) -> zarr.Group:
-    """Open a complete store read-only; a missing or provenance-less store raises :class:`InputError`."""
+def content_digests(root: str | os.PathLike[str]) -> dict[str, str]:
+    """sha256 of every file of the store at ``root`` (chunks, array metadata) but the root ``zarr.json``, which
+    carries these digests, keyed by the path relative to ``root``."""
+    root = Path(root)
+    return {file.relative_to(root).as_posix(): hash_file(file)
+            for file in sorted(p for p in root.rglob("*") if p.is_file()) if file != root / "zarr.json"}
+
+
+def content_problems(path: str | os.PathLike[str], recorded: dict[str, str]) -> list[tuple[str, str]]:
+    """``(relative file path, problem)`` for every difference between the store's files and the digests
+    ``recorded`` at write time: "missing", "altered", or "not written with the store" (a fill-value chunk or
+    a file added since)."""
+    root = Path(path)
+    now = {file.relative_to(root).as_posix(): file
+           for file in root.rglob("*") if file.is_file() and file != root / "zarr.json"}
+    problems = []
+    for name in sorted(set(recorded) | set(now)):
+        if name not in now:
+            problems.append((name, "missing"))
+        elif name not in recorded:
+            problems.append((name, "not written with the store"))
+        elif hash_file(now[name]) != recorded[name]:
+            problems.append((name, "altered (its sha256 differs from the one recorded)"))
+    return problems
+
+
+def recorded_content(path: str | os.PathLike[str]) -> dict[str, str] | None:
+    """The digests a store recorded when it was written (None: written before pathmm recorded them)."""
+    recorded = zarr.open_group(str(path), mode="r", zarr_format=3).attrs.get(CONTENT_KEY)
+    return None if recorded is None else dict(recorded)
+
+
+def describe_file(name: str) -> str:
+    """``features/c/3/0`` -> "array 'features' chunk (3, 0) (features/c/3/0)"."""
+    parts = name.split("/")
+    if "c" in parts:
+        at = parts.index("c")
+        return f"array {'/'.join(parts[:at])!r} chunk ({', '.join(parts[at + 1:])}) ({name})"
+    if parts[-1] == "zarr.json":
+        return f"array {'/'.join(parts[:-1])!r} metadata ({name})"
+    return f"file {name}"
+
+
+def verify_store(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`StoreContentError` naming the store and its first damaged chunks when its files no longer
+    match its recorded digests. Stores written before digests were recorded pass (nothing to compare)."""
+    recorded = recorded_content(path)
+    if recorded is None:
+        return
+    problems = content_problems(path, recorded)
+    if problems:
+        listed = "; ".join(f"{describe_file(name)} is {problem}" for name, problem in problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise StoreContentError(path, listed + more,
+                                "the store is damaged: delete it and re-run the stage that wrote it")
+
+
+def open_store(path: str | os.PathLike[str], verify: bool = True) -> zarr.Group:
+    """Open a complete store read-only; a missing or provenance-less store raises :class:`InputError`, and one
+    whose files no longer match their recorded digests :class:`StoreContentError` (``verify``; each file is
+    hashed once per process while its size and mtime are unchanged)."""
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise InputError(path, "no Zarr store here", "run the stage that produces it first")
@@ -59,4 +130,6 @@ def open_store(path: str | os.PathLike[str]) -> zarr.Group:
     if "provenance" not in group.attrs:
         raise InputError(path, "store has no provenance: it was not completely written",
                          "delete it and re-run the stage")
+    if verify:
+        verify_store(path)
     return group

@@ -10,6 +10,7 @@ result and checks that nothing already written is lost; the README's troubleshoo
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,10 +54,22 @@ def _slide(path: Path, image: np.ndarray, mpp: float | None = 0.5) -> Path:
     return write_pyramidal_tiff(path, image, mpp=mpp, levels=3)
 
 
+def _damaged_store(slide: Path, path: Path) -> Path:
+    """A finished segmentation store of ``slide`` with one chunk file deleted (Zarr would read it as zeros)."""
+    from pathmm_pipeline.preprocess.segmentation import SegmentationSettings, segment_slide
+
+    if path.exists():
+        shutil.rmtree(path)
+    segment_slide(slide, path, Path(f"{path}.geojson"), Path(f"{path}.png"), SegmentationSettings())
+    chunks = sorted(p for p in path.rglob("*") if p.is_file() and "/c/" in p.relative_to(path.parent).as_posix())
+    chunks[0].unlink()
+    return path
+
+
 def build_bad_corpus(root: str | os.PathLike[str]) -> list[BadInput]:
     """Write the corpus under ``root`` (slides/, sheets/, expression/, reports/) and return its entries."""
     root = Path(root)
-    for sub in ("slides", "sheets", "expression", "reports"):
+    for sub in ("slides", "sheets", "expression", "reports", "stores"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     size = (1024, 1536)
     good = _slide(root / "slides" / "good.svs", _texture(size))
@@ -76,6 +89,8 @@ def build_bad_corpus(root: str | os.PathLike[str]) -> list[BadInput]:
     pen = np.full((*size, 3), 245, np.uint8)
     cv2.line(pen, (200, 300), (1300, 700), (40, 60, 200), 40)  # a blue marker stroke on bare glass
     pen_only = _slide(root / "slides" / "pen_only.svs", pen)
+
+    damaged = _damaged_store(good, root / "stores" / "damaged_segmentation.zarr")
 
     sheets = root / "sheets"
     rows = {
@@ -112,6 +127,10 @@ def build_bad_corpus(root: str | os.PathLike[str]) -> list[BadInput]:
         BadInput("TIFF at a 72 dpi screen default", screen_dpi, (*seg, str(screen_dpi)), True,
                  ("screen_72dpi.tiff", "72 dpi", "352.8"),
                  "put the scanner's mpp in the sample sheet's mpp column (the file's resolution tags are not it)"),
+        BadInput("store with a deleted chunk", damaged,
+                 ("tile", str(good), "--segmentation", str(damaged), "--store", "{out}"), True,
+                 ("damaged_segmentation.zarr", "chunk", "is missing"),
+                 "delete the store and re-run the stage that wrote it (`pathmm audit` lists every damaged store)"),
         BadInput("all-white slide", white, (*seg, str(white)), False, (),
                  "none: the slide is recorded as no_tissue with a reason; tiling and extraction write skipped stores"),
         BadInput("pen-only region", pen_only, (*seg, str(pen_only)), False, (),

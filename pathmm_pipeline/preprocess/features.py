@@ -31,9 +31,18 @@ from tqdm import tqdm
 
 from pathmm_pipeline.core.atomic import TMP_MARK, move_into_place, scratch_root
 from pathmm_pipeline.core.errors import ConfigError
-from pathmm_pipeline.core.provenance import build_provenance, hash_path, jsonable, prime_hash_cache
+from pathmm_pipeline.core.locks import WorkLock, owner_tag
+from pathmm_pipeline.core.provenance import (
+    build_provenance,
+    code_identity,
+    hash_path,
+    jsonable,
+    package_versions,
+    prime_hash_cache,
+)
 from pathmm_pipeline.core.runtime import resolve_device
 from pathmm_pipeline.core.settings import SettingsMixin
+from pathmm_pipeline.core.stores import CONTENT_KEY, content_digests
 from pathmm_pipeline.encoders import LoadedEncoder, load_encoder
 from pathmm_pipeline.preprocess.jpeg_tiles import (
     JpegLevel,
@@ -266,7 +275,10 @@ def _resume_key(inputs: dict[str, str], params: dict[str, Any]) -> str:
     for value in inputs.values():  # the tile store vouches for the slide's hash: a multi-GB scan is hashed once
         if (Path(value) / "zarr.json").is_file():
             prime_hash_cache(value)
-    text = json.dumps({"inputs": {k: hash_path(v) for k, v in inputs.items()}, "params": params}, sort_keys=True)
+    # the code and the packages too: features computed by another pathmm or torch are never resumed into
+    code = {k: v for k, v in code_identity().items() if k != "git_dirty"}
+    text = json.dumps({"inputs": {k: hash_path(v) for k, v in inputs.items()}, "params": params, "code": code,
+                       "packages": package_versions()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -363,6 +375,12 @@ class _SlideOutput:
                        "mpp_override": job.mpp_override}
         self.n, self.dim = len(self.tiles.coords), encoder.spec.embed_dim
         self.partial = partial_path(job.store)
+        self.lock = WorkLock(self.partial)
+        if not self.lock.acquire():  # another copy of this job works in the shared partial: never touch it
+            shared, self.partial = self.partial, self.partial.with_name(f"{self.partial.name}-{owner_tag()}")
+            log.warning("%s: another copy of this job (%s) is extracting into %s; this copy works in %s (no "
+                        "resume) and the last to finish replaces the store atomically", self.slide_id,
+                        self.lock.describe_holder(), shared, self.partial)
         self.group, self.done = _open_partial(self.partial, _resume_key(self.inputs, self.params), self.n, self.dim,
                                               settings.dtype, CHUNK_ROWS)
         self.seconds = float(self.group.attrs.get("seconds") or 0.0) if self.done == self.n else 0.0
@@ -440,7 +458,7 @@ class _SlideOutput:
         if n:
             coords[...] = tiles.coords
             fractions[...] = tiles.tissue_fraction
-        self.group.attrs.update(jsonable(attrs))
+        self.group.attrs.update({**jsonable(attrs), CONTENT_KEY: content_digests(self.partial)})
         self.group.attrs["provenance"] = record
         self.finished = True
         if rate:
@@ -452,6 +470,11 @@ class _SlideOutput:
         for key in ("resume_key", "n_done"):
             self.group.attrs.pop(key, None)
         move_into_place(self.partial, self.job.store)
+        self.close()
+
+    def close(self) -> None:
+        """Release the claim on the partial (it stays on disk for a re-run to resume)."""
+        self.lock.release()
 
 
 def check_job_limits(job: SlideJob, limits: SlideLimits) -> None:
@@ -481,7 +504,21 @@ def extract_slides(jobs: list[SlideJob], settings: ExtractionSettings, backend: 
     torch.set_num_threads(settings.threads)
     device = resolve_device(settings.device)
     encoder = load_encoder(settings.encoder, settings.weights, device="cpu")
-    outputs = [_SlideOutput(job, encoder, settings, backend, fallback) for job in jobs]
+    outputs: list[_SlideOutput] = []
+    try:
+        for job in jobs:
+            outputs.append(_SlideOutput(job, encoder, settings, backend, fallback))
+        _extract_into(outputs, encoder, settings, device)
+    finally:
+        for out in outputs:
+            out.close()
+    return {out.slide_id: out.n for out in outputs}
+
+
+def _extract_into(outputs: list[_SlideOutput], encoder: LoadedEncoder, settings: ExtractionSettings,
+                  device: torch.device) -> None:
+    """Stream the remaining tiles of ``outputs`` through the encoder, finish every store and move it in place."""
+    jobs = [o.job for o in outputs]
     pending = [o for o in outputs if o.remaining]
     if pending:
         extractor = FeatureExtractor(encoder, device, settings.channels_last, settings.compile)
@@ -510,7 +547,6 @@ def extract_slides(jobs: list[SlideJob], settings: ExtractionSettings, backend: 
             out.finish(device)
     for out in outputs:
         out.move()
-    return {out.slide_id: out.n for out in outputs}
 
 
 def extract_features(slide_path: str | os.PathLike[str], tiles_store: str | os.PathLike[str],

@@ -51,7 +51,7 @@ def digest(path):
 
 
 NAMES = ["zero-byte slide", "truncated TIFF", "TIFF that OpenSlide cannot open", "slide without mpp",
-         "TIFF at a 72 dpi screen default",
+         "TIFF at a 72 dpi screen default", "store with a deleted chunk",
          "all-white slide", "pen-only region", "sample sheet: duplicate ids", "sample sheet: missing columns",
          "sample sheet: negative time", "sample sheet: unknown cancer type",
          "expression: duplicated genes and NaN rows", "empty report", "binary file posing as a report"]

@@ -306,6 +306,11 @@ def test_every_job_went_through_slurm_with_its_rule_resources(workflow):
     assert len(done) == len(jobs) - first_attempts.sum(), jobs[["Comment", "State"]]  # only those failed
     train = done[rules.loc[done.index].str.startswith("train")]
     assert len(train) == 2 and (train.max_rss_mb > 0).all()
+    # the profile's slurm-no-requeue reached sbatch: SLURM itself never starts a second copy of a job
+    last = max(jobs.JobID, key=int)
+    shown = subprocess.run(["scontrol", "-o", "show", "job", last], capture_output=True, text=True).stdout
+    if "Requeue=" in shown:  # finished jobs stay visible for MinJobAge (300 s by default)
+        assert "Requeue=0" in shown, shown
 
 
 def test_a_job_killed_for_memory_is_retried_with_more(workflow):
