@@ -62,21 +62,26 @@ def write_store(path: str | os.PathLike[str], arrays: dict[str, ArraySpec], attr
     return Path(path)
 
 
+def _store_files(root: Path) -> dict[str, Path]:
+    """The store's own files (chunks, array metadata) but the root ``zarr.json``, keyed by relative path. Dot
+    files are not Zarr v3 content and are left out: Snakemake writes ``.snakemake_timestamp`` into every
+    directory output after its job, file systems add ``.nfs*`` / ``.DS_Store``."""
+    return {file.relative_to(root).as_posix(): file for file in sorted(root.rglob("*"))
+            if file.is_file() and file != root / "zarr.json"
+            and not any(part.startswith(".") for part in file.relative_to(root).parts)}
+
+
 def content_digests(root: str | os.PathLike[str]) -> dict[str, str]:
     """sha256 of every file of the store at ``root`` (chunks, array metadata) but the root ``zarr.json``, which
     carries these digests, keyed by the path relative to ``root``."""
-    root = Path(root)
-    return {file.relative_to(root).as_posix(): hash_file(file)
-            for file in sorted(p for p in root.rglob("*") if p.is_file()) if file != root / "zarr.json"}
+    return {name: hash_file(file) for name, file in _store_files(Path(root)).items()}
 
 
 def content_problems(path: str | os.PathLike[str], recorded: dict[str, str]) -> list[tuple[str, str]]:
     """``(relative file path, problem)`` for every difference between the store's files and the digests
     ``recorded`` at write time: "missing", "altered", or "not written with the store" (a fill-value chunk or
     a file added since)."""
-    root = Path(path)
-    now = {file.relative_to(root).as_posix(): file
-           for file in root.rglob("*") if file.is_file() and file != root / "zarr.json"}
+    now = _store_files(Path(path))
     problems = []
     for name in sorted(set(recorded) | set(now)):
         if name not in now:

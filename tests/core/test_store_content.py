@@ -11,7 +11,7 @@ import pytest
 from pathmm_pipeline.cli import main
 from pathmm_pipeline.core.audit import audit
 from pathmm_pipeline.core.provenance import build_provenance
-from pathmm_pipeline.core.stores import CONTENT_KEY, ArraySpec, StoreContentError, open_store, write_store
+from pathmm_pipeline.core.stores import CONTENT_KEY, ArraySpec, StoreContentError, open_store, verify_store, write_store
 
 
 @pytest.fixture
@@ -95,3 +95,14 @@ def test_a_real_feature_store_records_its_chunks(slide_factory, tmp_path, monkey
     (store / chunks[-1]).unlink()
     with pytest.raises(StoreContentError, match="array 'features' chunk"):
         open_store(store)
+
+
+def test_files_snakemake_and_file_systems_add_are_not_store_content(tmp_path):
+    """Snakemake touches ``.snakemake_timestamp`` inside every directory output after its job; NFS and macOS add
+    dot files too. None is Zarr v3 content: the store still verifies."""
+    path = write_store(tmp_path / "s.zarr", {"x": ArraySpec(np.arange(12.0).reshape(3, 4), ("a", "b"))},
+                       {}, {"stage": "test"})
+    (path / ".snakemake_timestamp").touch()
+    (path / "x" / ".nfs000123").write_bytes(b"junk")
+    verify_store(path)
+    open_store(path)
