@@ -132,6 +132,13 @@ def temporaries(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if TMP_MARK in p.name) if folder.is_dir() else []
 
 
+def partial_stores(folder: Path) -> list[Path]:
+    """The temporaries that are partial stores; a killed job also leaves the lock it held beside each one."""
+    partials = [p for p in temporaries(folder) if not p.name.endswith(".lock")]
+    assert {p.name for p in temporaries(folder)} <= {n for p in partials for n in (p.name, p.name + ".lock")}
+    return partials
+
+
 # ------------------------------------------------------------------------------------------- feature extraction
 @pytest.fixture(scope="module")
 def tiled(slide_factory, tmp_path_factory) -> tuple[Path, Path, int]:
@@ -229,7 +236,7 @@ def test_extraction_killed_while_finishing_the_store(tiled, tmp_path):
     proc = subprocess.run([sys.executable, "-c", KILL_AT_ARRAY, "tissue_fraction", *cmd[3:]], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    partial = temporaries(tmp_path)
+    partial = partial_stores(tmp_path)
     assert len(partial) == 1 and "coords" in {p.name for p in partial[0].iterdir()}
     assert_nothing_complete(target)
     run_ok(cmd, env)
@@ -423,9 +430,7 @@ def test_extraction_temporaries_live_in_scratch(tiled, tmp_path):
 
         kill_when(cmd, ready, env, tmp_path / "kill.log", delay=KILL_DELAY)
         assert beside == [] and temporaries(target.parent) == []
-        left = temporaries(scratch)  # the killed job's partial store, in scratch, with the lock it held
-        partials = [p for p in left if not p.name.endswith(".lock")]
-        assert len(partials) == 1 and {p.name for p in left} <= {partials[0].name, partials[0].name + ".lock"}
+        assert len(partial_stores(scratch)) == 1  # the killed job's partial store, in scratch
         assert not target.exists()
         run_ok(cmd, env)
         assert_store_verifies(target, n)

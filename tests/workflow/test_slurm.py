@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -226,7 +227,7 @@ def workflow(cluster, source_slide, tmp_path_factory) -> tuple[Path, subprocess.
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     # the site overrides a user passes: partition and account, and no GPU partition on this cluster
-    proc = subprocess.run(
+    proc = run_watched(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(root),
          "--configfile", str(root / "config.yaml"), "--profile", str(REPO / "profiles" / "slurm"),
          "--slurm-init-seconds-before-status-checks", "1",
@@ -236,8 +237,41 @@ def workflow(cluster, source_slide, tmp_path_factory) -> tuple[Path, subprocess.
          # a group asks for its members' cores together: 2 fit this node (the option replaces the profile's list)
          "--group-components", "preprocess=2", "reports=2",
          "--jobs", "4", "--latency-wait", "5"],
-        capture_output=True, text=True, env=env, timeout=1500)
+        root, env)
     return root, proc
+
+
+#: reasons for which SLURM keeps a job pending for ever on this cluster (a request no node can satisfy)
+NEVER_STARTS = ("PartitionConfig", "ReqNodeNotAvail", "PartitionNodeLimit", "BadConstraints")
+STUCK_AFTER_S = 60.0
+
+
+def run_watched(cmd: list[str], root: Path, env: dict[str, str], timeout: float = 1500.0
+                ) -> subprocess.CompletedProcess:
+    """Run Snakemake, failing at once (not after the timeout) when one of its jobs asks for more than the
+    node has and would stay pending for ever: the rule and SLURM's reason are named."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        started, pending_since = time.monotonic(), {}
+        while child.poll() is None:
+            time.sleep(3)
+            listing = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i|%r|%k|%Z"], capture_output=True,
+                                     text=True).stdout
+            for line in listing.splitlines():
+                job, reason, comment, workdir = (line.split("|") + ["", "", "", ""])[:4]
+                if not workdir.startswith(str(root)) or reason not in NEVER_STARTS:
+                    continue
+                first = pending_since.setdefault(job, time.monotonic())
+                if time.monotonic() - first > STUCK_AFTER_S:
+                    child.kill()
+                    subprocess.run(["scancel", job], capture_output=True)
+                    pytest.fail(f"SLURM job {job} ({comment.strip()}) stays pending: {reason} "
+                                f"(it asks for more than the node has)")
+            if time.monotonic() - started > timeout:
+                child.kill()
+                pytest.fail(f"snakemake ran over {timeout:.0f} s")
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(cmd, child.returncode, out.read(), err.read())
 
 
 def jobs_of(root: Path) -> pd.DataFrame:

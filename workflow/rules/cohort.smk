@@ -7,13 +7,14 @@ rule cohort_manifest:
     params:
         settings=json.dumps({"cancer_types": config["cancer_types"], "labels": config["labels"]}, sort_keys=True),
         backend=slide_backend_args(),
+        io_threads=8,  # slide headers are read on threads that wait on the disk, not on a CPU each
     log:
         f"{RESULTS}/logs/cohort_manifest.log",
     benchmark:
         f"{RESULTS}/benchmarks/cohort_manifest.tsv"
     conda:
         "../../envs/preprocess.yaml"
-    threads: 4  # slide headers are read on threads (opening a slide waits on the disk)
+    threads: 1  # a cluster job asks for its threads as CPUs; the header reads are I/O (params.io_threads)
     # scheduled before the slide jobs, which do not depend on it: an ancient() input whose producer re-runs
     # makes Snakemake 9 skip the consumer's params trigger (a changed mpp would re-run no slide job)
     priority: 100
@@ -23,7 +24,7 @@ rule cohort_manifest:
         **slide_limits(),
     shell:
         "pathmm cohort-manifest {input.samplesheet:q} --out {output.manifest:q} --settings {params.settings:q}"
-        " --resolution {output.resolution:q} {params.backend} --threads {threads}" + LIMIT_ARGS + " > {log:q} 2>&1"
+        " --resolution {output.resolution:q} {params.backend} --threads {params.io_threads}" + LIMIT_ARGS + " > {log:q} 2>&1"
 
 
 rule qc_summary:
