@@ -139,7 +139,7 @@ def cmd_tile_slide(args: argparse.Namespace) -> int:
 
     tile_slide(args.slide, args.segmentation, args.store, args.settings,
                slide_id=args.slide_id, backend=args.backend, fallback=not args.no_fallback, mpp_override=args.mpp,
-               limits=_limits(args))
+               limits=_limits(args), qc=args.qc, qc_table=args.qc_table, roi=args.roi)
     return 0
 
 
@@ -400,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     _slide_args(p)
     p.add_argument("--segmentation", type=Path, required=True)
     p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--qc", type=_settings, default=None,
+                   help="quality-control settings as JSON (qc: of config.yaml); without it no tile is measured")
+    p.add_argument("--qc-table", type=Path, default=None, help="Parquet of every candidate tile's QC decision")
+    p.add_argument("--roi", type=Path, default=None, metavar="PATH",
+                   help="GeoJSON of the slide's regions of interest (QuPath export, level-0 px): only tiles these "
+                        "polygons admit (the settings' roi: classes and overlaps) are kept")
     p.set_defaults(func=cmd_tile_slide)
 
     p = sub.add_parser("extract-features", aliases=["extract"],

@@ -205,7 +205,7 @@ class MultimodalCohort:
                 if (path / "zarr.json").is_file():
                     stores.setdefault(pid, []).append(str(path))
         patients = slides.drop_duplicates("patient_id").set_index("patient_id")
-        patients = patients.drop(columns=[c for c in ("slide_id", "slide_path", "mpp") if c in patients])
+        patients = patients.drop(columns=[c for c in ("slide_id", "slide_path", "mpp", "roi_path") if c in patients])
         return cls(patients, stores, genomics, reports, source=source, **options)
 
     def _collection(self, name: str | None) -> str | None:

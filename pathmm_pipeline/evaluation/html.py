@@ -301,6 +301,23 @@ def collect_inputs(results_dir: str | os.PathLike[str]) -> dict[str, str]:
     return found
 
 
+def quality_html(qc_frame: pd.DataFrame) -> str:
+    """The quality-control decisions: the slides the rules excluded, each with its reason, and the tiles
+    excluded per reason over the cohort."""
+    if "qc_decision" not in qc_frame:
+        return ""
+    excluded = qc_frame[qc_frame.qc_decision.astype(str).eq("exclude")]
+    n_tiles = int(qc_frame.get("tiles_excluded_by_qc", pd.Series(dtype=int)).sum())
+    n_candidates = int(qc_frame.get("n_qc_candidates", pd.Series(dtype=int)).sum())
+    text = (f"<p>Quality control (rules <code>qc.tile_rules</code> / <code>qc.slide_rules</code>): "
+            f"{len(excluded)} slide(s) excluded from extraction and training; {n_tiles} of {n_candidates} "
+            f"candidate tiles excluded.</p>")
+    if len(excluded):
+        text += _table(excluded[[c for c in ("slide_id", "reason", "tissue_area_mm2", "n_qc_candidates",
+                                             "tile_qc_reasons") if c in excluded]])
+    return text
+
+
 def _qc_frame(qc: str | os.PathLike[str] | pd.DataFrame | None) -> pd.DataFrame:
     if qc is None:
         return pd.DataFrame()
@@ -501,8 +518,10 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
         parts.append(f"<p>{len(qc_frame)} slides, {n_ok} tiled; tiles per slide: total {int(tiles.sum())}, "
                      f"median {tiles.median():.0f}, min {tiles.min():.0f}, max {tiles.max():.0f}.</p>")
         parts.append(_img(tiles_plot(qc_frame), "tiles per slide"))
+        parts.append(quality_html(qc_frame))
         cols = [c for c in ("slide_id", "segmentation_status", "tiling_status", "reason", "tissue_area_mm2",
-                            "n_pieces", "pen_fraction", "n_tiles", "achieved_mpp") if c in qc_frame]
+                            "n_pieces", "pen_fraction", "n_tiles", "qc_decision", "tiles_excluded_by_qc",
+                            "tile_qc_reasons", "achieved_mpp") if c in qc_frame]
         parts.append("<details><summary>Per-slide table</summary>" + _table(qc_frame[cols]) + "</details>")
     else:
         parts.append("<p class='meta'>(no QC summary given: run the qc_summary rule)</p>")

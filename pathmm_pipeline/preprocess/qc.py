@@ -15,7 +15,8 @@ from pathmm_pipeline.core.stores import open_store
 
 def summarize_slides(tile_stores: list[str | os.PathLike[str]],
                      segmentation_stores: list[str | os.PathLike[str]]) -> pd.DataFrame:
-    """slide_id, statuses, tissue area, tile count and tile geometry for every slide."""
+    """slide_id, statuses, tissue area, tile count, quality-control decision (the slide's, and the tiles it
+    excluded per reason) and tile geometry for every slide."""
     seg = {}
     for path in segmentation_stores:
         attrs = dict(open_store(path).attrs)
@@ -33,6 +34,10 @@ def summarize_slides(tile_stores: list[str | os.PathLike[str]],
             "n_pieces": s_attrs.get("n_pieces"),
             "pen_fraction": s_attrs.get("pen_fraction"),
             "n_tiles": attrs["n_tiles"],
+            "qc_decision": "exclude" if attrs["status"] == "qc_excluded" else "include",
+            "n_qc_candidates": attrs.get("n_qc_candidates", attrs["n_tiles"]),
+            "tiles_excluded_by_qc": sum((attrs.get("qc_reasons") or {}).values()),
+            "tile_qc_reasons": ", ".join(f"{k}: {v}" for k, v in sorted((attrs.get("qc_reasons") or {}).items())),
             "slide_mpp": attrs["slide_mpp"],
             "achieved_mpp": attrs["achieved_mpp"],
             "level": attrs["level"],

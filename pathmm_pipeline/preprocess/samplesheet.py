@@ -3,8 +3,9 @@
 One row per slide; a patient without any slide has one row with ``slide_id`` and ``slide_path`` empty and takes
 part through expression and/or a report (models that need a slide leave such patients out, with a count).
 Patient-level fields (cancer type, survival, labels) repeat on each of a patient's slides and must agree. Paths are
-relative to the sample sheet's folder unless absolute. Every problem found is reported at once, each naming its row
-(the line number in a CSV) and column.
+relative to the sample sheet's folder unless absolute; a slide may name its regions of interest (``roi_path``, a
+QuPath GeoJSON that restricts its tiles, :mod:`pathmm_pipeline.preprocess.roi`). Every problem found is reported
+at once, each naming its row (the line number in a CSV) and column.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pandas as pd
 from pathmm_pipeline.core.config import load_schema
 from pathmm_pipeline.core.errors import InputError, SampleSheetError
 
-PATH_COLUMNS = ("slide_path", "expression_path", "report_path")
+PATH_COLUMNS = ("slide_path", "roi_path", "expression_path", "report_path")
 PATIENT_COLUMNS = ("cancer_type", "survival_time", "survival_event", "subtype", "grade", "stage", "age", "sex",
                    "expression_path", "report_path")
 
@@ -36,6 +37,7 @@ class SlideEntry:
     path: str
     mpp: float | None
     cancer_type: str
+    roi: str | None = None  # the slide's ROI GeoJSON (roi_path), resolved
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -195,9 +197,12 @@ def _slide_less_problems(frame: pd.DataFrame, path: Path) -> list[str]:
         elif len(rows) > 1:
             problems.append(f"patient '{patient}' has more than one row without a slide ({labels})")
     nothing = []
-    for _, row in slide_less.iterrows():
+    for i, row in slide_less.iterrows():
         if not any(_present(row.get(c)) for c in ("expression_path", "report_path")):
             nothing.append(str(row.patient_id))
+        if _present(row.get("roi_path")):
+            problems.append(f"{_row_label(path, int(i))}: roi_path is given but the row has no slide (an ROI "
+                            "restricts a slide's tiles)")
     if nothing:
         problems.append(f"patient(s) {', '.join(sorted(set(nothing)))} have no slide, no expression_path and no "
                         "report_path: no modality to learn from")
@@ -224,10 +229,11 @@ def slide_entries(frame: pd.DataFrame) -> dict[str, SlideEntry]:
         if not _present(row.slide_id):  # a patient without slides
             continue
         mpp = getattr(row, "mpp", None)
+        roi = getattr(row, "roi_path", None)
         entries[row.slide_id] = SlideEntry(
             slide_id=row.slide_id, patient_id=row.patient_id, path=row.slide_path,
             mpp=None if mpp is None or (isinstance(mpp, float) and np.isnan(mpp)) else float(mpp),
-            cancer_type=row.cancer_type)
+            cancer_type=row.cancer_type, roi=roi if _present(roi) else None)
     return entries
 
 

@@ -46,12 +46,15 @@ def segment_tissue(slide: PathLike, store: PathLike, geojson: PathLike, thumbnai
 
 
 def tile_slide(slide: PathLike, segmentation: PathLike, store: PathLike, settings: dict[str, Any],
-               **slide_options: Any) -> Path:
-    """Tile one slide at the target mpp inside its tissue mask."""
+               qc: dict[str, Any] | None = None, **slide_options: Any) -> Path:
+    """Tile one slide at the target mpp inside its tissue mask (with ``qc``: keeping the tiles and slide the
+    quality rules include)."""
+    from pathmm_pipeline.preprocess.quality import QCSettings
     from pathmm_pipeline.preprocess.tiling import TilingSettings
     from pathmm_pipeline.preprocess.tiling import tile_slide as tile
 
-    return tile(slide, segmentation, store, TilingSettings.from_dict(settings), **slide_options)
+    return tile(slide, segmentation, store, TilingSettings.from_dict(settings),
+                qc=None if qc is None else QCSettings.from_dict(qc), **slide_options)
 
 
 def extract_features(slide: PathLike, tiles: PathLike, store: PathLike, settings: dict[str, Any],

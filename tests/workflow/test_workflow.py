@@ -77,8 +77,12 @@ def test_dag_writes_every_output_with_provenance(workdir):
 
     embeddings = zarr.open_group(str(results / "reports/embeddings.zarr"), mode="r")
     assert embeddings["embeddings"].shape == (2, 384)
+    tile_qc = pd.read_parquet(results / "qc/tiles/P1-A.parquet")
+    assert tile_qc["include"].sum() == qc.loc["P1-A", "n_tiles"]
+    assert (results / "qc/tiles/P2-A.parquet").exists()
     stores, stale = audit(results)
-    assert len(stores) == 13 and all(s.ok for s in stores) and stale == []
+    assert len(stores) == 15 and all(s.ok for s in stores) and stale == []
+    assert {Path(s.path).name for s in stores} >= {"P1-A.parquet", "P2-A.parquet"}
 
 
 def test_nothing_to_do_after_a_full_run(workdir):

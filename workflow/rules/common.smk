@@ -1,6 +1,7 @@
 # Shared definitions: the validated sample sheet and the output layout. The only writes at parse time are the
 # content-addressed caches and list files under .snakemake/pathmm/ (pathmm_pipeline.plan.samplesheet / .lists).
 import json
+import shlex
 from pathlib import Path
 
 from pathmm_pipeline.core.errors import PathmmError
@@ -64,6 +65,28 @@ def slide_path(wildcards):
 def slide_mpp(wildcards):
     mpp = SLIDES[wildcards.slide].mpp
     return "" if mpp is None else repr(mpp)
+
+
+def slide_roi(wildcards):
+    """The slide's ROI GeoJSON (sample sheet roi_path) as an input list, empty without one: a new or edited file
+    re-runs its tiling and everything downstream."""
+    roi = SLIDES[wildcards.slide].roi
+    return [roi] if roi else []
+
+
+def slide_roi_args(wildcards):
+    """``--roi PATH`` for a slide with an ROI file, nothing otherwise."""
+    roi = SLIDES[wildcards.slide].roi
+    return f"--roi {shlex.quote(roi)}" if roi else ""
+
+
+def tiling_settings_json(wildcards):
+    """tiling: as canonical JSON for one slide; its roi: settings only for a slide with an ROI file, so that
+    changing them re-runs those slides alone."""
+    settings = dict(config["tiling"])
+    if not SLIDES[wildcards.slide].roi:
+        settings.pop("roi", None)
+    return json.dumps(settings, sort_keys=True)
 
 
 def slide_backend_args():
