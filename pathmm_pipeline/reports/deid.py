@@ -34,9 +34,27 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pathmm_pipeline.reports.phi_rules import (
+    EXACT,
+    KEYED,
+    LIST,
+    PATTERN,
+    Candidate,
+    ages_over_89,
+    institutions,
+    ip_addresses,
+    labelled_ids,
+    places,
+    social_security_numbers,
+    urls,
+)
 from pathmm_pipeline.reports.vocab import COMMON_WORDS, EPONYMS, FIRST_NAMES, KNOWN_WORDS, LAST_NAMES, MEDICAL_WORDS
 
-PHI_TYPES: tuple[str, ...] = ("NAME", "DATE", "MRN", "ACCESSION", "PHONE", "ADDRESS", "EMAIL")
+#: the tags a span can get (``[NAME]``, ...); ``ID`` is an unlabelled identifier-like token, ``LOCATION`` a city,
+#: state or ZIP code outside a street address
+PHI_TYPES: tuple[str, ...] = ("NAME", "DATE", "AGE", "MRN", "ACCESSION", "ID", "ACCOUNT", "HEALTH_PLAN", "DEVICE",
+                              "LICENSE", "SSN", "PHONE", "ADDRESS", "LOCATION", "EMAIL", "URL", "IP",
+                              "INSTITUTION")
 
 
 @dataclass(frozen=True)
@@ -62,16 +80,10 @@ class DeidResult:
         return {kind: int(found.get(kind, 0)) for kind in PHI_TYPES}
 
 
-# priorities: a keyed field beats a pattern, which beats a name-list guess or a propagated copy
-_KEYED, _PATTERN, _LIST = 3, 2, 1
-
-
-@dataclass(frozen=True)
-class _Cand:
-    type: str
-    start: int
-    end: int
-    priority: int
+# priorities (phi_rules): an exact machine form beats a keyed field, which beats a pattern, which beats a name-list
+# guess or a propagated copy
+_EXACT, _KEYED, _PATTERN, _LIST = EXACT, KEYED, PATTERN, LIST
+_Cand = Candidate
 
 
 # ----------------------------------------------------------------------------------------------- patterns
@@ -79,17 +91,26 @@ _MONTH = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|
           r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)")
 _TIME = r"(?:,?[ ](?:at[ ])?\d{1,2}:\d{2}(?::\d{2})?(?:[ ]?[AaPp]\.?[Mm]\.?)?)?"
 _ORD = r"(?:st|nd|rd|th)?"
+_WEEKDAY = r"(?:(?:Mon|Tue|Tues|Wed|Wednes|Thu|Thur|Thurs|Fri|Sat|Satur|Sun)(?:day)?\.?,?[ ])?"
 _DATE_RES = [
     # 03/14/2026, 14.03.2026, 3-14-26 (validated below)
     (re.compile(r"(?<![\w/.\-])(?P<a>\d{1,2})(?P<s>[/.\-])(?P<b>\d{1,2})(?P=s)(?P<y>\d{4}|\d{2})(?![\w/]|[.\-]\d)"
                 + _TIME), "numeric"),
     # 2026-03-14, 2026/03/14
     (re.compile(r"(?<![\w/.\-])(?P<y>(?:19|20)\d{2})(?P<s>[/.\-])(?P<a>\d{1,2})(?P=s)(?P<b>\d{1,2})"
-                r"(?![\w/]|[.\-]\d)(?:T\d{2}:\d{2}(?::\d{2})?)?" + _TIME), "iso"),
+                r"(?:[Tt]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+\-]\d{2}:?\d{2})?)?(?![\w/]|[.\-]\d)" + _TIME),
+     "iso"),
     # 14-Mar-2026, 14 March 2026, 14th of March, 2026
-    (re.compile(rf"(?i)(?<![\w/.\-])\d{{1,2}}{_ORD}[ \-](?:of[ ])?{_MONTH}\.?,?[ \-]\d{{2,4}}(?![\w])" + _TIME), "dmy"),
-    # March 14, 2026 ; Mar. 14 2026
-    (re.compile(rf"(?i)(?<![\w])(?:{_MONTH})\.?[ ]\d{{1,2}}{_ORD},?[ ](?:19|20)\d{{2}}(?!\d)" + _TIME), "mdy"),
+    (re.compile(rf"(?i)(?<![\w/.\-]){_WEEKDAY}(?:the[ ])?\d{{1,2}}{_ORD}[ \-](?:of[ ])?{_MONTH}\.?,?[ \-]\d{{2,4}}"
+                r"(?![\w])" + _TIME), "dmy"),
+    # March 14, 2026 ; Mar. 14 2026 ; Sunday, December 12, 2021
+    (re.compile(rf"(?i)(?<![\w]){_WEEKDAY}(?:{_MONTH})\.?[ ]\d{{1,2}}{_ORD},?[ ](?:19|20)\d{{2}}(?!\d)" + _TIME),
+     "mdy"),
+    # 1st of September ; the 3rd of March ; 14 March (no year; the month capitalised unless "of" says it)
+    (re.compile(rf"(?i)(?<![\w/.\-]){_WEEKDAY}(?:the[ ])?\d{{1,2}}(?:st|nd|rd|th)?[ ]of[ ]{_MONTH}(?![\w])"), "dm"),
+    (re.compile(rf"(?<![\w/.\-])\d{{1,2}}(?:st|nd|rd|th)?[ ]{_MONTH}\.?(?![\w])"), "dm"),
+    # March 10th, DECEMBER 21ST (no year: the ordinal says it is a day)
+    (re.compile(rf"(?i)(?<![\w]){_WEEKDAY}{_MONTH}\.?[ ]\d{{1,2}}(?:st|nd|rd|th)(?![\w])"), "md"),
     # March 2026
     (re.compile(rf"(?i)(?<![\w])(?:{_MONTH})\.?,?[ ](?:19|20)\d{{2}}(?!\d)"), "my"),
     # 03/2026 (month and year)
@@ -99,23 +120,30 @@ _DATE_RES = [
 ]
 _EMAIL_RE = re.compile(r"(?<![\w.+\-])[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
 _PHONE_RES = [
-    re.compile(r"(?<![\w+])(?:\+?1[ .\-]?)?(?:\(\d{3}\)[ ]?|\d{3}[ .\-])\d{3}[ .\-]\d{4}"
+    re.compile(r"(?<![\w+])(?:\+?1[ .\-]?|00\d{1,3}[ .\-]|011[ .\-])?(?:\(\d{3}\)[ ]?|\d{3}[ .\-])\d{3}[ .\-]\d{4}"
                r"(?:[ ]*(?:x|ext\.?|extension)[ ]*\d{1,5})?(?![\d])"),
-    re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .\-]\(?\d{1,4}\)?){2,4}(?!\d)"),
+    # international: +44 (0)20 7946 0958, +49(0)9244852995, +33 5 59 08 21 23 (groups always separated)
+    re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .\-]?\(\d{1,5}\))?[ .\-]?\d{1,12}(?:[ .\-]\d{1,10}){0,5}(?![\w]|[.,]\d)"),
+    # national with a trunk 0: 020 7946 0958, (037) 0179675, 01632 960 730 (a separator or parenthesis needed)
+    re.compile(r"(?<![\w+.\-/])(?:\(0\d{1,4}\)[ \-]?|0\d{1,4}[ \-])\d{2,8}(?:[ \-]\d{2,4}){0,4}(?![\w\-/]|[.,]\d)"),
+    # nine digits in three groups of three (many European mobile and landline numbers)
+    re.compile(r"(?<![\w+.\-/])\d{3}[ ]\d{3}[ ]\d{3}(?![\w\-/]|[.,]\d)"),
 ]
 _PHONE_KEY_RE = re.compile(
-    r"(?i)\b(?:tel(?:ephone)?|phone|ph|fax|pager|bleep|cell(?:ular)?|mobile|contact[ ]+(?:number|no\.?)|"
-    r"call(?:[ ]+back)?)\b\.?[ ]*(?:no\.?|number|#)?[ ]*[:#]?[ ]*(?P<v>\+?\(?\d[\d ().\-]{5,}\d(?:[ ]*(?:x|ext\.?)"
+    r"(?i)(?:\b(?:tel(?:ephone)?|phone|ph|fax|facsimile|telefax|pager|beeper|bleep|cell(?:ular)?|mobile|"
+    r"contact[ ]+(?:number|no\.?)|call(?:[ ]+back)?|office|home|work|direct|switchboard|hotline|telefon|t[ée]l[ée]fono|"
+    r"telefono|t[ée]l[ée]phone)\b|(?<![\w])[TFPMCHOW](?=[ ]*:)|\((?:f|t|p|m|c|h|o)\))\.?[ ]*(?:no\.?|number|#)?"
+    r"[ ]*[:#]?[ ]*(?P<v>\+?\(?\d[\d ().\-]{5,25}\d(?:[ ]*(?:x|ext\.?)"
     r"[ ]*\d{1,5})?)")
 _ACCESSION_RES = [
     re.compile(r"(?<![\w\-/])[A-Z]{1,4}-?\d{2}-\d{3,7}(?![\w\-])"),
-    re.compile(r"(?<![\w\-/])\d{2,4}-[A-Z]{1,3}-\d{3,7}(?![\w\-])"),
+    re.compile(r"(?<![\w\-/])\d{2,4}-(?i:[A-Z]{1,3})-\d{3,7}(?![\w\-])"),
     re.compile(r"(?<![\w\-])TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}(?:-[A-Z0-9]{2,3}[A-Z]?)*(?![\w\-])"),
 ]
 _ACCESSION_KEY_RE = re.compile(
     r"(?i)\b(?:accession|acc\.|case|surgical[ ]+pathology|path(?:ology)?|lab(?:oratory)?|specimen|"
-    r"requisition|consult(?:ation)?)(?:[ ]+(?:number|no\.?|#|id))?(?:[ ]*[:#]|(?<=accession))[ ]*"
-    r"(?P<v>[A-Z0-9][A-Z0-9\-/.]*\d[A-Z0-9]*)(?![\w\-])")
+    r"requisition|consult(?:ation)?)(?:[ ]+(?:number|no\.?|#|id))?(?:[ ]*[:#]|(?<=accession)|(?<=\.)[ ])[ ]*"
+    r"(?P<v>[A-Z0-9][A-Z0-9\-/.]{0,30}\d[A-Z0-9]{0,20})(?![\w\-])")
 _MRN_KEY_RE = re.compile(
     r"(?i)\b(?:mrn|mr[ ]?#|mr[ ]?no\.?|med(?:ical)?\.?[ ]+rec(?:ord)?s?\.?(?:[ ]+(?:number|no\.?|#))?|"
     r"(?:patient|pt\.?)[ ]+(?:id|identifier|number|no\.?|#)|record[ ]*(?:number|no\.?|#)|"
@@ -123,21 +151,52 @@ _MRN_KEY_RE = re.compile(
     r"health[ ]+(?:card|record)[ ]+(?:number|no\.?)|nhs[ ]+(?:number|no\.?)|account[ ]*(?:number|no\.?|#)|"
     r"acct\.?[ ]*#?|ssn|social[ ]+security[ ]+(?:number|no\.?)|encounter[ ]+(?:id|number|no\.?)|"
     r"id[ ]*(?:number|no\.?|#))(?:[ ]*[:#=][ ]*|[ ]+(?:is[ ]+|was[ ]+)?)"
-    r"(?P<v>[A-Z]{0,4}-?\d[\d.\-/]*\d[A-Z]?|\d{3,4}(?:[ ]\d{3,4}){1,3}(?![ ]*(?:mm|cm)))(?![\w\-])")
+    r"(?P<v>[A-Z]{0,4}-?\d[\d.\-/]{0,30}\d[A-Z]?|\d{3,4}(?:[ ]\d{3,4}){1,3}(?![ ]*(?:mm|cm)))(?![\w\-])")
 _BARE_NUMBER_RE = re.compile(r"(?<![\w.\-/,])\d{7,12}(?![\w.\-/]|,\d)")
 
-_STREET_SUFFIX = (r"(?:Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Court|Ct|Way|Boulevard|Blvd|Place|Pl|"
-                  r"Terrace|Ter|Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Trail|Trl|Crescent|Close|"
-                  r"Alley|Plaza|Loop|Pike|Row)")
+#: street suffixes: the USPS standard suffixes (Publication 28, appendix C1) in their full and common short forms,
+#: and British ones
+_STREET_WORDS = """
+Alley Aly Annex Arcade Avenue Ave Av Bayou Beach Bend Bluff Bluffs Bottom Boulevard Blvd Branch Bridge Brook Brooks
+Burg Burgs Bypass Camp Canyon Cape Causeway Center Centers Circle Cir Circles Cliff Cliffs Close Club Common Commons
+Corner Corners Course Court Ct Courts Cove Coves Creek Crescent Cres Crest Crossing Crossroad Crossroads Curve Dale
+Dam Divide Drive Dr Drives Estate Estates Expressway Expy Extension Ext Fall Falls Ferry Field Fields Flat Flats
+Ford Fords Forest Forge Forges Fork Forks Fort Freeway Fwy Garden Gardens Gdns Gateway Glen Glens Green Greens Grove
+Groves Harbor Harbors Haven Heights Hts Highway Hwy Hill Hills Hollow Inlet Island Islands Isle Junction Junctions
+Key Keys Knoll Knolls Lake Lakes Land Landing Lane Ln Light Lights Loaf Lock Locks Lodge Loop Mall Manor Manors
+Meadow Meadows Mews Mill Mills Mission Motorway Mount Mountain Mountains Neck Orchard Oval Overpass Park Parks Parkway
+Pkwy Parkways Pass Passage Path Pike Pine Pines Place Pl Plain Plains Plaza Plz Point Pt Points Port Ports Prairie
+Radial Ramp Ranch Rapid Rapids Rest Ridge Ridges River Road Rd Roads Route Rte Row Rue Run Shoal Shoals Shore Shores
+Skyway Spring Springs Spur Spurs Square Sq Squares Station Sta Stravenue Stream Street St Streets Summit Terrace Ter
+Throughway Trace Track Trafficway Trail Trl Trailer Tunnel Turnpike Tpke Underpass Union Unions Valley Valleys Via
+Viaduct View Views Village Vlg Villages Ville Vista Walk Walks Wall Way Ways Well Wells Wynd Gate Grange Rise Hill
+""".split()
+_STREET_SUFFIX = "(?:" + "|".join(sorted(set(_STREET_WORDS), key=len, reverse=True)) + ")"
+_UNIT = r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm|Bldg|Building|Box|\#)"
 _STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY "
            "NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY").split()
 _STATE = "(?:" + "|".join(_STATES) + ")"
 _CITY = r"(?:St\.[ ])?[A-Z][a-zA-Z'\-]+(?:[ ][A-Z][a-zA-Z'\-]+){0,2}"
 _ADDRESS_RES = [
     re.compile(rf"(?<![\w.\-])\d{{1,6}}[A-Z]?[ ](?:[NSEW]\.?[ ])?(?:[A-Z][A-Za-z'\-]*\.?[ ]){{1,4}}"
-               rf"{_STREET_SUFFIX}\b\.?(?:,?[ ](?:Apt|Apartment|Suite|Ste|Unit|Flat|\#)\.?[ ]?[\w\-]+)?"
-               rf"(?:,[ ]?{_CITY}(?:,[ ]?{_STATE}\b)?(?:[ ]\d{{5}}(?:-\d{{4}})?)?)?"),
-    re.compile(rf"(?<![\w])(?:{_CITY}),[ ]?{_STATE}[ ]\d{{5}}(?:-\d{{4}})?(?!\d)"),
+               rf"(?i:{_STREET_SUFFIX})\b\.?(?:,?[ ](?i:{_UNIT})\.?[ ]?[\w\-]{{1,8}})?"
+               rf"(?:,[ ]?{_CITY}(?:,[ ]?{_STATE}\b)?(?:[ ]{{1,2}}\d{{5}}(?:-\d{{4}})?)?)?"),
+    re.compile(rf"(?<![\w])(?:{_CITY}),[ ]?{_STATE}[ ]{{1,2}}\d{{5}}(?:-\d{{4}})?(?!\d)"),
+    # European forms: Hauptstraße 5, Müllerstr. 12a, Via Roma 12, ul. Długa 7, 12 rue de la Paix, Calle Mayor 3
+    re.compile(r"(?<![\w])[A-ZÄÖÜ][\wäöüß\-]{1,30}(?:straße|strasse|str\.|weg|gasse|platz|allee|ring|damm|laan|"
+               r"straat|gracht|plein|dreef|kade|singel)[ ]\d{1,4}[a-z]?\b"),
+    re.compile(r"(?<![\w])(?:Via|Viale|Piazza|Piazzale|Corso|Vicolo|Largo|Borgo|Contrada|Vico|Strada|Calle|Avenida|"
+               r"Avda\.|Paseo|Plaza|Ronda|Rambla|Camino|Carretera|Cuesta|Travesía|Glorieta|Pasaje|Callejón|Carrer|"
+               r"Rua|Ul\.|ul\.|Ulica|ulica|Aleja|al\.|Plac|pl\.|Osiedle|os\.)[ ](?:[\w'\-.]{1,30}[ ]){0,4}?"
+               r"[\w'\-.]{1,30},?[ ]\d{1,4}[A-Za-z]?(?:/\d{1,4})?"
+               r"(?:,?[ ](?:Apt|Piso|Puerta|Int|Scala|m)\.?[ ]?\d{1,4})?"
+               r"\b"),
+    # British flats: "Flat 98, Cox Shoal", "Studio 42, Marion Brooks"
+    re.compile(rf"(?<![\w])(?:Flat|Studio|Apartment|Unit|Suite|Room)[ ]\d{{1,4}}[A-Za-z]?,[ ]"
+               rf"(?:[A-Z][A-Za-z'\-]*[ ]){{1,3}}(?i:{_STREET_SUFFIX})\b"),
+    re.compile(r"(?<![\w])\d{1,4}(?:[ ]?bis|[ ]?ter)?,?[ ](?:rue|avenue|boulevard|bd|chemin|allée|place|impasse|"
+               r"quai|route|cours|passage|square)[ ](?:(?:de|du|des|la|le|l'|d')[ ]?){0,2}[\w'\-]{2,30}"
+               r"(?:[ ][A-Z\u00c0-\u00de][\w'\-]{1,30}){0,3}", re.IGNORECASE),
     re.compile(r"(?i)(?<![\w])P\.?[ ]?O\.?[ ]+Box[ ]+\d+"),
 ]
 _ADDRESS_KEY_RE = re.compile(
@@ -145,13 +204,13 @@ _ADDRESS_KEY_RE = re.compile(
     r"\b(?:resides|residing|lives|living)[ ]+(?:at|on)[ ]+(?P<v2>\d[^\n.;]*?)(?=[.;]|[ ]{2,}|$)")
 
 # ----------------------------------------------------------------------------------------------- names
-_UP = "A-Z\u00c0-\u00d6\u00d8-\u00de"  # capitals, Latin-1 included ("Sørensen", "ÉMILE")
+_UP = "A-Z\u00c0-\u00d6\u00d8-\u00de\u0100-\u017f"  # capitals, Latin-1 included ("Sørensen", "ÉMILE")
 _LO = "a-z\u00df-\u00f6\u00f8-\u00ff\u0100-\u017f"
 _TOKEN_RE = re.compile(rf"(?:[{_UP}]['\u2019])?[{_UP}][{_LO}]+(?:[{_UP}][{_LO}]+)?(?:-[{_UP}][{_LO}]+)*|"
                        rf"[{_UP}]{{2,}}(?:['\-][{_UP}]+)*|[{_UP}]\.")
 _NAME_WORD = r"[^\W\d_][\w'\u2019\-]+"
 _PARTICLES = frozenset("van von de del della da di la le du der den ter bin ben al el st. st".split())
-_TITLE_RE = re.compile(r"\b(?:Dr|DR|Drs|Mr|Mrs|Ms|Mx|Miss|Prof|Professor|Doctor|DOCTOR)\b\.?[ ]+")
+_TITLE_RE = re.compile(r"\b(?:Dr|DR|Drs|Mr|Mrs|Ms|Mx|Miss|Prof|Professor|Doctor|DOCTOR)\b(?:\.?[ ]+|\.(?=[A-Z]))")
 _CREDENTIALS = frozenset("md m.d. m.d do d.o. phd ph.d. mbbs mbchb frcpath fcap frcpc dnp pa-c cnp facp faap"
                          .split())
 _CREDENTIAL_RE = re.compile(r",?[ ]+(?:M\.D\.|MD|D\.O\.|Ph\.?D\.?|MBBS|MBChB|FRCPath|FCAP|FRCPC|DNP|PA-C)(?![\w])")
@@ -178,8 +237,12 @@ _NAME_KEY_RE = re.compile(
     r"physician|surgeon|pathologist|resident|fellow|attending|clinician|provider|consultant|"
     r"copy[ ]+to|cc|next[ ]+of[ ]+kin|emergency[ ]+contact|contact[ ]+person|guarantor|"
     r"(?:grossed|dictated|transcribed|prepared|reviewed|verified|(?:electronically[ ]+)?signed(?:[ ]+out)?|"
-    r"authenticated|seen|referred|examined|interpreted|accessioned)[ ]+by|"
-    r"discussed[ ]+with|communicated[ ]+to|called[ ]+to|reported[ ]+to|relayed[ ]+to|faxed[ ]+to|"
+    r"authenticated|seen|referred|examined|interpreted|accessioned|completed|performed|entered|approved|"
+    r"released|requested|ordered|submitted)[ ]+by|(?:referring|ordering|submitting|requesting|sender|einsender|"
+    r"requester|from)[ ]*:|"
+    r"(?:report|letter|note|opinion|review|consultation|consult|diagnosis|interpretation)[ ]+(?:rendered[ ]+)?by|"
+    r"re[ ]*:|regarding[ ]*:|discussed[ ]+with|communicated[ ]+to|called[ ]+to|reported[ ]+to|relayed[ ]+to|"
+    r"faxed[ ]+to|"
     r"(?:labell?ed|marked)[ ]+(?:with[ ]+)?(?:the[ ]+)?(?:patient(?:'s)?[ ]+)?name(?:[ ]+of)?|"
     r"(?:his|her|their|the[ ]+patient's)[ ]+(?:wife|husband|son|daughter|mother|father|sister|brother|"
     r"spouse|partner|friend|caregiver|niece|nephew)(?=[ ]*,?[ ]*[A-Z])[ ]*,?|"
@@ -212,7 +275,7 @@ _PROTECT_RES = [
     re.compile(r"(?i)\(\d+[ ]*/[ ]*\d+\)"),
     re.compile(r"(?i)\b\d+[ ]*(?:/|per)[ ]*\d+[ ]*(?:hpf|high[- ]power[ ]+fields?|mm2)\b"),
     re.compile(r"(?<![\w\-])[A-Z]\d{1,2}(?:[ ]*(?:-|to|through|and)[ ]*[A-Z]?\d{1,2})?(?![\w\-])"),
-    re.compile(r"(?i)\b\d{1,3}[- ](?:year|yr|month|week|day)s?[- ]old\b"),
+    re.compile(r"(?i)\b(?:[1-8]?\d[- ](?:year|yr)s?|\d{1,3}[- ](?:month|week|day)s?)[- ]old\b"),
     re.compile(r"(?i)\bICD-?(?:9|10|11|O)(?:-\d)?(?:-CM)?\b|(?<![\w.])[A-Z]\d{2}\.\d{1,2}(?![\w])"),
     re.compile(r"(?i)\bAJCC[ ]+\d{1,2}(?:st|nd|rd|th)?(?:[ ]+edition)?\b"),
     re.compile(r"(?i)\b(?:CD|CK|p)[ ]?\d{1,3}[a-z]?(?![\w]|-\d)|\bAE1/AE3\b|\bCAM[ ]?5\.2\b"),
@@ -255,10 +318,12 @@ def _dates(text: str) -> list[_Cand]:
 
 
 def _simple(text: str) -> list[_Cand]:
-    out = [_Cand("EMAIL", m.start(), m.end(), _PATTERN) for m in _EMAIL_RE.finditer(text)]
+    out = [_Cand("EMAIL", m.start(), m.end(), _EXACT) for m in _EMAIL_RE.finditer(text)]
     for pattern in _PHONE_RES:
         for m in pattern.finditer(text):
-            if sum(ch.isdigit() for ch in m.group()) >= 10 or m.group().startswith("+"):
+            digits = sum(ch.isdigit() for ch in m.group())
+            if digits >= 10 or (m.group().startswith(("+", "(0", "0")) and 9 <= digits <= 15) or digits == 9 \
+                    or (m.group().startswith("+") and digits >= 8):
                 out.append(_Cand("PHONE", m.start(), m.end(), _PATTERN))
     for m in _PHONE_KEY_RE.finditer(text):
         if sum(ch.isdigit() for ch in m["v"]) >= 7:
@@ -305,8 +370,8 @@ def _is_stop(token: str, followed_by: str) -> bool:
 
 def _scan_name(text: str, pos: int, first_free: bool = True, max_tokens: int = 4) -> int | None:
     """End offset of a name starting at ``pos`` (capitalised tokens, particles, initials, one 'LAST, First')."""
-    lead = re.match(r"(?:(?:van|von|de|del|della|da|di|la|le|du|der|den|ter)[ ])+(?=[A-Z])", text[pos:])
-    m = _token_at(text, pos + (lead.end() if lead else 0))  # "Dr. de la Cruz"
+    lead = _LEAD_PARTICLES_RE.match(text, pos)
+    m = _token_at(text, lead.end() if lead else pos)  # "Dr. de la Cruz"
     if not m:
         return None
     if lead:
@@ -335,9 +400,9 @@ def _scan_name(text: str, pos: int, first_free: bool = True, max_tokens: int = 4
         # particles: "van", "de la"
         probe = nxt
         while True:
-            pm = re.match(r"[A-Za-z.]+", text[probe:])
-            if pm and pm.group().lower() in _PARTICLES and text.startswith(" ", probe + pm.end()):
-                probe += pm.end() + 1
+            pm = _LETTERS_RE.match(text, probe)
+            if pm and pm.group().lower() in _PARTICLES and text.startswith(" ", pm.end()):
+                probe = pm.end() + 1
             else:
                 break
         t = _token_at(text, probe)
@@ -350,6 +415,51 @@ def _scan_name(text: str, pos: int, first_free: bool = True, max_tokens: int = 4
         count += 1
     # a trailing initial's period belongs to the name; a sentence-final period does not
     return end
+
+
+_LEAD_PARTICLES_RE = re.compile(r"(?:(?:van|von|de|del|della|da|di|la|le|du|der|den|ter)[ ])+(?=[A-Z])")
+_LETTERS_RE = re.compile(r"[A-Za-z.]+")
+_SPACE_INITIAL_RE = re.compile(r"[ ](?:[A-Z]\.[ ])?")
+_COMMA_RE = re.compile(r",[ ]?")
+_SPACE_DIGIT_RE = re.compile(r"[ ]?\d")
+_INITIAL_AFTER_RE = re.compile(r"[ ][A-Z]\.")
+_LOWER_NAME_KEY_RE = re.compile(
+    r"\b(?:(?:patient(?:'s)?[ ]+name|pt[ ]+name|full[ ]+name|name|patient|surname|last[ ]+name|first[ ]+name|"
+    r"given[ ]+name|re)[ ]*:?|(?:dictated|transcribed|signed|reviewed|grossed|prepared|verified|examined|seen|"
+    r"referred|discussed)(?:[ ]+(?:out|electronically))?(?:[ ]+(?:by|with))?(?:[ ]+(?:dr\.?|doctor|prof\.?|mr\.?|"
+    r"mrs\.?|ms\.?))?|(?:dr\.?|doctor|prof\.?|professor|mr\.?|mrs\.?|ms\.?)|labell?ed[ ]+[\"'])[ ]+"
+    r"(?=[a-z\u00df-\u00ff])")
+_LOWER_TOKEN_RE = re.compile(r"[a-z\u00df-\u00ff\u0100-\u017f][\w'\u2019\-]*\.?")
+
+
+def _unknown_word(token: str) -> bool:
+    low = token.lower()
+    return low not in KNOWN_WORDS and low not in EPONYMS and low not in _NAME_STOP and low not in _HEADER_WORDS
+
+
+def _lower_names(text: str) -> list[_Cand]:
+    """Names in lower-case text after an explicit field ("name: swen z. muehle chart # ..."): up to four words,
+    stopping at a field, function or medical word."""
+    out = []
+    for m in _LOWER_NAME_KEY_RE.finditer(text):
+        pos, end, count = m.end(), None, 0
+        while count < 4:
+            t = _LOWER_TOKEN_RE.match(text, pos)
+            if not t:
+                break
+            word = t.group().rstrip(".")
+            initial = len(word) == 1 and t.group().endswith(".")
+            if not initial and (word.lower() in _NAME_STOP or word.lower() in KNOWN_WORDS or any(
+                    ch.isdigit() for ch in word)):
+                break
+            end, count = t.end() if initial else t.start() + len(word), count + 1
+            gap = 2 if text.startswith(", ", t.end()) and count == 1 else 1  # "caccianemico, donatello"
+            if not text.startswith(" " if gap == 1 else ", ", t.end()) or text.startswith("  ", t.end()):
+                break
+            pos = t.end() + gap
+        if end:
+            out.append(_Cand("NAME", m.end(), end, _KEYED))
+    return out
 
 
 def _names(text: str) -> list[_Cand]:
@@ -396,22 +506,31 @@ def _names(text: str) -> list[_Cand]:
         token = m.group()
         low = token.lower()
         if low in FIRST_NAMES and low not in EPONYMS and not _is_stop(token, text[m.end():m.end() + 2]):
-            rest = re.match(r"[ ](?:[A-Z]\.[ ])?", text[m.end():])
+            rest = _SPACE_INITIAL_RE.match(text, m.end())
             if rest:
-                t = _token_at(text, m.end() + rest.end())
+                t = _token_at(text, rest.end())
                 if t and t.group().lower() not in KNOWN_WORDS and t.group().lower() not in EPONYMS \
                         and t.group().lower() not in _NAME_STOP:
                     out.append(_Cand("NAME", m.start(), t.end(), _LIST))
         if low not in KNOWN_WORDS and low not in EPONYMS and low not in _NAME_STOP:
-            comma = re.match(r",[ ]?", text[m.end():])
+            comma = _COMMA_RE.match(text, m.end())
             if comma:
-                t = _token_at(text, m.end() + comma.end())
+                t = _token_at(text, comma.end())
                 if t and t.group().lower() in FIRST_NAMES and (token.isupper() == t.group().isupper()):
                     out.append(_Cand("NAME", m.start(), t.end(), _LIST))
+                elif t and len(token) >= 3 and len(t.group()) >= 3 and _unknown_word(t.group()) \
+                        and (token.isupper() or _INITIAL_AFTER_RE.match(text, t.end())):
+                    # "AMORES, Margarita", "Kazubek, Liwia W.": two words no list knows, in "LAST, First" form
+                    out.append(_Cand("NAME", m.start(), t.end(), _LIST))
             if low in LAST_NAMES and m.start() > 1 and re.search(r"[a-z,][ ]$", text[max(0, m.start() - 2):m.start()]) \
-                    and not re.match(r"[ ]?\d", text[m.end():]):
+                    and not _SPACE_DIGIT_RE.match(text, m.end()):
                 out.append(_Cand("NAME", m.start(), m.end(), _LIST))
     return out
+
+
+_LITERAL_TYPES = frozenset(("MRN", "ACCESSION", "ID", "ACCOUNT", "HEALTH_PLAN", "DEVICE", "LICENSE", "SSN", "PHONE",
+                           "EMAIL", "URL", "IP"))
+_ALWAYS_KEPT = frozenset(("EMAIL", "PHONE", "URL", "IP", "SSN", "AGE", "ADDRESS"))
 
 
 def _propagate(text: str, chosen: list[_Cand], extra_names: Iterable[str]) -> list[_Cand]:
@@ -423,31 +542,65 @@ def _propagate(text: str, chosen: list[_Cand], extra_names: Iterable[str]) -> li
         value = text[cand.start:cand.end]
         if cand.type == "NAME":
             name_tokens.update(re.findall(_NAME_WORD, value))
-        elif cand.type in ("MRN", "ACCESSION", "PHONE", "EMAIL") and len(value) >= 5:
+        elif cand.type in _LITERAL_TYPES and len(value) >= 5:
             literal.add((cand.type, value))
     for name in extra_names:
         name_tokens.update(re.findall(_NAME_WORD, name))
-    usable = {t for t in name_tokens if len(t) >= 3 and t.lower() not in KNOWN_WORDS and t.lower() not in EPONYMS
-              and t.lower() not in _NAME_STOP and t.lower() not in _PARTICLES and t.lower() not in _TITLE_WORDS}
-    for token in usable:
-        for m in re.finditer(rf"(?<!\w){re.escape(token)}(?!\w)", text, re.IGNORECASE):
-            out.append(_Cand("NAME", m.start(), m.end(), _LIST))
-    for kind, value in literal:
-        for m in re.finditer(rf"(?<![\w\-]){re.escape(value)}(?![\w\-])", text):
-            out.append(_Cand(kind, m.start(), m.end(), _LIST))
+    usable = {t.lower() for t in name_tokens if len(t) >= 3 and t.lower() not in KNOWN_WORDS
+              and t.lower() not in EPONYMS and t.lower() not in _NAME_STOP and t.lower() not in _PARTICLES
+              and t.lower() not in _TITLE_WORDS}
+    if usable:  # one pass over the words of the text, each checked whole and by its hyphen / apostrophe parts
+        for m in _WORD_RUN_RE.finditer(text):
+            if m.group().lower() in usable:
+                out.append(_Cand("NAME", m.start(), m.end(), _LIST))
+                continue
+            for part in _WORD_PART_RE.finditer(m.group()):
+                if part.group().lower() in usable:
+                    out.append(_Cand("NAME", m.start() + part.start(), m.start() + part.end(), _LIST))
+    for kind, value in sorted(literal)[:MAX_PROPAGATED_VALUES]:
+        start = text.find(value)
+        while start != -1:
+            end = start + len(value)
+            if not (start and (text[start - 1].isalnum() or text[start - 1] in "-_")) and not (
+                    end < len(text) and (text[end].isalnum() or text[end] in "-_")):
+                out.append(_Cand(kind, start, end, _LIST))
+            start = text.find(value, end)
     return out
 
 
+#: at most this many distinct numbers, phones and e-mails are searched again in the whole text (each search is a
+#: pass over the text; a report with more has them found where they are by the patterns anyway)
+MAX_PROPAGATED_VALUES = 200
+_WORD_RUN_RE = re.compile(r"[^\W\d_][\w'\u2019\-]*[^\W_]|[^\W\d_]")
+_WORD_PART_RE = re.compile(r"[^\W_]+")
+
+
 def _select(cands: list[_Cand], protected: list[tuple[int, int]]) -> list[_Cand]:
-    """Drop unkeyed candidates that touch a clinical term, then keep non-overlapping spans, best first."""
-    kept = [c for c in cands if c.end > c.start and (c.priority >= _KEYED or c.type in ("EMAIL", "PHONE")
-                                                     or not any(_overlaps((c.start, c.end), p) for p in protected))]
-    order = sorted(kept, key=lambda c: (-c.priority, -(c.end - c.start), c.start))
-    chosen: list[_Cand] = []
-    for cand in order:
-        if not any(_overlaps((cand.start, cand.end), (c.start, c.end)) for c in chosen):
-            chosen.append(cand)
-    return sorted(chosen, key=lambda c: c.start)
+    """Drop unkeyed candidates that touch a clinical term, then merge overlapping spans into one (typed by the
+    longest of them, then by priority: "12 Main St, Springfield, MA 02719" is an ADDRESS)."""
+    size = max((c.end for c in cands), default=0)
+    clinical = bytearray(size)
+    for start, end in protected:
+        if start < size:
+            clinical[start:min(end, size)] = b"\x01" * (min(end, size) - start)
+    kept = [c for c in cands if c.end > c.start and (c.priority >= _KEYED or c.type in _ALWAYS_KEPT
+                                                     or clinical.find(1, c.start, c.end) == -1)]
+    merged: list[_Cand] = []
+    best: _Cand | None = None
+    for cand in sorted(kept, key=lambda c: (c.start, -c.end)):
+        if merged and cand.start < merged[-1].end:  # overlapping spans are one span, typed by its best rule
+            last = merged[-1]
+            if best is None or (cand.end - cand.start, cand.priority) > (best.end - best.start, best.priority):
+                best = cand
+            merged[-1] = _Cand(best.type, last.start, max(last.end, cand.end), max(last.priority, cand.priority))
+        else:
+            merged.append(cand)
+            best = cand
+    return merged
+
+
+#: the structural rules of :mod:`pathmm_pipeline.reports.phi_rules`, run on every text
+_STRUCTURAL_RULES = (labelled_ids, social_security_numbers, ages_over_89, urls, ip_addresses, places, institutions)
 
 
 def deidentify(text: str, extra_names: Iterable[str] = ()) -> DeidResult:
@@ -457,7 +610,9 @@ def deidentify(text: str, extra_names: Iterable[str] = ()) -> DeidResult:
     removed wherever it occurs, like names found in the text itself.
     """
     protected = _protected(text)
-    cands = _dates(text) + _simple(text) + _names(text)
+    cands = _dates(text) + _simple(text) + _names(text) + _lower_names(text)
+    for rule in _STRUCTURAL_RULES:
+        cands += rule(text)
     chosen = _select(cands, protected)
     extra = _propagate(text, chosen, extra_names)
     if extra:

@@ -115,3 +115,46 @@ def test_bad_annotations_and_spans_are_refused():
     good = PlantedReport(text, [("NAME", 12, 22, "Lori Adams")], [], "hand")
     with pytest.raises(ValueError, match="outside the text"):
         score_deid([good], lambda t: _spans([(12, 99)]))
+
+
+# ------------------------------------------------------------------------------------------------ deidentify itself
+def test_deidentify_recall_on_a_held_out_faker_corpus():
+    """Seed 1 was used while writing the rules; seeds 2 and 7 were not. Measured on 300 reports of seed 2: 0.979
+    overall, every category >= 0.91, no clinical term removed; the bounds leave room for a different draw."""
+    from pathmm_pipeline.reports.deid import deidentify
+
+    score = score_deid(build_safe_harbor_corpus(120, seed=7), deidentify)
+    table = score.table().set_index("category")
+    assert table.loc["ALL", "recall"] >= 0.95, table
+    assert (table["recall"] >= 0.8).all(), table
+    assert score.false_removals == []
+
+
+@pytest.mark.parametrize("text, survivor", [
+    ("Images at https://slides.example-hospital.org/view?id=88 and www.path-lab.com/cases.", "example-hospital"),
+    ("Uploaded from workstation 10.12.200.7 and 2001:db8:85a3::8a2e:370:7334 today.", "370"),
+    ("A 93-year-old woman; the other patient, aged 91, declined.", "93"),
+    ("A 93-year-old woman; the other patient, aged 91, declined.", "91"),
+    ("Record MRN0048229 reviewed.", "0048229"),
+    ("Guarantor 219-09-9999 on file; plan W2337970128.", "219-09-9999"),
+    ("Member ID: QBZ173110067, Medicare No. 301988822J.", "301988822J"),
+    ("Seen in clinic on the 3rd of March for follow-up.", "3rd"),
+    ("Patient lives in Springfield, Vermont 05156 with family.", "05156"),
+    ("Patient lives in Springfield, Vermont 05156 with family.", "Springfield"),
+    ("Outside slides from Mount Sinai Hospital were reviewed.", "Sinai"),
+    ("Pacemaker generator, Serial number: (01)00884838000001(21)AB1234, explanted.", "00884838000001"),
+    ("NPI: 1234567893; DEA # AB1234563.", "AB1234563"),
+    ("Called to the OR at +44 (0)20 7946 0958 and 020 7946 0959.", "7946"),
+])
+def test_formats_the_old_rules_missed_are_removed(text, survivor):
+    from pathmm_pipeline.reports.deid import deidentify
+
+    assert survivor not in deidentify(text).text
+
+
+def test_young_ages_and_clinical_terms_stay():
+    from pathmm_pipeline.reports.deid import deidentify
+
+    text = ("A 67-year-old man, age 89. Gleason 4+3=7, pT2a pN0, 12 mm, Ki-67 30 %, Grade 2, 1 of 12 lymph nodes. "
+            "Stage IIIA (AJCC 8th edition). Specimen A1-A12.")
+    assert deidentify(text).text == text
