@@ -85,6 +85,17 @@ def test_dag_writes_every_output_with_provenance(workdir):
     assert {Path(s.path).name for s in stores} >= {"P1-A.parquet", "P2-A.parquet"}
 
 
+def test_no_identifier_of_a_raw_report_is_anywhere_in_results(workdir):
+    """With deid on, no file of the results tree holds the raw reports' identifiers: tables, logs, provenance,
+    store attributes, and the embedding store's token ids decoded back to text."""
+    from leak_scan import find_in_results, texts_under
+
+    results = workdir / "results"
+    assert any("input_ids" in str(path) for path, _ in texts_under(results))  # the token ids are read back
+    assert find_in_results(results, ["John Smith", "Smith", "Mary Jones", "Jones", "4829-113"]) == []
+    assert find_in_results(results, ["muscularis propria"])  # the scan does see the reports' text
+
+
 def test_nothing_to_do_after_a_full_run(workdir):
     assert planned_jobs(workdir) == {}
 
