@@ -1,7 +1,9 @@
 # Shared definitions: the validated sample sheet and the output layout. The only writes at parse time are the
 # content-addressed caches and list files under .snakemake/pathmm/ (pathmm_pipeline.plan.samplesheet / .lists).
 import json
+import os
 import shlex
+import sys
 from pathlib import Path
 
 from pathmm_pipeline.core.errors import PathmmError
@@ -14,6 +16,13 @@ from pathmm_pipeline.plan.samplesheet import validated_samplesheet
 from pathmm_pipeline.preprocess.samplesheet import slide_entries
 
 RESULTS = config["results"]
+
+# Every rule calls `pathmm`: the one installed beside the Python that runs Snakemake, so the DAG runs from a shell
+# whose PATH lacks the venv (a SLURM job re-parses this file with the same interpreter). A rule's conda
+# environment, when activated, puts its own bin first again.
+_PATHMM_BIN = Path(sys.executable).parent
+if (_PATHMM_BIN / "pathmm").exists() and str(_PATHMM_BIN) not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = f"{_PATHMM_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
 try:  # validated in full by the main process; a cluster job reads its cache of the same content
     SAMPLES = validated_samplesheet(config["samplesheet"], config["cancer_types"], config["labels"],
