@@ -10,6 +10,8 @@ or an altered one, fails with the store, array and chunk named.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,27 +40,60 @@ class ArraySpec:
     chunks: tuple[int, ...] | None = None
 
 
-def _chunks_for(spec: ArraySpec) -> tuple[int, ...]:
-    if spec.chunks is not None:
-        return tuple(max(1, min(c, s)) if s else max(1, c) for c, s in zip(spec.chunks, spec.data.shape))
-    return tuple(max(1, s) for s in spec.data.shape)
+def _chunks_for(shape: tuple[int, ...], chunks: tuple[int, ...] | None) -> tuple[int, ...]:
+    if chunks is not None:
+        return tuple(max(1, min(c, s)) if s else max(1, c) for c, s in zip(chunks, shape))
+    return tuple(max(1, s) for s in shape)
+
+
+class StoreWriter:
+    """A store being written under its temporary path (:func:`writing_store`): whole arrays (:meth:`write`) or
+    arrays created empty and filled a block of rows at a time (:meth:`create`), then :meth:`finish`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.group = zarr.open_group(str(root), mode="w", zarr_format=3)
+        self.finished = False
+
+    def create(self, name: str, shape: tuple[int, ...], dtype: Any, dims: tuple[str, ...],
+               chunks: tuple[int, ...] | None = None) -> zarr.Array:
+        """An empty array (fill value zero) with the chunking :func:`write_store` gives the same shape."""
+        if len(dims) != len(shape):
+            raise ValueError(f"array {name!r}: {len(shape)} dims but names {dims}")
+        return self.group.create_array(name, shape=shape, dtype=dtype, chunks=_chunks_for(tuple(shape), chunks),
+                                       dimension_names=dims)
+
+    def write(self, name: str, spec: ArraySpec) -> None:
+        """One whole array."""
+        array = self.create(name, spec.data.shape, spec.data.dtype, spec.dims, spec.chunks)
+        if spec.data.size:
+            array[...] = spec.data
+
+    def finish(self, attrs: dict[str, Any], provenance: dict[str, Any]) -> None:
+        """One metadata write: attributes, the content digests and the provenance that marks the store complete."""
+        self.group.update_attributes({**jsonable(attrs), CONTENT_KEY: content_digests(self.root),
+                                      "provenance": jsonable(provenance)})
+        self.finished = True
+
+
+@contextmanager
+def writing_store(path: str | os.PathLike[str]) -> Iterator[StoreWriter]:
+    """A :class:`StoreWriter` on a temporary sibling of ``path``, renamed to ``path`` once finished; an error, or
+    a block that never calls :meth:`StoreWriter.finish`, leaves nothing at ``path``."""
+    with atomic_path(path) as tmp:
+        writer = StoreWriter(Path(tmp))
+        yield writer
+        if not writer.finished:
+            raise RuntimeError(f"{path}: store written without StoreWriter.finish (no provenance)")
 
 
 def write_store(path: str | os.PathLike[str], arrays: dict[str, ArraySpec], attrs: dict[str, Any],
                 provenance: dict[str, Any]) -> Path:
     """Write a Zarr v3 group at ``path`` atomically: arrays, then ``attrs``, then ``provenance``."""
-    with atomic_path(path) as tmp:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    with writing_store(path) as store:
         for name, spec in arrays.items():
-            if len(spec.dims) != spec.data.ndim:
-                raise ValueError(f"array {name!r}: {spec.data.ndim} dims but names {spec.dims}")
-            array = group.create_array(name, shape=spec.data.shape, dtype=spec.data.dtype,
-                                       chunks=_chunks_for(spec), dimension_names=spec.dims)
-            if spec.data.size:
-                array[...] = spec.data
-        # one metadata write: attributes, the content digests and the provenance that marks the store complete
-        group.update_attributes({**jsonable(attrs), CONTENT_KEY: content_digests(tmp),
-                                 "provenance": jsonable(provenance)})
+            store.write(name, spec)
+        store.finish(attrs, provenance)
     return Path(path)
 
 

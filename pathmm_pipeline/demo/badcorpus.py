@@ -109,6 +109,9 @@ def build_bad_corpus(root: str | os.PathLike[str]) -> list[BadInput]:
     empty_report.write_text("")
     binary_report = root / "reports" / "binary.txt"
     binary_report.write_bytes(bytes(range(256)) * 8)
+    huge_report = root / "reports" / "huge_1mb.txt"  # one report pasted 600 times: past reports.max_chars
+    sentence = "FINAL DIAGNOSIS: invasive urothelial carcinoma, high grade, invading the muscularis propria.\n"
+    huge_report.write_text(sentence * (1_050_000 // len(sentence) + 1))
 
     seg = ("segment", "--store", "{out}", "--geojson", "{out}.geojson", "--thumbnail", "{out}.png")
     manifest = ("--out", "{out}", "--settings", '{"cancer_types": ["BLCA", "STAD"]}')
@@ -153,4 +156,7 @@ def build_bad_corpus(root: str | os.PathLike[str]) -> list[BadInput]:
         BadInput("binary file posing as a report", binary_report,
                  ("clean-report", str(binary_report), "--patient", "P1", "--out", "{out}"), True,
                  ("binary.txt", "binary"), "export the report as UTF-8 text"),
+        BadInput("1 MB report", huge_report, ("clean-report", str(huge_report), "--patient", "P1", "--out", "{out}"),
+                 True, ("huge_1mb.txt", "too long", "characters", "1,000,000", "reports.max_chars"),
+                 "split the file if it holds several reports, or raise reports.max_chars"),
     ]

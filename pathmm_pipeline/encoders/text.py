@@ -160,6 +160,10 @@ class TextEncoder:
         """Content token ids of the whole text (no special tokens, no truncation)."""
         return list(self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])
 
+    def window_lengths(self, text: str) -> list[int]:
+        """The length (special tokens included) of each window :meth:`encode` cuts ``text`` into, in order."""
+        return [end - start + 2 for start, end in plan_windows(len(self.tokenize(text)), self.window, self.overlap)]
+
     def _wrap(self, ids: list[int]) -> list[int]:
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         if cls_id is None or sep_id is None:  # e.g. RoBERTa-style: use bos/eos

@@ -19,6 +19,10 @@
 5. **Paragraph unwrapping and stray-space repair** -- wrapped lines are joined; a word broken by a stray space
    ("carci noma") is joined only when the joined form is in the embedded vocabulary and the two pieces are not
    both real words ("a typical" is never joined into "atypical").
+
+Every step is linear in the text's length: no pattern re-scans from a later start what it has already scanned,
+and disclaimer sentences are found by merging one pass over the sentence ends with one over the disclaimer
+phrases, so a report without full stops, or on one long line, costs what its size says.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from pathmm_pipeline.reports.vocab import COMMON_WORDS, KNOWN_WORDS
+
+#: the default limit on a report's length in characters (``reports.max_chars``); a longer file is refused
+MAX_REPORT_CHARS = 1_000_000
 
 SECTION_KEYS: tuple[str, ...] = ("diagnosis", "microscopic", "gross", "comment", "clinical_history", "other")
 
@@ -61,8 +68,11 @@ _PAGE_RE = re.compile(r"(?i)\bpage[ ]*\d+[ ]*(?:of|/)[ ]*\d+\b|^[ ]*-[ ]*\d+[ ]*
 _TITLE_LINE_RE = re.compile(
     r"(?i)^[ ]*(?:(?:surgical|anatomic|cytology|final|amended|corrected)[ ]+)*(?:pathology|cytopathology|"
     r"histopathology|consultation)[ ]+report[ ]*$|"
-    r"^[ ]*(?:department|division|laboratory|institute|dept\.?)[ ]+of[ ]+[A-Za-z ,&/-]*(?:pathology|laboratory|"
-    r"medicine)[A-Za-z ,&/-]*?(?:[ ]*$|[ ]{2,}.*$|[ ]+(?:tel|phone|fax)\b.*$)")
+    # the earliest "pathology|laboratory|medicine" is committed to (an atomic group): trying every later one
+    # again was quadratic; on a line (no newline) the tail below accepts exactly what "[ ]*$", "[ ]{2,}.*$" and
+    # "[ ]+(?:tel|phone|fax)\b.*$" did
+    r"^[ ]*(?:department|division|laboratory|institute|dept\.?)[ ]+of(?>[ ]+[A-Za-z ,&/-]*?(?:pathology|"
+    r"laboratory|medicine))[A-Za-z ,&/-]*?(?:$|[ ]{2}|[ ](?:tel|phone|fax)\b)")
 _INSTITUTION_RE = re.compile(
     r"(?i)^[ ]*(?:[A-Z][\w.'&-]*[ ]+){0,6}(?:medical[ ]+cent(?:er|re)|hospital|university[ ]+hospital|"
     r"health(?:care)?[ ]+system|clinic|cancer[ ]+cent(?:er|re)|laborator(?:y|ies))[ ]*(?:[-,].*)?$")
@@ -81,9 +91,11 @@ _SIGNATURE_RE = re.compile(
 _CREDENTIAL_LINE_RE = re.compile(
     r"^[ ]*(?:Dr\.?[ ]+)?(?:\[NAME\]|[A-Z][A-Za-z.'-]+(?:[ ]+[A-Z][A-Za-z.'-]+){0,3}),?[ ]+"
     r"(?:M\.?D\.?|D\.?O\.?|Ph\.?D\.?|MBBS|FRCPath|FCAP)(?:[ ,]+(?:M\.?D\.?|Ph\.?D\.?|FCAP|FRCPath|FRCPC))*[ ]*$")
-_SENTENCE_PART = r"(?:[^.]|\.(?!\s|$)|(?<=\b[A-Z])\.)"  # a period ends a sentence unless after an initial ("U.S.")
-_DISCLAIMER_RE = re.compile(
-    r"(?s)(?<![^\s.])" + _SENTENCE_PART + r"*?(?i:this[ ]+test[ ]+was[ ]+developed|performance[ ]+"
+# a period followed by a space or the end ends a sentence, unless it follows an initial ("U.S.")
+_SENTENCE_END_RE = re.compile(r"(?<!\b[A-Z])\.(?=\s|$)")
+# a sentence holding one of these is boilerplate (no period inside any of them: each lies within one sentence)
+_DISCLAIMER_KEY_RE = re.compile(
+    r"(?i:this[ ]+test[ ]+was[ ]+developed|performance[ ]+"
     r"characteristics[ ]+(?:were|have[ ]+been)[ ]+determined|has[ ]+not[ ]+been[ ]+(?:cleared|approved)"
     r"(?:[ ]+or[ ]+(?:cleared|approved))?[ ]+by|food[ ]+and"
     r"[ ]+drug[ ]+administration|clinical[ ]+laboratory[ ]+improvement[ ]+amendments|\bCLIA\b|"
@@ -91,13 +103,14 @@ _DISCLAIMER_RE = re.compile(
     r"if[ ]+you[ ]+have[ ]+received[ ]+this[ ]+(?:report|document|communication)[ ]+in[ ]+error|"
     r"unauthori[sz]ed[ ]+(?:review|use|disclosure)|this[ ]+report[ ]+(?:has[ ]+been|was)[ ]+"
     r"electronically[ ]+signed|the[ ]+(?:above|following)[ ]+diagnosis[ ]+(?:is|was)[ ]+based[ ]+on[ ]+"
-    r"(?:my|the)[ ]+personal[ ]+(?:review|examination))" + _SENTENCE_PART + r"*(?:\.|$)")
+    r"(?:my|the)[ ]+personal[ ]+(?:review|examination))")
 
 _INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"), None)
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-",
                          "\u2014": "-", "\u2212": "-", "\u2022": "-"})
 _WORD = r"[A-Za-z]+"
-_HYPHEN_BREAK_RE = re.compile(rf"(?P<a>{_WORD})-[ ]*\n[ ]*(?P<b>[A-Za-z0-9]+)")
+# starts only at a word's first letter: a start inside a long run of letters re-scanned the run (quadratic)
+_HYPHEN_BREAK_RE = re.compile(rf"(?<![A-Za-z])(?P<a>{_WORD})-[ ]*\n[ ]*(?P<b>[A-Za-z0-9]+)")
 _LIST_ITEM_RE = re.compile(r"^(?:[-*+]|\(?[A-Za-z0-9]{1,2}[.)])[ ]+")
 
 
@@ -216,20 +229,41 @@ def _unwrap(block: str) -> str:
     paragraphs: list[str] = []
     for para in re.split(r"\n\s*\n", block):
         lines = [ln.strip() for ln in para.split("\n") if ln.strip()]
-        merged: list[str] = []
+        merged: list[list[str]] = []  # the lines of each paragraph line, joined once (not re-copied per line)
         for ln in lines:
-            if merged and not _LIST_ITEM_RE.match(ln) and not merged[-1].endswith(":"):
-                merged[-1] = f"{merged[-1]} {ln}"
+            if merged and not _LIST_ITEM_RE.match(ln) and not merged[-1][-1].endswith(":"):
+                merged[-1].append(ln)
             else:
-                merged.append(ln)
+                merged.append([ln])
         if merged:
-            paragraphs.append("\n".join(merged))
+            paragraphs.append("\n".join(" ".join(pieces) for pieces in merged))
     return "\n\n".join(paragraphs)
+
+
+def remove_disclaimers(text: str) -> tuple[str, int]:
+    """Replace each sentence holding disclaimer wording by a space; returns the text and the sentences removed.
+
+    Linear: the sentence ends and the disclaimer phrases are each found in one pass, then merged.
+    """
+    keys = (m.start() for m in _DISCLAIMER_KEY_RE.finditer(text))
+    key = next(keys, None)
+    pieces: list[str] = []
+    start = removed = 0
+    for end in [m.end() for m in _SENTENCE_END_RE.finditer(text)] + [len(text)]:
+        while key is not None and key < start:
+            key = next(keys, None)
+        if key is not None and key < end:  # the sentence text[start:end] holds a disclaimer phrase
+            pieces.append(" ")
+            removed += 1
+        else:
+            pieces.append(text[start:end])
+        start = end
+    return "".join(pieces), removed
 
 
 def _finish(block: str, removed: dict[str, int]) -> str:
     block = _unwrap(block)
-    block, n = _DISCLAIMER_RE.subn(" ", block)
+    block, n = remove_disclaimers(block)
     if n:
         removed["disclaimer"] = removed.get("disclaimer", 0) + n
     block = repair_split_words(block)

@@ -22,9 +22,10 @@ second de-identification pass over the cleaned sections (catches anything the re
 The provenance records the encoder, its settings and the sha256 of its weight file(s), which are also recorded
 (and so re-verified) as inputs.
 
-Bad inputs -- a missing report, an empty one, a binary / non-UTF-8 file posing as a report, a report with no text
-left after cleaning -- raise :class:`ReportInputError` naming the file and the patient (every bad report is
-listed), before anything is written; outputs are written atomically, so a failure leaves no partial output.
+Bad inputs -- a missing report, an empty one, a binary / non-UTF-8 file posing as a report, one longer than
+``max_chars`` characters (``reports.max_chars``), a report with no text left after cleaning -- raise
+:class:`ReportInputError` naming the file and the patient (every bad report is listed), before anything is
+written; outputs are written atomically, so a failure leaves no partial output.
 """
 
 from __future__ import annotations
@@ -41,8 +42,15 @@ import numpy as np
 from pathmm_pipeline.core.atomic import atomic_path
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.core.provenance import PARQUET_KEY, build_provenance, hash_file
-from pathmm_pipeline.core.stores import ArraySpec, write_store
-from pathmm_pipeline.reports.clean import SECTION_KEYS, clean_report, join_sections, normalize, repair_hyphenation
+from pathmm_pipeline.core.stores import ArraySpec, StoreWriter, writing_store
+from pathmm_pipeline.reports.clean import (
+    MAX_REPORT_CHARS,
+    SECTION_KEYS,
+    clean_report,
+    join_sections,
+    normalize,
+    repair_hyphenation,
+)
 from pathmm_pipeline.reports.deid import PHI_TYPES, deidentify
 
 if TYPE_CHECKING:  # cleaning a report imports no torch: the encoders are imported when embedding
@@ -69,20 +77,29 @@ class ReportInputError(InputError):
         super().__init__(path, message, "fix or remove these reports and run again; nothing was written")
 
 
-def read_report(patient_id: str, path: str | os.PathLike[str]) -> str:
-    """The text of one report file; raises :class:`ReportInputError` if it is missing, binary or empty."""
-    problem = _report_problem(Path(path))
+def read_report(patient_id: str, path: str | os.PathLike[str], max_chars: int = MAX_REPORT_CHARS) -> str:
+    """The text of one report file; raises :class:`ReportInputError` if it is missing, binary, empty or longer
+    than ``max_chars`` characters."""
+    problem = _report_problem(Path(path), max_chars)
     if isinstance(problem, str):
         raise ReportInputError([(patient_id, str(path), problem)])
     return problem[0]
 
 
-def _report_problem(path: Path) -> str | tuple[str]:
-    """A problem description, or a 1-tuple holding the decoded text."""
+def _too_long(size: str, max_chars: int) -> str:
+    return (f"is too long: {size}, over the limit of {max_chars:,} characters (reports.max_chars); split the "
+            "file if it holds several reports, or raise reports.max_chars")
+
+
+def _report_problem(path: Path, max_chars: int = MAX_REPORT_CHARS) -> str | tuple[str]:
+    """A problem description, or a 1-tuple holding the decoded text (at most ``max_chars`` characters)."""
     if not path.exists():
         return "does not exist (file not found)"
     if not path.is_file():
         return "is not a file"
+    size = path.stat().st_size
+    if size > 4 * max_chars + 3:  # UTF-8: at most 4 bytes a character and a BOM; too long unread
+        return _too_long(f"{size:,} bytes", max_chars)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -95,6 +112,8 @@ def _report_problem(path: Path) -> str | tuple[str]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return f"is not UTF-8 text (undecodable byte at offset {exc.start}); convert it to UTF-8"
+    if len(text) > max_chars:
+        return _too_long(f"{len(text):,} characters", max_chars)
     controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\n\r\t\f\v")
     if controls > MAX_CONTROL_FRACTION * len(text):
         return f"looks binary, not text ({controls} control characters in {len(text)})"
@@ -132,8 +151,9 @@ def process_report(text: str, deid: bool = True) -> dict[str, Any]:
 
 
 def clean_reports(report_paths: Mapping[str, str | os.PathLike[str]], out_parquet: str | os.PathLike[str],
-                  deid: bool = True) -> Path:
-    """Clean and de-identify every patient's report into one Parquet table at ``out_parquet`` (see module doc)."""
+                  deid: bool = True, max_chars: int = MAX_REPORT_CHARS) -> Path:
+    """Clean and de-identify every patient's report into one Parquet table at ``out_parquet`` (see module doc);
+    a report longer than ``max_chars`` characters is refused (:class:`ReportInputError`)."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -147,7 +167,7 @@ def clean_reports(report_paths: Mapping[str, str | os.PathLike[str]], out_parque
         if not isinstance(patient_id, str) or not patient_id.strip():
             problems.append((str(patient_id), str(path), "has an empty patient id"))
             continue
-        result = _report_problem(path)
+        result = _report_problem(path, max_chars)
         if isinstance(result, str):
             problems.append((patient_id, str(path), result))
         else:
@@ -209,64 +229,120 @@ def read_clean_table(path: Path, text_column: str) -> tuple[list[str], list[str]
     return ids, [str(t) for t in texts]
 
 
+#: reports encoded together by :func:`embed_reports`: its peak memory grows with this, not with the cohort
+REPORTS_PER_BATCH = 32
+
+
 def embed_reports(clean_parquet: str | os.PathLike[str], out_store: str | os.PathLike[str],
                   encoder: str | TextEncoder = "minilm", pooling: str | None = None, keep_tokens: bool = True,
                   encoder_options: Mapping[str, Any] | None = None, hidden_dtype: str = "float16",
-                  text_column: str = "text") -> Path:
+                  text_column: str = "text", reports_per_batch: int = REPORTS_PER_BATCH) -> Path:
     """Embed the cleaned reports into a Zarr store at ``out_store`` (layout in the module docstring).
 
     ``encoder`` is a registered name (built once per process with ``pooling`` and ``encoder_options``) or a
     :class:`~pathmm_pipeline.encoders.text.TextEncoder` already built; ``pooling=None`` keeps the encoder's
-    default.
+    default. Reports are encoded ``reports_per_batch`` at a time and their token rows written into the store as
+    they come, so memory holds one batch's hidden states, never the cohort's. The windows are planned first
+    (every report tokenized), so the store has the layout, rows and padded width one encoding of every report
+    gives; its values are the same as long as the encoder's numerics do not depend on which windows share a
+    forward batch (on the CPU a window alone in a batch of one row can differ in the last float16 bit).
     """
+    if reports_per_batch < 1:
+        raise ValueError(f"reports_per_batch must be >= 1, got {reports_per_batch}")
     clean_parquet = Path(clean_parquet)
     ids, texts = read_clean_table(clean_parquet, text_column)
-    if not isinstance(encoder, str):  # an encoder already built
-        model = encoder
-        if pooling is not None and pooling != getattr(model, "pooling", pooling):
-            raise ValueError(f"encoder {model.name!r} was built with pooling={model.pooling!r}, not {pooling!r}")
-    else:
-        options = dict(encoder_options or {})
-        if pooling is not None:
-            options["pooling"] = pooling
-        from pathmm_pipeline.encoders.text import get_text_encoder
-
-        model = get_text_encoder(encoder, **options)
-    start = time.perf_counter()
-    encoded = model.encode(texts, keep_tokens=keep_tokens)
-    seconds = time.perf_counter() - start
-
+    model = _text_encoder(encoder, pooling, encoder_options)
     n = len(ids)
-    arrays: dict[str, ArraySpec] = {
-        "patient_ids": ArraySpec(np.array(ids, dtype=np.dtypes.StringDType()), ("patient",)),
-        "embeddings": ArraySpec(np.stack([e.embedding for e in encoded]).astype(np.float32), ("patient", "feature"),
-                                (4096, model.dim)),
-        "n_tokens": ArraySpec(np.array([e.n_tokens for e in encoded], np.int32), ("patient",)),
-    }
     pad_id = int(model.tokenizer.pad_token_id or 0)
-    if keep_tokens:
-        chunks = [(p, c) for p, e in enumerate(encoded) for c in (e.chunks or [])]
-        width = max(len(c.input_ids) for _, c in chunks)
-        n_chunks = len(chunks)
-        input_ids = np.full((n_chunks, width), pad_id, np.int32)
-        mask = np.zeros((n_chunks, width), np.int8)
-        hidden = np.zeros((n_chunks, width, model.dim), np.dtype(hidden_dtype))
-        for row, (_, c) in enumerate(chunks):
+    embeddings = np.zeros((n, model.dim), np.float32)
+    n_tokens = np.zeros(n, np.int32)
+    seconds = 0.0
+    with writing_store(out_store) as store:
+        rows = _TokenRows(store, model, texts, pad_id, np.dtype(hidden_dtype)) if keep_tokens else None
+        for first in range(0, n, reports_per_batch):
+            start = time.perf_counter()
+            encoded = model.encode(texts[first:first + reports_per_batch], keep_tokens=keep_tokens)
+            seconds += time.perf_counter() - start
+            for i, e in enumerate(encoded, start=first):
+                embeddings[i], n_tokens[i] = e.embedding, e.n_tokens
+            if rows is not None:
+                rows.write(first, encoded)
+        store.write("patient_ids", ArraySpec(np.array(ids, dtype=np.dtypes.StringDType()), ("patient",)))
+        store.write("embeddings", ArraySpec(embeddings, ("patient", "feature"), (4096, model.dim)))
+        store.write("n_tokens", ArraySpec(n_tokens, ("patient",)))
+        if rows is not None:
+            rows.write_index(store)
+        store.finish(*_embed_record(model, clean_parquet, keep_tokens, hidden_dtype, text_column, seconds, n, pad_id))
+    return Path(out_store)
+
+
+def _text_encoder(encoder: str | TextEncoder, pooling: str | None,
+                  encoder_options: Mapping[str, Any] | None) -> TextEncoder:
+    """The encoder to embed with: one already built (its pooling must match), or a registered one built now."""
+    if not isinstance(encoder, str):
+        if pooling is not None and pooling != getattr(encoder, "pooling", pooling):
+            raise ValueError(f"encoder {encoder.name!r} was built with pooling={encoder.pooling!r}, not {pooling!r}")
+        return encoder
+    options = dict(encoder_options or {})
+    if pooling is not None:
+        options["pooling"] = pooling
+    from pathmm_pipeline.encoders.text import get_text_encoder
+
+    return get_text_encoder(encoder, **options)  # type: ignore[return-value]
+
+
+class _TokenRows:
+    """The token arrays of an embedding store, created at their final shape from the planned windows (every
+    report tokenized first, which is cheap) and filled a batch of reports at a time."""
+
+    def __init__(self, store: StoreWriter, model: TextEncoder, texts: list[str], pad_id: int,
+                 hidden_dtype: np.dtype) -> None:
+        if not hasattr(model, "window_lengths"):
+            model.encode(texts[:1], keep_tokens=True)  # the encoder's own refusal, naming the setting
+            raise ValueError(f"encoder {model.name!r} keeps no token states: set reports.keep_tokens: false")
+        self.lengths = [model.window_lengths(text) for text in texts]
+        self.offsets = np.concatenate([[0], np.cumsum([len(w) for w in self.lengths])]).astype(np.int64)
+        n_chunks, width = int(self.offsets[-1]), max(max(w) for w in self.lengths)
+        self.width, self.pad_id, self.hidden_dtype = width, pad_id, hidden_dtype
+        self.starts = np.zeros(n_chunks, np.int32)
+        self.input_ids = store.create("input_ids", (n_chunks, width), np.int32, ("chunk", "token"), (256, width))
+        self.mask = store.create("attention_mask", (n_chunks, width), np.int8, ("chunk", "token"), (256, width))
+        self.hidden = store.create("hidden_states", (n_chunks, width, model.dim), hidden_dtype,
+                                   ("chunk", "token", "feature"), (16, width, model.dim))
+
+    def write(self, first: int, encoded: list[Any]) -> None:
+        """The rows of reports ``first``, ``first + 1``, ... (``encoded``: their encodings, in order)."""
+        chunks = [c for e in encoded for c in (e.chunks or [])]
+        lo, hi = int(self.offsets[first]), int(self.offsets[first + len(encoded)])
+        planned = [n for w in self.lengths[first:first + len(encoded)] for n in w]
+        if [len(c.input_ids) for c in chunks] != planned:
+            raise RuntimeError(f"the encoder cut reports {first}..{first + len(encoded) - 1} into windows other "
+                               "than planned (TextEncoder.window_lengths disagrees with encode)")
+        input_ids = np.full((hi - lo, self.width), self.pad_id, np.int32)
+        mask = np.zeros((hi - lo, self.width), np.int8)
+        hidden = np.zeros((hi - lo, self.width, self.hidden.shape[2]), self.hidden_dtype)
+        for row, c in enumerate(chunks):
             length = len(c.input_ids)
             input_ids[row, :length] = c.input_ids
             mask[row, :length] = c.attention_mask
             hidden[row, :length] = c.hidden.astype(hidden.dtype)
-        counts = np.bincount(np.array([p for p, _ in chunks], np.int64), minlength=n)
-        arrays.update({
-            "input_ids": ArraySpec(input_ids, ("chunk", "token"), (256, width)),
-            "attention_mask": ArraySpec(mask, ("chunk", "token"), (256, width)),
-            "hidden_states": ArraySpec(hidden, ("chunk", "token", "feature"), (16, width, model.dim)),
-            "chunk_patient": ArraySpec(np.array([p for p, _ in chunks], np.int32), ("chunk",)),
-            "chunk_start": ArraySpec(np.array([c.start for _, c in chunks], np.int32), ("chunk",)),
-            "chunk_length": ArraySpec(np.array([len(c.input_ids) for _, c in chunks], np.int32), ("chunk",)),
-            "patient_chunk_offsets": ArraySpec(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                                               ("patient_edge",)),
-        })
+            self.starts[lo + row] = c.start
+        self.input_ids[lo:hi] = input_ids
+        self.mask[lo:hi] = mask
+        self.hidden[lo:hi] = hidden
+
+    def write_index(self, store: StoreWriter) -> None:
+        """The chunk index arrays: each chunk's patient row, first content token and length; patient offsets."""
+        patient = np.repeat(np.arange(len(self.lengths), dtype=np.int32), np.diff(self.offsets))
+        store.write("chunk_patient", ArraySpec(patient.astype(np.int32), ("chunk",)))
+        store.write("chunk_start", ArraySpec(self.starts, ("chunk",)))
+        store.write("chunk_length", ArraySpec(np.array([n for w in self.lengths for n in w], np.int32), ("chunk",)))
+        store.write("patient_chunk_offsets", ArraySpec(self.offsets, ("patient_edge",)))
+
+
+def _embed_record(model: TextEncoder, clean_parquet: Path, keep_tokens: bool, hidden_dtype: str, text_column: str,
+                  seconds: float, n: int, pad_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The attributes and the provenance of an embedding store."""
     description = model.describe()
     inputs: dict[str, str | os.PathLike[str]] = {"clean_reports": clean_parquet}
     for i, file in enumerate(model.weight_files):
@@ -281,7 +357,7 @@ def embed_reports(clean_parquet: str | os.PathLike[str], out_store: str | os.Pat
              "pad_token_id": pad_id, "text_column": text_column,
              "layout": "embeddings[p] is patient_ids[p]; chunks of patient p are rows "
                        "patient_chunk_offsets[p]:patient_chunk_offsets[p+1] of the token arrays"}
-    return write_store(out_store, arrays, attrs, record)
+    return attrs, record
 
 
 def merge_clean_tables(tables: list[str | os.PathLike[str]], out_parquet: str | os.PathLike[str]) -> Path:

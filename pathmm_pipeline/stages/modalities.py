@@ -30,7 +30,8 @@ def clean_report(report: PathLike, patient: str, out: PathLike, settings: dict[s
     """Clean and de-identify one patient's report into a Parquet table."""
     from pathmm_pipeline.reports.stage import clean_reports
 
-    return clean_reports({patient: report}, out, deid=CleanReportSettings.from_dict(settings).deid)
+    s = CleanReportSettings.from_dict(settings)
+    return clean_reports({patient: report}, out, deid=s.deid, max_chars=s.max_chars)
 
 
 def merge_reports(tables: list[PathLike], out: PathLike) -> Path:

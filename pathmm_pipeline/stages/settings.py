@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pathmm_pipeline.core.settings import SettingsMixin
+from pathmm_pipeline.reports.clean import MAX_REPORT_CHARS
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,13 @@ class SplitSettings(SettingsMixin):
 
 @dataclass(frozen=True)
 class CleanReportSettings(SettingsMixin):
-    """Report cleaning: whether to de-identify (``reports.deid``)."""
+    """Report cleaning: whether to de-identify (``reports.deid``) and the longest report accepted, in characters
+    (``reports.max_chars``)."""
 
     settings_name = "reports"
 
     deid: bool = True
+    max_chars: int = MAX_REPORT_CHARS
 
 
 @dataclass(frozen=True)

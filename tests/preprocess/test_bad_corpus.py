@@ -54,7 +54,8 @@ NAMES = ["zero-byte slide", "truncated TIFF", "TIFF that OpenSlide cannot open",
          "TIFF at a 72 dpi screen default", "store with a deleted chunk",
          "all-white slide", "pen-only region", "sample sheet: duplicate ids", "sample sheet: missing columns",
          "sample sheet: negative time", "sample sheet: unknown cancer type",
-         "expression: duplicated genes and NaN rows", "empty report", "binary file posing as a report"]
+         "expression: duplicated genes and NaN rows", "empty report", "binary file posing as a report",
+         "1 MB report"]
 
 
 def test_the_corpus_covers_every_case_of_the_issue(corpus):

@@ -4,7 +4,7 @@ rule clean_report:
     output:
         f"{RESULTS}/reports/clean/{{patient}}.parquet",
     params:
-        settings=json.dumps({"deid": config["reports"]["deid"]}),
+        settings=json.dumps({k: config["reports"][k] for k in ("deid", "max_chars")}),
     log:
         f"{RESULTS}/logs/clean_report/{{patient}}.log",
     benchmark:
@@ -46,7 +46,8 @@ rule embed_reports:
     output:
         store=directory(f"{RESULTS}/reports/embeddings.zarr"),
     params:
-        settings=json.dumps({k: v for k, v in config["reports"].items() if k != "deid"}, sort_keys=True),
+        settings=json.dumps({k: v for k, v in config["reports"].items() if k not in ("deid", "max_chars")},
+                            sort_keys=True),
     log:
         f"{RESULTS}/logs/embed_reports.log",
     benchmark:
