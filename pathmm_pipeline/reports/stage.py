@@ -31,6 +31,7 @@ written; outputs are written atomically, so a failure leaves no partial output.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -52,6 +53,12 @@ from pathmm_pipeline.reports.clean import (
     repair_hyphenation,
 )
 from pathmm_pipeline.reports.deid import PHI_TYPES, deidentify
+
+log = logging.getLogger(__name__)
+
+#: the warning a run with ``reports.deid: false`` writes into every cleaning log (and the report shows)
+DEID_OFF_WARNING = ("reports.deid is false: report text is stored as written, identifiers included; the cleaned "
+                    "tables, the embeddings and everything that reads them are not de-identified")
 
 if TYPE_CHECKING:  # cleaning a report imports no torch: the encoders are imported when embedding
     from pathmm_pipeline.encoders.text import TextEncoder
@@ -160,6 +167,8 @@ def clean_reports(report_paths: Mapping[str, str | os.PathLike[str]], out_parque
 
     if not report_paths:
         raise InputError(out_parquet, "no reports given", "pass {patient_id: report path} for at least one patient")
+    if not deid:
+        log.warning("%s: %s", out_parquet, DEID_OFF_WARNING)
     problems: list[tuple[str, str, str]] = []
     texts: dict[str, str] = {}
     for patient_id in sorted(report_paths, key=str):

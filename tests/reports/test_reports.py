@@ -355,13 +355,15 @@ def test_clean_and_embed_stage(tmp_path: Path, demo_report_files, minilm) -> Non
     assert [f.problem for f in verify_provenance(out)] == ["changed"]
 
 
-def test_clean_reports_without_deid_keeps_names(tmp_path: Path, demo_report_files) -> None:
+def test_clean_reports_without_deid_keeps_names(tmp_path: Path, demo_report_files, caplog) -> None:
     import pandas as pd
 
-    from pathmm_pipeline.reports.stage import clean_reports
+    from pathmm_pipeline.reports.stage import DEID_OFF_WARNING, clean_reports
 
     paths, reports = demo_report_files
-    frame = pd.read_parquet(clean_reports(paths, tmp_path / "raw.parquet", deid=False))
+    with caplog.at_level("WARNING"):
+        frame = pd.read_parquet(clean_reports(paths, tmp_path / "raw.parquet", deid=False))
+    assert any(DEID_OFF_WARNING in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     assert (frame.n_phi_total == 0).all() and not frame.deidentified.any()
     patient_id = frame.patient_id.iloc[0]
     email = next(i["text"] for i in reports[patient_id].identifiers if i["type"] == "EMAIL")
