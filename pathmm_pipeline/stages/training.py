@@ -377,6 +377,19 @@ def run_protocol(results_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return protocol
 
 
+def report_notes(results_dir: str | os.PathLike[str]) -> list[str]:
+    """Warnings the report opens with: reports kept with their identifiers (``reports.deid: false``)."""
+    import pandas as pd
+
+    from pathmm_pipeline.reports.stage import DEID_OFF_WARNING
+
+    table = Path(results_dir) / "reports" / "reports.parquet"
+    if not table.exists():
+        return []
+    kept = ~pd.read_parquet(table, columns=["deidentified"])["deidentified"].astype(bool)
+    return [f"WARNING: {DEID_OFF_WARNING} ({int(kept.sum())} of {len(kept)} reports)"] if kept.any() else []
+
+
 def evaluate(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.PathLike[str],
                      out_html: str | os.PathLike[str], title: str = "pathmm evaluation report") -> Path:
     """Aggregate every fold of every model and task into the HTML report and its CSV tables."""
@@ -400,7 +413,7 @@ def evaluate(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.
                  benchmarks=root / "benchmarks", provenance=collect_inputs(root), title=title,
                  csv_dir=out_html.parent, pretraining=read_pretraining_logs(sorted(set(pretrain_logs))),
                  downstream=read_downstream(fold_dirs), protocol=run_protocol(root),
-                 resolution=root / "cohort" / "resolution.csv")
+                 resolution=root / "cohort" / "resolution.csv", notes=report_notes(root))
     write_text_atomic(out_html.parent / "summary.json",
                       json.dumps(json.loads(tables.summary.to_json(orient="records")), indent=1))
     write_report_provenance(out_html, fold_dirs, root, [out_html.parent / "summary.json",
