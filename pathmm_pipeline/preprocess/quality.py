@@ -46,6 +46,10 @@ BACKGROUND_GREY = 220  # tile pixels lighter than this (and unsaturated) are gla
 MIN_TISSUE_PIXELS = 16  # a tile with fewer tissue pixels at qc.mpp has no measurable blur (reported as NaN)
 FLAT_VARIANCE = 1.0  # grey variance (0-255 scale) below which tissue shows no detail at all (blur 0)
 _EDGE_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
+#: an air bubble's rim at 1 um/px: a thin (< 9 px) grey line much darker than its surroundings, unstained
+#: (hematoxylin is saturated, a refraction edge is not), long (>= 40 px) and thin along its length (its area over
+#: its longer side at most 8 px: a line, not a blob of pigment)
+RIM_CONTRAST, RIM_MAX_SATURATION, RIM_MAX_GREY, RIM_MIN_LENGTH_PX, RIM_MAX_WIDTH_PX = 40, 60, 170, 40, 8
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class QCSettings(SettingsMixin):
     enabled: bool = True
     mpp: float = 1.0
     tile_rules: Mapping[str, float] = field(default_factory=lambda: {
-        "pen_fraction_max": 0.1, "dark_fraction_max": 0.5, "blur_min": 1.0})
+        "pen_fraction_max": 0.1, "dark_fraction_max": 0.5, "blur_min": 1.0, "bubble_rim_fraction_max": 0.02})
     slide_rules: Mapping[str, float] = field(default_factory=lambda: {
         "tissue_area_mm2_min": 0.05, "n_tiles_min": 1, "excluded_tile_fraction_max": 0.8})
 
@@ -118,6 +122,26 @@ def dark_fraction_metric(rgb: np.ndarray, tissue: np.ndarray, background: float)
 def pen_fraction_metric(rgb: np.ndarray, tissue: np.ndarray, background: float) -> float:
     """Share of the tile's pixels in marker ink."""
     return float(pen_mask(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV)).mean())
+
+
+@TILE_METRICS.decorator("bubble_rim_fraction")
+def bubble_rim_fraction_metric(rgb: np.ndarray, tissue: np.ndarray, background: float) -> float:
+    """Share of the tile on air-bubble rims (HistoQC's and GrandQC's bubble class, by their look): pixels of thin
+    dark unstained curves (black-hat of the grey image, then long thin connected components). Sharp H&E tissue
+    scores 0 (every CMU-1 tissue tile); a bubble's rim crossing a 224 um tile about 0.03-0.05."""
+    rgb = np.ascontiguousarray(rgb)
+    grey = _grey(rgb)
+    saturation = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
+    contrast = cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, _EDGE_KERNEL)
+    line = ((contrast > RIM_CONTRAST) & (saturation < RIM_MAX_SATURATION) & (grey < RIM_MAX_GREY)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(line, connectivity=8)
+    if n <= 1:
+        return 0.0
+    width, height, area = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT], stats[:, cv2.CC_STAT_AREA]
+    length = np.maximum(width, height)
+    rim = (length >= RIM_MIN_LENGTH_PX) & (area <= RIM_MAX_WIDTH_PX * length)
+    rim[0] = False
+    return float(rim[labels].mean())
 
 
 @TILE_METRICS.decorator("background_fraction")

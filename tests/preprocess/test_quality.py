@@ -117,6 +117,29 @@ def test_marker_ink_and_folds_are_excluded_as_such(he_texture, root):
     assert ((table.y[inked] < 900) & (table.y[inked] + size > 600)).all()  # along the stroke only
 
 
+def test_an_air_bubble_rim_is_excluded_and_clean_tissue_is_not(he_texture, root):
+    centre, radius = (1100, 1500), 420  # level-0 px at 0.5 um/px: a 420 um wide bubble under the coverslip
+
+    def bubble(rgb: np.ndarray) -> np.ndarray:
+        out = rgb.copy()
+        inside = np.zeros(out.shape[:2], np.uint8)
+        cv2.circle(inside, centre, radius, 1, -1)
+        out[inside == 1] = (0.5 * out[inside == 1] + 0.5 * 235).astype(np.uint8)  # washed out under the air
+        cv2.circle(out, centre, radius, (45, 45, 50), 7)  # the refraction edge: a dark grey 3.5 um rim
+        return out
+
+    slide = _slide(he_texture, root, "bubble", bubble)
+    _, _, table, _ = _tile(slide, root)
+    size = TILING.tile_px  # level-0 px: 64 um tiles at 0.5 um/px, measured at 1 um/px (64 px)
+    cx, cy = table.x + size / 2, table.y + size / 2
+    distance = np.hypot(cx - centre[0], cy - centre[1])
+    on_rim = np.abs(distance - radius) < size / 4  # the rim runs through the tile's middle
+    far = np.abs(distance - radius) > size  # no part of the tile near the rim
+    bubbled = table.reason.str.startswith("bubble_rim_fraction")
+    assert on_rim.sum() >= 4 and bubbled[on_rim].all()
+    assert not bubbled[far].any() and (table.bubble_rim_fraction[far] == 0).mean() >= 0.95
+
+
 def test_rules_are_configurable_and_checked(he_texture, root):
     slide = _slide(he_texture, root, "sharp")
     strict = QCSettings(tile_rules={"blur_min": 1e9})
