@@ -235,6 +235,17 @@ def _lineage(path: Path, seen: set[str] | None = None) -> list[tuple[str, dict]]
     return found
 
 
+def test_snakemake_report_holds_the_evaluation_report(run, tmp_path):
+    import zipfile
+
+    out = tmp_path / "report.zip"
+    proc = snakemake(run.parent, "--report", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = zipfile.ZipFile(out).namelist()
+    assert any(n.endswith("evaluation/report.html") or n.endswith("/report.html") and "raw" in n for n in names)
+    assert sum(n.endswith(".qc.png") for n in names) == len(samplesheet(run.parent))
+
+
 def test_no_held_out_patient_shaped_anything_a_fold_is_evaluated_with(run):
     """Evaluation is patient-disjoint from every fitted stage: walking the provenance of every fold checkpoint
     (its pretraining, the feature stores it read, their encoder weights, stage 2's teacher), no record that

@@ -96,6 +96,19 @@ def test_no_identifier_of_a_raw_report_is_anywhere_in_results(workdir):
     assert find_in_results(results, ["muscularis propria"])  # the scan does see the reports' text
 
 
+def test_snakemake_report_shows_the_qc_thumbnails_and_resolution_table(workdir, tmp_path):
+    import zipfile
+
+    out = tmp_path / "report.zip"
+    snakemake(workdir, "--report", str(out))
+    names = zipfile.ZipFile(out).namelist()
+    for wanted in ("P1-A.qc.png", "P2-A.qc.png", "resolution.csv", "report.html"):
+        assert any(name.endswith(wanted) for name in names), (wanted, names)
+    page = next(n for n in names if n.endswith("report.html"))
+    html = zipfile.ZipFile(out).read(page)
+    assert all(words in html for words in (b"Quality control", b"Tissue segmentation", b"pathmm-pipeline run"))
+
+
 def test_nothing_to_do_after_a_full_run(workdir):
     assert planned_jobs(workdir) == {}
 

@@ -3,7 +3,8 @@ rule cohort_manifest:
         samplesheet=config["samplesheet"],
     output:
         manifest=f"{RESULTS}/cohort/manifest.parquet",
-        resolution=f"{RESULTS}/cohort/resolution.csv",  # every slide's mpp x/y, source, objective, vendor, flags
+        resolution=report(f"{RESULTS}/cohort/resolution.csv", caption="../report/resolution.rst",
+                          category="Cohort", labels={"table": "slide resolution"}),  # every slide's mpp x/y, source, objective, vendor, flags
     params:
         settings=json.dumps({"cancer_types": config["cancer_types"], "labels": config["labels"]}, sort_keys=True),
         backend=slide_backend_args(),

@@ -4,7 +4,9 @@ rule segment_tissue:
     output:
         store=directory(f"{RESULTS}/segmentation/{{slide}}.zarr"),
         geojson=f"{RESULTS}/segmentation/{{slide}}.geojson",
-        thumbnail=f"{RESULTS}/segmentation/{{slide}}.qc.png",
+        thumbnail=report(f"{RESULTS}/segmentation/{{slide}}.qc.png", caption="../report/qc_thumbnail.rst",
+                         category="Quality control", subcategory="Tissue segmentation",
+                         labels={"slide": "{slide}"}),
     params:
         settings=settings_json("segmentation"),
         backend=slide_backend_args(),

@@ -331,7 +331,8 @@ rule evaluate:
         qc=rules.qc_summary.output if SLIDE_IDS else [],
         resolution=rules.cohort_manifest.output.resolution,
     output:
-        html=f"{RESULTS}/evaluation/report.html",
+        html=report(f"{RESULTS}/evaluation/report.html", caption="../report/evaluation.rst", category="Evaluation",
+                    labels={"report": "evaluation"}),
         summary=f"{RESULTS}/evaluation/summary.json",
     params:
         folds=lambda wc, input: " ".join(str(Path(p).parent) for p in input.folds),
