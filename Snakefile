@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -28,6 +31,8 @@ rule all:
         rules.qc_summary.output if SLIDE_IDS else [],
         expand(rules.segment_tissue.output, slide=SLIDE_IDS),
         feature_stores(ENCODERS),
+        feature_stores(sorted(IMPORTED)),
+        feature_exports(ENCODERS),
         rules.genomics.output if EXPRESSION_FILES else [],
         rules.embed_reports.output if REPORTS else [],
         rules.evaluate.output if config["training"]["models"] else [],

@@ -188,6 +188,22 @@ def cmd_extract_fold_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_features(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.preprocess import export_features
+
+    for path in export_features(args.store, args.tiles, args.out, args.format, args.encoder, args.slide_id):
+        print(path)
+    return 0
+
+
+def cmd_import_features(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.preprocess import import_features
+
+    import_features(args.source, args.slide, args.store, args.encoder, slide_id=args.slide_id, backend=args.backend,
+                    fallback=not args.no_fallback, mpp_override=args.mpp)
+    return 0
+
+
 def cmd_encoders(args: argparse.Namespace) -> int:
     from pathmm_pipeline.encoders import get_encoder_spec, list_encoders
 
@@ -426,6 +442,30 @@ def build_parser() -> argparse.ArgumentParser:
     _throughput_args(p)
     _limit_args(p)
     p.set_defaults(func=cmd_extract_features_bucket)
+
+    from pathmm_pipeline.preprocess.interop.layouts import LAYOUTS
+
+    p = sub.add_parser("export-features", aliases=["export"],
+                       help="write one slide's feature store in the layouts TRIDENT, CLAM / SurvPath or STAMP read")
+    p.add_argument("--store", type=Path, required=True, help="the feature store")
+    p.add_argument("--tiles", type=Path, required=True, help="the tile store it was extracted from")
+    p.add_argument("--out", type=Path, required=True, help="export folder (the layouts' files go below it)")
+    p.add_argument("--format", action="append", required=True, choices=LAYOUTS.names(), help="repeat for more")
+    p.add_argument("--encoder", default=None, help="the feature folder's name (default: the store's encoder)")
+    p.add_argument("--slide-id", default=None, help="the file name (default: the store's slide id)")
+    p.set_defaults(func=cmd_export_features)
+
+    p = sub.add_parser("import-features",
+                       help="turn a TRIDENT / CLAM features h5 of one slide into a feature store")
+    p.add_argument("source", type=Path, help="the <slide>.h5 features file")
+    p.add_argument("--slide", type=Path, required=True, help="the whole-slide image the file was made from")
+    p.add_argument("--store", type=Path, required=True, help="feature store to write")
+    p.add_argument("--encoder", required=True, help="the feature folder's name (features.import key)")
+    p.add_argument("--slide-id", default=None, help="identifier recorded in the store (default: the slide's stem)")
+    p.add_argument("--backend", default="openslide", choices=["openslide", "tiffslide"])
+    p.add_argument("--no-fallback", action="store_true", help="do not try the other backend")
+    p.add_argument("--mpp", type=_optional_float, default=None, help="override the slide's mpp")
+    p.set_defaults(func=cmd_import_features)
 
     p = sub.add_parser("encoders", help="list the registered patch encoders")
     p.set_defaults(func=cmd_encoders)

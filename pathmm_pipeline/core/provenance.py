@@ -29,7 +29,7 @@ PARQUET_KEY = b"pathmm_provenance"
 SIDECAR_SUFFIX = ".provenance.json"
 
 TRACKED_PACKAGES = (
-    "numpy", "pandas", "pyarrow", "zarr", "numcodecs", "tifffile", "tiffslide", "openslide-python",
+    "numpy", "pandas", "pyarrow", "zarr", "numcodecs", "h5py", "tifffile", "tiffslide", "openslide-python",
     "openslide-bin", "opencv-python-headless", "scikit-image", "torch", "torchvision", "timm",
     "scikit-learn", "lifelines", "snakemake", "transformers", "sentence-transformers",
 )

@@ -1,8 +1,9 @@
 """The slide stages as the rules run them, one function per rule and named as the rule: ``cohort_manifest``,
 ``segment_tissue``, ``tile_slide``, ``extract_features`` (and ``extract_features_bucket``, its rules for many
-slides per job), ``extract_fold_features`` and ``qc_summary``. Each takes its inputs, its outputs and the rule's
-settings (a JSON object, refused on an unknown key); the slide stages also take the caps on one slide
-(``limits``: :class:`~pathmm_pipeline.preprocess.slides.SlideLimits`, default its defaults)."""
+slides per job), ``extract_fold_features``, ``export_features``, ``import_features`` and ``qc_summary``. Each
+takes its inputs, its outputs and the rule's settings (a JSON object, refused on an unknown key); the slide
+stages also take the caps on one slide (``limits``: :class:`~pathmm_pipeline.preprocess.slides.SlideLimits`,
+default its defaults)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,23 @@ def extract_fold_features(manifest: PathLike, tiles: PathLike, out: PathLike, se
 
     return extract_cohort_features(manifest, tiles, out, ExtractionSettings.from_dict(settings), backend=backend,
                                    fallback=fallback, limits=limits)
+
+
+def export_features(store: PathLike, tiles: PathLike, root: PathLike, formats: list[str], encoder: str,
+                    slide_id: str) -> list[Path]:
+    """One slide's feature store in the layouts of ``formats`` (TRIDENT, CLAM, STAMP) under ``root``."""
+    from pathmm_pipeline.preprocess.interop.export import export_features as export
+
+    return export(store, tiles, root, formats, encoder=encoder, slide_id=slide_id)
+
+
+def import_features(source: PathLike, slide: PathLike, store: PathLike, encoder: str,
+                    **slide_options: Any) -> Path:
+    """One slide's TRIDENT / CLAM features file as the feature store of ``encoder``'s folder."""
+    from pathmm_pipeline.preprocess.interop.imports import import_features as load
+
+    load(source, slide, store, encoder, **slide_options)
+    return Path(store)
 
 
 def qc_summary(tiles: list[PathLike], segmentation: list[PathLike], out: PathLike) -> Path:

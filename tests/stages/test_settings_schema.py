@@ -30,7 +30,8 @@ SECTIONS = {
     "tiling": ((TilingSettings,), (), ()),
     "tiling.roi": ((RoiSettings,), (), ()),
     "qc": ((QCSettings,), (), ()),
-    "features": ((ExtractionSettings,), ("encoders", "mem_mb", "slides_per_job"), ("encoder", "weights")),
+    "features": ((ExtractionSettings,), ("encoders", "mem_mb", "slides_per_job", "export", "import"),
+                 ("encoder", "weights")),
     "genomics": ((GenomicsSettings,), (), ()),
     "reports": ((CleanReportSettings, EmbedReportSettings), (), ()),
 }

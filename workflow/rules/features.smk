@@ -2,13 +2,29 @@
 # features.slides_per_job = 1 one job per slide (rule extract_features); above 1, one job per stable bucket of
 # slides and encoder (rules extract_features__<encoder>__<bucket>, pathmm_pipeline.plan.buckets): the encoder is
 # loaded once per job, and a changed or added slide re-runs only its bucket.
+#
+# features.import {name: folder}: the stores of folder <name> are imported from <folder>/<slide>.h5 (TRIDENT / CLAM,
+# rule import_features) instead of extracted; features.export: every extracted store is also written in those
+# tools' layouts under results/export/ (rule export_features, pathmm_pipeline.preprocess.interop).
+import re
+
+from pathmm_pipeline.preprocess.interop.layouts import export_patterns
+
 FEATURE_STORE = f"{RESULTS}/features/{{encoder}}/{{slide}}.zarr"
 SLIDES_PER_JOB = config["features"]["slides_per_job"]
+IMPORTED = config["features"]["import"]
+EXPORTS = config["features"]["export"]
+EXPORT_ROOT = f"{RESULTS}/export"
+_IMPORTED_NAMES = "|".join(re.escape(name) for name in sorted(IMPORTED))
+#: the feature folders extraction makes: any but the imported ones (a name ends at a word boundary, the "/")
+EXTRACTED_ENCODER = f"(?!(?:{_IMPORTED_NAMES})\\b)[A-Za-z0-9_]+" if IMPORTED else "[A-Za-z0-9_]+"
 
 
 if SLIDES_PER_JOB == 1:
 
     rule extract_features:
+        wildcard_constraints:
+            encoder=EXTRACTED_ENCODER,
         input:
             slide=slide_path,
             tiles=f"{RESULTS}/tiles/{{slide}}.zarr",
@@ -37,7 +53,7 @@ if SLIDES_PER_JOB == 1:
             " --store {output.store:q} > {log:q} 2>&1"
 
 else:
-    for _encoder in PLAN.slide_feature_encoders:
+    for _encoder in [e for e in PLAN.slide_feature_encoders if e not in IMPORTED]:
         for _bucket, _slides in slide_buckets(SLIDE_IDS, SLIDES_PER_JOB).items():
 
             rule:
@@ -70,6 +86,70 @@ else:
                     " --settings {params.settings:q} " + THROUGHPUT_ARGS + LIMIT_ARGS + " > {log:q} 2>&1"
 
             inherit_resources(bucket_rule(_encoder, _bucket), "extract_features")
+
+
+if IMPORTED:
+
+    rule import_features:
+        wildcard_constraints:
+            encoder=_IMPORTED_NAMES,
+        input:
+            source=lambda wc: f"{IMPORTED[wc.encoder]}/{wc.slide}.h5",
+            slide=slide_path,
+        output:
+            store=directory(FEATURE_STORE),
+        params:
+            backend=slide_backend_args(),
+            mpp=slide_mpp,
+        log:
+            f"{RESULTS}/logs/import_features/{{encoder}}/{{slide}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/import_features/{{encoder}}/{{slide}}.tsv"
+        conda:
+            "../../envs/features.yaml"
+        threads: 1
+        resources:
+            mem_mb=memory(2000, scale_with=("source",), per_input_mb=3),
+            runtime=20,
+        shell:
+            "pathmm import-features {input.source:q} --slide {input.slide:q} --slide-id {wildcards.slide}"
+            " --encoder {wildcards.encoder} {params.backend} --mpp '{params.mpp}' --store {output.store:q}"
+            " > {log:q} 2>&1"
+
+
+if EXPORTS:
+
+    rule export_features:
+        wildcard_constraints:
+            encoder=EXTRACTED_ENCODER,
+        input:
+            store=FEATURE_STORE,
+            tiles=f"{RESULTS}/tiles/{{slide}}.zarr",
+        output:
+            export_patterns(EXPORT_ROOT, EXPORTS),
+        params:
+            formats=" ".join(f"--format {name}" for name in EXPORTS),
+            root=EXPORT_ROOT,
+        log:
+            f"{RESULTS}/logs/export_features/{{encoder}}/{{slide}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/export_features/{{encoder}}/{{slide}}.tsv"
+        conda:
+            "../../envs/features.yaml"
+        threads: 1
+        resources:
+            mem_mb=memory(2000, scale_with=("store",), per_input_mb=3),
+            runtime=20,
+        shell:
+            "pathmm export-features --store {input.store:q} --tiles {input.tiles:q} --out {params.root:q}"
+            " {params.formats} --encoder {wildcards.encoder} --slide-id {wildcards.slide} > {log:q} 2>&1"
+
+
+def feature_exports(encoders):
+    """The export files of the extracted ``encoders`` for every slide (none without features.export)."""
+    extracted = [e for e in encoders if e not in IMPORTED]
+    return [p for pattern in export_patterns(EXPORT_ROOT, EXPORTS)
+            for p in expand(pattern, encoder=extracted, slide=SLIDE_IDS)]
 
 
 def feature_stores(encoder, slides=None):
