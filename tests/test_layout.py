@@ -25,7 +25,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("tasks",),                  # one registered class per task kind
     ("evaluation",),             # predict, evaluate a trained fold, the HTML report
     ("training",),               # the engine, fine-tuning, pretraining, self-teaching
-    ("downstream",),             # one registered function per downstream evaluation
+    ("downstream", "interpret"), # one registered function per downstream evaluation | heatmaps
     ("plan",),                   # what the .smk files import: runs, inputs, settings JSON (torch-free)
     ("stages",),                 # one function per rule
     ("cli",),                    # one subcommand per rule
