@@ -214,6 +214,28 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.encoders import get_encoder_spec
+    from pathmm_pipeline.encoders.weights import fetch_weights
+
+    for item in args.encoders:
+        encoder, _, hub_id = item.partition("=")
+        hub_id = hub_id or get_encoder_spec(encoder).default_weights  # the registry's hf_hub: weights
+        manifest = fetch_weights(encoder, args.out, hub_id=hub_id, revision=args.revision, files=args.files)
+        print(manifest)
+    return 0
+
+
+def cmd_weights_verify(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.encoders.weights import verify_manifest
+
+    for path in args.manifests:
+        manifest = verify_manifest(path)
+        print(f"{manifest.path}: ok ({manifest.encoder}, {manifest.hub_id}@{manifest.revision}, "
+              f"{len(manifest.files)} file(s))")
+    return 0
+
+
 def cmd_genomics(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.modalities import genomics
 
@@ -469,6 +491,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encoders", help="list the registered patch encoders")
     p.set_defaults(func=cmd_encoders)
+
+    p = sub.add_parser("weights", help="fetch encoder weights with a manifest for offline machines, or verify one")
+    weights = p.add_subparsers(dest="weights_command", required=True)
+    q = weights.add_parser("fetch", help="download encoders' weights (HF_ENDPOINT: the hub) into OUT/<encoder>/ "
+                                         "with a manifest.json (hub id, commit, each file's sha256 and size)")
+    q.add_argument("encoders", nargs="+", metavar="ENCODER[=OWNER/REPO]",
+                   help="registered encoder (its hf_hub: default), or any name with the repository to take")
+    q.add_argument("--out", type=Path, required=True, help="folder that receives <encoder>/")
+    q.add_argument("--revision", default=None, help="branch, tag or commit (default main); the manifest records "
+                                                    "the commit it resolved to")
+    q.add_argument("--file", dest="files", action="append", default=None,
+                   help="a file to take (repeatable; default: model.safetensors, else pytorch_model.bin)")
+    q.set_defaults(func=cmd_weights_fetch)
+    q = weights.add_parser("verify", help="re-hash the files of weights manifests")
+    q.add_argument("manifests", nargs="+", type=Path)
+    q.set_defaults(func=cmd_weights_verify)
 
     p = sub.add_parser("genomics", aliases=["external-genomics"],
                        help="expression -> cohort genomics store (log scale, gene sets, rank scores)")

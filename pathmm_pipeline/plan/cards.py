@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pathmm_pipeline.core.registry import Registry, UnknownEntryError
-from pathmm_pipeline.core.weights import is_hub_reference, resolve_weights
+from pathmm_pipeline.core.weights import local_weights_files
 from pathmm_pipeline.plan import catalog
 
 
@@ -84,13 +84,11 @@ for _name, _card in catalog.ENCODERS.items():
 
 
 def weights_files(encoder: str, weights: str | None = "default") -> list[str]:
-    """The local weights file of an encoder (for a rule's ``input:``, so that new weights re-run extraction),
-    or nothing for hub ids and random init. ``weights``: ``"default"`` (the registry's) or a reference."""
+    """The local weights file(s) of an encoder (for a rule's ``input:``, so that new weights re-run extraction):
+    a weights manifest gives every file it lists, hub ids and random init give nothing. ``weights``:
+    ``"default"`` (the registry's) or a reference."""
     source = ENCODER_CARDS.get(encoder).default_weights if weights == "default" else weights
-    if not source or is_hub_reference(source):
-        return []
-    resolved = resolve_weights(source)
-    return [str(resolved)] if not isinstance(resolved, str) else []
+    return [str(p) for p in local_weights_files(source or None)]
 
 #: the expression scalings a run may choose (``gene_scaling``): :data:`pathmm_pipeline.genomics.normalize.METHODS`
 GENE_SCALINGS: tuple[str, ...] = tuple(getattr(catalog, "GENE_SCALINGS", {}))  # (a stale catalogue fails a test)
