@@ -35,6 +35,7 @@ SAMPLESHEET_COLUMNS = ("patient_id", "slide_id", "slide_path", "mpp", "cancer_ty
                        "survival_event", "subtype", "grade", "stage", "age", "sex", "expression_path",
                        "report_path")
 P_BASE, P_SPAN, P_NOISE_SD, P_MIN, P_MAX = 0.15, 0.70, 0.03, 0.05, 0.95
+LVI_BASE, LVI_SPAN = 0.10, 0.80  # P(lymphovascular invasion present) = LVI_BASE + LVI_SPAN * risk rank
 STAGES = ("I", "II", "III", "IV")
 
 
@@ -144,6 +145,21 @@ def plant_signal(patients: list[Patient], rng: np.random.Generator) -> list[Pati
     frac = np.clip(P_BASE + P_SPAN * r + noise, P_MIN, P_MAX)
     return [replace(p, risk=float(k), risk_rank=float(q), cellular_fraction=float(f))
             for p, k, q, f in zip(patients, risk, r, frac, strict=True)]
+
+
+def plant_report_signal(patients: list[Patient], rng: np.random.Generator) -> dict[str, bool]:
+    """The report signal: lymphovascular invasion present with probability ``LVI_BASE + LVI_SPAN * q``, where
+    ``q`` is the rank of the patient's martingale risk among ``patients`` (every patient with a report, slides
+    or not) scaled to [0, 1]. One Bernoulli draw per patient, independent of the slides' noise: the report and
+    the slides each carry part of the outcome, so fusing them can help."""
+    time = np.array([p.time for p in patients])
+    event = np.array([p.event for p in patients], float)
+    risk = martingale_risk(time, event)
+    ranks = np.empty(len(patients))
+    ranks[np.lexsort((-time, risk))] = np.arange(len(patients))
+    q = ranks / max(len(patients) - 1, 1)
+    draws = rng.random(len(patients))
+    return {p.patient_id: bool(u < LVI_BASE + LVI_SPAN * r) for p, u, r in zip(patients, draws, q, strict=True)}
 
 
 def _size(rng: np.random.Generator, lo: int, hi: int, scale: float) -> int:
@@ -276,6 +292,17 @@ noise, `p` orders the patients exactly as their DSS outcome does (Harrell's C-in
 share `p` (each slide's realised share is within one texture cell of it). `truth/signal.csv` lists, per slide,
 `p` (empty for the glass-only slide), DSS months, the event, the risk score and the realised share.
 
+A second, independent signal is planted in the reports: lymphovascular invasion (LVI), an adverse finding in
+both bladder and gastric cancer, present or absent in the microscopic description and the diagnosis:
+
+    q_i    = (rank(risk_i) - 1) / (m - 1)    over the m patients with a report (with or without slides)
+    LVI_i  = 1 if u_i < {LVI_BASE} + {LVI_SPAN} * q_i,   u_i ~ U(0, 1) drawn from the seed, independently of e_i
+
+So LVI is present in about {LVI_BASE:.0%} of the best-outcome and {LVI_BASE + LVI_SPAN:.0%} of the worst-outcome
+patients: a coarse, noisy view of the outcome that the slides' cellular share does not contain (its own
+noise), and the only planted signal of the slide-less patients with a report. `truth/report_signal.csv` lists
+it per patient; `truth/signal.csv` repeats it per slide.
+
 ## Files
 - `samplesheet.csv`: one row per slide; paths relative to this folder. `survival_time` = DSS months,
   `survival_event` = 1 for death from disease observed, 0 censored (the source's `censorship_dss` inverted).
@@ -343,15 +370,21 @@ def build_demo_cohort(out_dir: str | os.PathLike[str], n_patients: int = 32, see
 
         planted: dict[str, list[dict[str, str]]] = {}
         terms: dict[str, list[str]] = {}
-        for patient in patients + slide_less[::2]:  # every other slide-less patient has a report
+        reported = patients + slide_less[::2]  # every other slide-less patient has a report
+        lvi = plant_report_signal(reported, np.random.default_rng(_sub_seed(seed, "report_signal")))
+        for patient in reported:
             facts = PatientFacts(patient.patient_id, patient.cancer_type, patient.stage, patient.grade,
-                                 patient.subtype, patient.age, patient.sex)
+                                 patient.subtype, patient.age, patient.sex, lvi[patient.patient_id])
             report = make_report(facts, np.random.default_rng(_sub_seed(seed, patient.patient_id, "report")))
             write_text_atomic(reports_dir / f"{patient.patient_id}.txt", report.text)
             planted[patient.patient_id] = report.identifiers
             terms[patient.patient_id] = report.clinical_terms
         write_text_atomic(reports_dir / "planted_identifiers.json", json.dumps(planted, indent=1) + "\n")
         write_text_atomic(reports_dir / "clinical_terms.json", json.dumps(terms, indent=1) + "\n")
+        write_text_atomic(truth_dir / "report_signal.csv", pd.DataFrame(
+            [{"patient_id": p.patient_id, "lymphovascular_invasion": int(lvi[p.patient_id]),
+              "survival_months_dss": round(p.time, 4), "event": p.event} for p in reported]
+        ).to_csv(index=False, lineterminator="\n"))
         write_text_atomic(tmp / "expression.tsv", _expression_tsv(patients + slide_less))
         (tmp / "external").mkdir()
         external_table, external_expression = _external_tables(patients + slide_less)
@@ -373,6 +406,7 @@ def build_demo_cohort(out_dir: str | os.PathLike[str], n_patients: int = 32, see
                 "cellular_fraction": None if spec.cellular_fraction is None else round(spec.cellular_fraction, 4),
                 "survival_months_dss": round(patient.time, 4), "event": patient.event,
                 "risk_score": round(patient.risk, 6), "risk_rank": round(patient.risk_rank, 6),
+                "lymphovascular_invasion": int(lvi[patient.patient_id]),
                 "realised_cellular_fraction": None if res.cellular_fraction is None
                 else round(res.cellular_fraction, 4)})
             truth[spec.slide_id] = {

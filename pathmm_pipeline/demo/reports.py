@@ -56,6 +56,9 @@ class PatientFacts:
     subtype: str
     age: int
     sex: str  # "female" or "male"
+    # the planted report signal of the demo (None: the report does not mention it); see
+    # :func:`pathmm_pipeline.demo.cohort.plant_report_signal`
+    lymphovascular_invasion: bool | None = None
 
 
 @dataclass
@@ -146,6 +149,20 @@ def _stomach(facts: PatientFacts, rng: np.random.Generator, size_mm: int) -> tup
     return gross, micro, diagnosis, terms
 
 
+LVI_PRESENT = ("Lymphovascular invasion is present: tumour emboli are seen within several thin-walled "
+               "lymphovascular channels at the invasive front.")
+LVI_ABSENT = "No lymphovascular invasion is identified."
+
+
+def _lymphovascular(finding: bool | None) -> tuple[str, str, list[str]]:
+    """The microscopic sentence, the diagnosis clause and the kept terms of the lymphovascular finding."""
+    if finding is None:
+        return "", "", []
+    if finding:
+        return " " + LVI_PRESENT, " Lymphovascular invasion present.", ["Lymphovascular invasion", "tumour emboli"]
+    return " " + LVI_ABSENT, " Lymphovascular invasion not identified.", ["lymphovascular invasion"]
+
+
 def make_report(facts: PatientFacts, rng: np.random.Generator) -> Report:
     """Write the report of one patient; identifiers are drawn from ``rng``."""
     female = facts.sex == "female"
@@ -175,6 +192,8 @@ def make_report(facts: PatientFacts, rng: np.random.Generator) -> Report:
     size_mm = int(rng.integers(8, 65))
     build = _bladder if facts.cancer_type == "BLCA" else _stomach
     gross, micro, diagnosis, terms = build(facts, rng, size_mm)
+    lvi_micro, lvi_diagnosis, lvi_terms = _lymphovascular(facts.lymphovascular_invasion)  # draws nothing from rng
+    micro, diagnosis, terms = micro + lvi_micro, diagnosis + lvi_diagnosis, terms + lvi_terms
 
     name_upper = f"{last.upper()}, {first.upper()}"
     name_plain = f"{first} {last}"

@@ -15,7 +15,14 @@ import pytest
 
 from pathmm_pipeline.core.errors import InputError
 from pathmm_pipeline.demo import build_demo_cohort, tcga
-from pathmm_pipeline.demo.cohort import SAMPLESHEET_COLUMNS, martingale_risk
+from pathmm_pipeline.demo.cohort import (
+    LVI_BASE,
+    LVI_SPAN,
+    SAMPLESHEET_COLUMNS,
+    Patient,
+    martingale_risk,
+    plant_report_signal,
+)
 from pathmm_pipeline.demo.source import ENV_VAR, ensure_source_slide, verify_source_slide
 from pathmm_pipeline.demo.tissue import mean_haematoxylin
 from pathmm_pipeline.preprocess.slides import open_slide
@@ -178,6 +185,38 @@ def test_planted_signal_follows_survival_risk(cohort, sheet):
     assert concordance_index(time, -per_patient["cellular_fraction"], event) > 0.8
     tissue = signal.dropna(subset=["cellular_fraction"])
     assert np.abs(tissue["realised_cellular_fraction"] - tissue["cellular_fraction"]).max() < 0.05
+
+
+def test_report_signal_is_written_in_every_report_and_listed(cohort, sheet):
+    reported = pd.read_csv(cohort / "truth" / "report_signal.csv")
+    assert set(sheet["patient_id"]) < set(reported["patient_id"])  # and the slide-less patients with a report
+    per_slide = pd.read_csv(cohort / "truth" / "signal.csv").set_index("patient_id")["lymphovascular_invasion"]
+    for row in reported.itertuples():
+        text = " ".join((cohort / "reports" / f"{row.patient_id}.txt").read_text().split())  # unwrapped
+        present = "Lymphovascular invasion present." in text
+        absent = "Lymphovascular invasion not identified." in text
+        assert present != absent and present == bool(row.lymphovascular_invasion), row.patient_id
+        if row.patient_id in per_slide.index:
+            assert set(np.atleast_1d(per_slide.loc[row.patient_id])) == {row.lymphovascular_invasion}
+
+
+def test_report_signal_follows_the_documented_formula():
+    """P(LVI) = LVI_BASE + LVI_SPAN * risk rank, on many synthetic outcomes: the worst decile has LVI far more
+    often than the best, each near the formula's rate."""
+    rng = np.random.default_rng(7)
+    n = 4000
+    time, event = rng.exponential(30.0, n), rng.random(n) < 0.5
+    patients = [Patient(f"P{i}", "BLCA", float(t), int(e), "II", "G2", "x", 60, "male")
+                for i, (t, e) in enumerate(zip(time, event, strict=True))]
+    lvi = plant_report_signal(patients, np.random.default_rng(0))
+    risk = martingale_risk(time, event.astype(float))
+    order = np.argsort(risk, kind="stable")
+    flags = np.array([lvi[patients[i].patient_id] for i in order], float)
+    best, worst = flags[: n // 10].mean(), flags[-(n // 10):].mean()
+    assert abs(best - (LVI_BASE + LVI_SPAN * 0.05)) < 0.06 and abs(worst - (LVI_BASE + LVI_SPAN * 0.95)) < 0.06
+    # another draw gives other flags: the signal's noise is its own
+    again = plant_report_signal(patients, np.random.default_rng(1))
+    assert 0.1 < np.mean([lvi[k] != again[k] for k in lvi]) < 0.6
 
 
 def test_measured_haematoxylin_increases_with_planted_fraction(cohort, truth):
