@@ -22,6 +22,8 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/genomics.smk"
 include: "workflow/rules/reports.smk"
 include: "workflow/rules/training.smk"
+include: "workflow/rules/slide_features.smk"
+include: "workflow/rules/heatmaps.smk"
 
 
 rule all:
@@ -33,6 +35,8 @@ rule all:
         feature_stores(ENCODERS),
         feature_stores(sorted(IMPORTED)),
         feature_exports(ENCODERS),
+        slide_feature_stores(),
         rules.genomics.output if EXPRESSION_FILES else [],
         rules.embed_reports.output if REPORTS else [],
         rules.evaluate.output if config["training"]["models"] else [],
+        HEATMAPS.outputs() if config["training"]["models"] else [],

@@ -204,6 +204,26 @@ def cmd_import_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_slide_features(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.slide_features import slide_features
+
+    settings = {**args.settings, "encoder": args.encoder, **({"weights": str(args.weights)} if args.weights else {})}
+    print(slide_features(args.features, args.tiles, args.out, settings))
+    return 0
+
+
+def cmd_slide_encoders(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.encoders.slide_zoo import get_slide_zoo_spec, list_slide_zoo
+
+    for name in list_slide_zoo():
+        s = get_slide_zoo_spec(name)
+        width = f"{s.embed_dim}-d" if s.embed_dim else "D-d"
+        params = f"{s.n_params:>11,d}" if s.n_params or s.embed_dim is None else "  width-dep"
+        print(f"{name:16s} {width:7s} on {s.patch_encoder or 'any'} ({s.d_in or 'any'}-d)  {params} params"
+              f"  {s.architecture}")
+    return 0
+
+
 def cmd_encoders(args: argparse.Namespace) -> int:
     from pathmm_pipeline.encoders import get_encoder_spec, list_encoders
 
@@ -328,7 +348,27 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathmm_pipeline.stages.training import evaluate
 
-    evaluate(args.folds, args.results, args.out)
+    evaluate(args.folds, args.results, args.out, heatmap_dirs=args.heatmaps)
+    return 0
+
+
+def cmd_heatmaps(args: argparse.Namespace) -> int:
+    from pathmm_pipeline.stages.heatmaps import heatmaps, run_paths
+
+    paths: dict[str, Any] = {"checkpoint": args.checkpoint, "manifest": args.manifest, "features": args.features,
+                             "tiles": args.tiles, "segmentation": args.segmentation, "genomics": args.genomics,
+                             "reports": args.reports, "out": args.out}
+    if args.run is not None:  # by name, in a results folder's layout; explicit paths win
+        found = run_paths(args.results, args.run, args.fold, args.encoder, args.task)
+        found["out"] = found["requested_out"] if args.slide else found["out"]
+        paths = {k: v if v is not None else found[k] for k, v in paths.items()}
+    missing = [k for k in ("checkpoint", "manifest", "features", "tiles", "segmentation", "out") if paths[k] is None]
+    if missing:
+        raise InputError(f"--{missing[0]}", "not given", "pass --run RUN --fold K (with --results), or every path")
+    out = heatmaps(paths["checkpoint"], paths["manifest"], paths["out"], args.settings,
+                   features_dir=paths["features"], tiles_dir=paths["tiles"], segmentation_dir=paths["segmentation"],
+                   genomics=paths["genomics"], reports=paths["reports"], slides=args.slide or None, run=args.label)
+    print(out)
     return 0
 
 
@@ -492,6 +532,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encoders", help="list the registered patch encoders")
     p.set_defaults(func=cmd_encoders)
 
+    p = sub.add_parser("slide-features", help="one slide's patch features through a frozen slide encoder into "
+                       "results/slide_features/<encoder>/<slide>.zarr")
+    p.add_argument("--encoder", required=True, help="slide encoder (pathmm slide-encoders lists them)")
+    p.add_argument("--features", type=Path, required=True, help="the slide's patch feature store")
+    p.add_argument("--tiles", type=Path, required=True, help="its tile store (the tile size at level 0)")
+    p.add_argument("--out", type=Path, required=True, help="slide-feature store to write")
+    p.add_argument("--weights", type=Path, default=None, help="local checkpoint (default: random init)")
+    p.add_argument("--settings", type=_settings, default={}, help="slide_features settings as JSON (device)")
+    p.set_defaults(func=cmd_slide_features)
+
+    p = sub.add_parser("slide-encoders", help="list the slide encoders of the slide-features stage")
+    p.set_defaults(func=cmd_slide_encoders)
+
     p = sub.add_parser("weights", help="fetch encoder weights with a manifest for offline machines, or verify one")
     weights = p.add_subparsers(dest="weights_command", required=True)
     q = weights.add_parser("fetch", help="download encoders' weights (HF_ENDPOINT: the hub) into OUT/<encoder>/ "
@@ -609,8 +662,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", aliases=["report"], help="aggregate trained folds into the HTML evaluation report")
     p.add_argument("folds", type=Path, nargs="+", help="fold folders written by `pathmm train`")
     p.add_argument("--results", type=Path, required=True)
+    p.add_argument("--heatmaps", type=Path, nargs="*", default=None,
+                   help="heatmap folders to show (written by `pathmm heatmaps`; default: every one under --results)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("heatmaps", aliases=["heatmap"],
+                       help="attention and contribution heatmaps of a trained fold's highest- and lowest-scored "
+                            "held-out patients, or of --slide on request")
+    p.add_argument("--run", default=None, help="a trained run (as in training.models; RUN@ENCODER for a compared "
+                                               "encoder), found in --results with --fold")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--encoder", default=None, help="with --run, when the results hold more than one")
+    p.add_argument("--task", default=None, help="with --run (its folder name, e.g. survival), when there are several")
+    p.add_argument("--slide", action="append", default=[], help="draw this slide (repeatable) instead of the "
+                                                                "top / bottom patients' slides")
+    p.add_argument("--checkpoint", type=Path, default=None, help="the fold's checkpoint.pt (instead of --run)")
+    p.add_argument("--manifest", type=Path, default=None)
+    p.add_argument("--features", type=Path, default=None, help="folder of the encoder's feature stores")
+    p.add_argument("--tiles", type=Path, default=None, help="folder of the tile stores")
+    p.add_argument("--segmentation", type=Path, default=None, help="folder of the segmentation stores and QC PNGs")
+    p.add_argument("--genomics", type=Path, default=None)
+    p.add_argument("--reports", type=Path, default=None)
+    p.add_argument("--label", default=None, help="the run's name in the captions (default: the checkpoint's)")
+    p.add_argument("--out", type=Path, default=None, help="folder to write (default with --run: "
+                                                          "results/heatmaps/<encoder>/<run>/<task>/fold_<k>)")
+    p.add_argument("--settings", type=_settings, default={},
+                   help='{"top_k_patients": 2, "top_k_tiles": 8, "backend": "openslide"}')
+    p.set_defaults(func=cmd_heatmaps)
 
     p = sub.add_parser("qc-summary", help="one row per slide: statuses, tissue area, tile counts")
     p.add_argument("--tiles", nargs="+", required=True, help=f"tile stores (or {LISTED})")

@@ -6,7 +6,9 @@ JavaScript, nothing fetched) with these sections:
 1. **Results**: model x task x modality subset, ``mean ± std`` over folds for each metric (the missing-modality
    stress test is the ``without <modality>`` rows), and the per-fold values; then the **missing-modality**
    table: each model's primary metric with all its modalities and with each one withheld.
-2. **Kaplan-Meier**: per model and task, the out-of-fold risk groups pooled over folds, with the log-rank p.
+2. **Kaplan-Meier**: per model and task, the out-of-fold risk groups pooled over folds, with the log-rank p;
+   then the **heatmaps** (attention and contribution) of each fold's highest- and lowest-scored held-out
+   patients, from the heatmap stage's folders (``heatmaps.csv``); the section says so when there is none.
 3. **Training curves**: train and validation loss and the validation metric per epoch, per fold; then the
    **pretraining** curves (every loss term per epoch) of pretrained models, and **downstream tasks** (report
    generation scores, data-efficiency curves) where a run has them.
@@ -59,7 +61,7 @@ code{font-size:.85em}details{margin:.5em 0}nav a{margin-right:1em}
 """
 
 SECTIONS = (("protocol", "Protocol"), ("results", "Results"), ("types", "Per cancer type"),
-            ("stress", "Missing modalities"), ("km", "Kaplan-Meier"),
+            ("stress", "Missing modalities"), ("km", "Kaplan-Meier"), ("heatmaps", "Heatmaps"),
             ("training", "Training curves"), ("pretraining", "Pretraining"), ("downstream", "Downstream tasks"),
             ("qc", "Cohort QC"), ("provenance", "Provenance"), ("cost", "Cost"))
 
@@ -457,7 +459,7 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
                  downstream: Mapping[str, pd.DataFrame] | None = None,
                  protocol: Mapping[str, Any] | None = None,
                  resolution: str | os.PathLike[str] | pd.DataFrame | None = None,
-                 max_slide_rows: int = 200) -> Path:
+                 max_slide_rows: int = 200, heatmaps: pd.DataFrame | None = None) -> Path:
     """Write the HTML report at ``out_html`` and its tables as CSV (see the module docstring); returns the path.
 
     ``qc``: the QC summary (``results/qc/slides.parquet`` or a DataFrame); ``thumbnails``: the segmentation
@@ -467,7 +469,9 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     ``downstream``: title -> table of downstream-task results (report generation, data efficiency, ...);
     ``protocol``: how the run was evaluated (:func:`protocol_html`: splits, inner validation, pretraining);
     ``resolution``: the cohort resolution table (``results/cohort/resolution.csv`` or a DataFrame);
-    ``max_slide_rows``: the most rows of any per-slide table (the full tables are the CSVs)."""
+    ``max_slide_rows``: the most rows of any per-slide table (the full tables are the CSVs); ``heatmaps``: one
+    row per slide heatmap (:func:`pathmm_pipeline.interpret.stage.collect_heatmaps`: run, task, fold, patient,
+    slide, why, score, png, contribution_png), shown scaled down per run."""
     from pathmm_pipeline.core.provenance import code_identity
 
     out_html = Path(out_html)
@@ -481,6 +485,8 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     # CSVs -----------------------------------------------------------------------------------------------
     tables = dict(results.tables())
     tables.update(qc_slides=qc_frame, provenance=prov, cost_by_rule=cost, cost_jobs=jobs)
+    if heatmaps is not None:
+        tables["heatmaps"] = heatmaps
     if pretraining is not None:
         tables["pretraining_history"] = pretraining
     for name, frame in (downstream or {}).items():
@@ -570,6 +576,10 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     else:
         parts.append("<p class='meta'>(no survival model)</p>")
 
+    # 2b. heatmaps -----------------------------------------------------------------------------------------
+    parts.append("<h2 id='heatmaps'>Heatmaps</h2>")
+    parts.append(heatmaps_html(heatmaps))
+
     # 3. training ----------------------------------------------------------------------------------------
     parts.append("<h2 id='training'>Training curves</h2>")
     if not results.history.empty:
@@ -647,6 +657,35 @@ def write_report(results: ResultsTables, out_html: str | os.PathLike[str], *,
     parts.append("</body></html>")
     write_text_atomic(out_html, "\n".join(parts))
     return out_html
+
+
+def heatmaps_html(heatmaps: pd.DataFrame | None, thumb_px: int = 300) -> str:
+    """Per run and task, each drawn slide's attention map (the contribution where the model has no attention) and
+    its contribution map, scaled down, captioned with the fold, the patient, why it was chosen and its score."""
+    if heatmaps is None or heatmaps.empty:
+        return ("<p class='meta'>(no heatmap: enable <code>heatmaps</code> in config.yaml for runs whose model "
+                "weighs tiles, or draw a slide with <code>pathmm heatmaps --run RUN --fold K --slide S</code>)</p>")
+    parts = ["<p>Each fold's highest- and lowest-scored held-out patients (risk for survival), every slide of "
+             "theirs computed from its stored features: <b>attention</b>, the model's own weights over the tiles "
+             "(percentile within the slide), and <b>contribution</b>, gradient x input of the prediction (red "
+             "raises it, blue lowers it). The folders under <code>results/heatmaps/</code> also hold each slide's "
+             "QuPath GeoJSON (<code>tiles.geojson</code>) and its top / bottom tiles as images.</p>"]
+    for (run, task), group in heatmaps.groupby(["run", "task"], sort=False):
+        parts.append(f"<h3>{html.escape(str(run))} &middot; {html.escape(str(task))}</h3><div class='grid'>")
+        for row in group.itertuples():
+            score = "" if pd.isna(row.score) else f" {float(row.score):.3g}"
+            text = (f"fold {row.fold} &middot; {html.escape(str(row.patient_id))}: {html.escape(str(row.why))}"
+                    f"{score}<br>slide {html.escape(str(row.slide_id))}, {row.n_tiles} tiles")
+            images = [row.png] + ([row.contribution_png] if row.contribution_png != row.png else [])
+            for path in images:
+                uri = thumbnail(path, thumb_px)
+                if uri:
+                    parts.append(f"<div class='thumb' style='width:{thumb_px + 10}px'><img src='{uri}' "
+                                 f"style='max-width:{thumb_px}px;max-height:{thumb_px}px' "
+                                 f"alt='{html.escape(Path(path).stem)} {html.escape(str(row.slide_id))}'><br>"
+                                 f"{Path(path).stem}: {text}</div>")
+        parts.append("</div>")
+    return "".join(parts)
 
 
 def resolution_html(resolution: str | os.PathLike[str] | pd.DataFrame | None, max_rows: int = 200) -> str:

@@ -114,3 +114,28 @@ EXTRACTION_SETTINGS = {
     'threads': {'role': 'throughput'},
     'weights': {'role': 'feature'},
 }
+
+ATTENTION = {
+    'abmil': {},
+    'alter': {},
+    'late_fusion_concat': {},
+    'late_fusion_kronecker': {},
+    'mcat': {},
+    'mice': {},
+    'mstar': {},
+    'survpath': {},
+    'transmil': {},
+    'umeml': {},
+}
+
+SLIDE_ENCODERS = {
+    'chief': {'patch_encoder': 'ctranspath', 'd_in': 768},
+    'feather': {'patch_encoder': 'conch_v15', 'd_in': 768},
+    'feather_uni_v2': {'patch_encoder': 'uni2_h', 'd_in': 1536},
+    'gigapath_slide': {'patch_encoder': 'gigapath', 'd_in': 1536},
+    'madeleine': {'patch_encoder': 'conch_vision', 'd_in': 512},
+    'mean': {'patch_encoder': None, 'd_in': None},
+    'prism': {'patch_encoder': 'virchow', 'd_in': 2560},
+    'tiny_slide': {'patch_encoder': None, 'd_in': None},
+    'titan': {'patch_encoder': 'conch_v15', 'd_in': 768},
+}

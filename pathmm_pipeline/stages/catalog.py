@@ -25,6 +25,7 @@ def catalog_data() -> dict[str, dict[str, Any]]:
     from pathmm_pipeline.downstream.registry import DOWNSTREAM
     from pathmm_pipeline.encoders import get_encoder_spec, list_encoders
     from pathmm_pipeline.genomics.normalize import METHODS
+    from pathmm_pipeline.interpret.attention import ATTENTION
     from pathmm_pipeline.models import get_model_class, list_models, model_options
     from pathmm_pipeline.preprocess.features import ExtractionSettings
     from pathmm_pipeline.tasks.kinds import TASKS
@@ -42,8 +43,16 @@ def catalog_data() -> dict[str, dict[str, Any]]:
     # which extraction settings change a feature (a rule's params) and which only the speed (its resources)
     extraction = {**{k: {"role": "feature"} for k in ExtractionSettings.FEATURE_KEYS},
                   **{k: {"role": "throughput"} for k in ExtractionSettings.THROUGHPUT_KEYS}}
+    # the models that weigh tiles (an attention extractor is registered): the heatmap stage's default runs
+    attention = {name: {} for name in ATTENTION.names()}
+    # the slide encoders of the slide-features stage and the patch features each reads (None: any)
+    from pathmm_pipeline.encoders.slide_zoo import get_slide_zoo_spec, list_slide_zoo
+
+    slide = {name: {"patch_encoder": get_slide_zoo_spec(name).patch_encoder, "d_in": get_slide_zoo_spec(name).d_in}
+             for name in list_slide_zoo()}
     return {"MODELS": models, "TASKS": tasks, "DOWNSTREAM": downstream, "ENCODERS": encoders,
-            "GENE_SCALINGS": scalings, "EXTRACTION_SETTINGS": extraction}
+            "GENE_SCALINGS": scalings, "EXTRACTION_SETTINGS": extraction, "ATTENTION": attention,
+            "SLIDE_ENCODERS": slide}
 
 
 def render_catalog() -> str:

@@ -391,8 +391,10 @@ def report_notes(results_dir: str | os.PathLike[str]) -> list[str]:
 
 
 def evaluate(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.PathLike[str],
-                     out_html: str | os.PathLike[str], title: str = "pathmm evaluation report") -> Path:
-    """Aggregate every fold of every model and task into the HTML report and its CSV tables."""
+                     out_html: str | os.PathLike[str], title: str = "pathmm evaluation report",
+                     heatmap_dirs: Sequence[str | os.PathLike[str]] | None = None) -> Path:
+    """Aggregate every fold of every model and task into the HTML report and its CSV tables; the report's
+    heatmap section shows the heatmap jobs' folders ``heatmap_dirs`` (None: every one under ``results_dir``)."""
     from pathmm_pipeline.evaluation.html import (
         collect_inputs,
         read_pretraining_logs,
@@ -400,6 +402,7 @@ def evaluate(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.
         write_report_provenance,
     )
     from pathmm_pipeline.evaluation.run import aggregate_folds, read_fold_evaluation
+    from pathmm_pipeline.interpret.stage import collect_heatmaps
 
     if not fold_dirs:
         raise InputError(results_dir, "no trained folds to report", "list models and tasks under training:")
@@ -413,7 +416,8 @@ def evaluate(fold_dirs: Sequence[str | os.PathLike[str]], results_dir: str | os.
                  benchmarks=root / "benchmarks", provenance=collect_inputs(root), title=title,
                  csv_dir=out_html.parent, pretraining=read_pretraining_logs(sorted(set(pretrain_logs))),
                  downstream=read_downstream(fold_dirs), protocol=run_protocol(root),
-                 resolution=root / "cohort" / "resolution.csv", notes=report_notes(root))
+                 resolution=root / "cohort" / "resolution.csv", notes=report_notes(root),
+                 heatmaps=collect_heatmaps(root, None if heatmap_dirs is None else list(heatmap_dirs)))
     write_text_atomic(out_html.parent / "summary.json",
                       json.dumps(json.loads(tables.summary.to_json(orient="records")), indent=1))
     write_report_provenance(out_html, fold_dirs, root, [out_html.parent / "summary.json",

@@ -64,14 +64,15 @@ def test_the_per_fold_mstar_encoder_has_one_weights_file_per_fold(config):
     plan = TrainingPlan(config, FULL)
     assert plan.mstar_used
     assert plan.per_fold_mstar
-    name = plan.fold_encoder(encoder, 3)
-    assert name == f"{encoder}_fold3" and plan.encoder_alias(name) == encoder
-    assert plan.encoder_weights(name) == f"{config['results']}/mstar/stage2/{encoder}/fold_3.pt"
+    last = config["training"]["folds"] - 1
+    name = plan.fold_encoder(encoder, last)
+    assert name == f"{encoder}_fold{last}" and plan.encoder_alias(name) == encoder
+    assert plan.encoder_weights(name) == f"{config['results']}/mstar/stage2/{encoder}/fold_{last}.pt"
     assert plan.is_pipeline_output(plan.encoder_weights(name))
-    assert plan.fold_encoder(plan.main_encoder, 3) == plan.main_encoder
+    assert plan.fold_encoder(plan.main_encoder, last) == plan.main_encoder
     config["training"]["mstar"]["mode"] = "transductive"
     once = TrainingPlan(config, FULL)
-    assert once.fold_encoder(encoder, 3) == encoder
+    assert once.fold_encoder(encoder, last) == encoder
     assert once.encoder_weights(encoder) == f"{config['results']}/mstar/stage2/{encoder}.pt"
 
 

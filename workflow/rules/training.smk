@@ -330,12 +330,16 @@ rule evaluate:
         downstream=PLAN.downstream_tables(),
         qc=rules.qc_summary.output if SLIDE_IDS else [],
         resolution=rules.cohort_manifest.output.resolution,
+        # the heatmaps of the top / bottom-scored held-out patients (workflow/rules/heatmaps.smk), shown in the report
+        heatmaps=lambda wc: HEATMAPS.outputs(),
     output:
         html=report(f"{RESULTS}/evaluation/report.html", caption="../report/evaluation.rst", category="Evaluation",
                     labels={"report": "evaluation"}),
         summary=f"{RESULTS}/evaluation/summary.json",
     params:
         folds=lambda wc, input: " ".join(str(Path(p).parent) for p in input.folds),
+        heatmaps=lambda wc, input: " ".join(["--heatmaps", *([input.heatmaps] if isinstance(input.heatmaps, str)
+                                                             else input.heatmaps)]) if input.heatmaps else "",
     log:
         f"{RESULTS}/logs/evaluate.log",
     benchmark:
@@ -347,4 +351,4 @@ rule evaluate:
         mem_mb=memory(4000),
         runtime=30,
     shell:
-        "pathmm evaluate {params.folds} --results {RESULTS:q} --out {output.html:q} > {log:q} 2>&1"
+        "pathmm evaluate {params.folds} --results {RESULTS:q} {params.heatmaps} --out {output.html:q} > {log:q} 2>&1"
