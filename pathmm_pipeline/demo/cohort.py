@@ -132,15 +132,19 @@ def martingale_risk(time: np.ndarray, event: np.ndarray) -> np.ndarray:
     return event - cum_hazard[np.searchsorted(uniq, time)]
 
 
+def _risk_and_rank(patients: list[Patient]) -> tuple[np.ndarray, np.ndarray]:
+    """Each patient's martingale risk and its rank scaled to [0, 1] (equal risks: the longer DSS time ranks lower)."""
+    time = np.array([p.time for p in patients])
+    risk = martingale_risk(time, np.array([p.event for p in patients], float))
+    ranks = np.empty(len(patients))
+    ranks[np.lexsort((-time, risk))] = np.arange(len(patients))
+    return risk, ranks / max(len(patients) - 1, 1)
+
+
 def plant_signal(patients: list[Patient], rng: np.random.Generator) -> list[Patient]:
     """Give each patient ``p = clip(0.15 + 0.70 * r + N(0, 0.03^2), 0.05, 0.95)``, where ``r`` is the rank of
     their martingale risk scaled to [0, 1] (equal risks: the longer DSS time ranks lower)."""
-    time = np.array([p.time for p in patients])
-    event = np.array([p.event for p in patients], float)
-    risk = martingale_risk(time, event)
-    ranks = np.empty(len(patients))
-    ranks[np.lexsort((-time, risk))] = np.arange(len(patients))
-    r = ranks / max(len(patients) - 1, 1)
+    risk, r = _risk_and_rank(patients)
     noise = rng.normal(0.0, P_NOISE_SD, len(patients))
     frac = np.clip(P_BASE + P_SPAN * r + noise, P_MIN, P_MAX)
     return [replace(p, risk=float(k), risk_rank=float(q), cellular_fraction=float(f))
@@ -152,12 +156,7 @@ def plant_report_signal(patients: list[Patient], rng: np.random.Generator) -> di
     ``q`` is the rank of the patient's martingale risk among ``patients`` (every patient with a report, slides
     or not) scaled to [0, 1]. One Bernoulli draw per patient, independent of the slides' noise: the report and
     the slides each carry part of the outcome, so fusing them can help."""
-    time = np.array([p.time for p in patients])
-    event = np.array([p.event for p in patients], float)
-    risk = martingale_risk(time, event)
-    ranks = np.empty(len(patients))
-    ranks[np.lexsort((-time, risk))] = np.arange(len(patients))
-    q = ranks / max(len(patients) - 1, 1)
+    _, q = _risk_and_rank(patients)
     draws = rng.random(len(patients))
     return {p.patient_id: bool(u < LVI_BASE + LVI_SPAN * r) for p, u, r in zip(patients, draws, q, strict=True)}
 
